@@ -1,0 +1,115 @@
+"""Pure LWW rules for app-syncable rows, shared by every applier."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from .constants import DELETED_AT, FILE_RECORDS_TABLE, NODE_ID, UPDATED_AT
+from .exceptions import SyncError
+from .hlc import HLCTimestamp, deserialize_hlc, serialize_hlc
+from .records import AppSyncableRowEntry, AppSyncableTableInfo
+
+BOOKKEEPING = (UPDATED_AT, DELETED_AT, NODE_ID)
+
+
+class EntryRefused(SyncError, ValueError):
+    """An app row entry that no applier may apply."""
+
+    code = "entry_refused"
+    status = 400
+
+
+def entry_pk(entry: AppSyncableRowEntry, table: AppSyncableTableInfo) -> tuple[Any, ...]:
+    """Primary-key values of the row an entry targets: from ``where``, else from ``row``."""
+    source: Mapping[str, Any] | None
+    if entry.op == "insert":
+        source = entry.row
+    else:
+        source = entry.where if entry.where else entry.row
+    if not source:
+        raise EntryRefused(f"{entry.app_id}.{entry.table}: entry names no primary key")
+    try:
+        pk = tuple(source[c] for c in table.pk_columns)
+    except KeyError as err:
+        raise EntryRefused(
+            f"{entry.app_id}.{entry.table}: primary-key column {err.args[0]!r} missing"
+        ) from None
+    for c, v in zip(table.pk_columns, pk, strict=True):
+        if v is None or isinstance(v, (dict, list)):
+            raise EntryRefused(f"{entry.app_id}.{entry.table}: primary-key column {c!r} must be a scalar")
+    return pk
+
+
+def check_entry(entry: AppSyncableRowEntry, table: AppSyncableTableInfo) -> tuple[Any, ...]:
+    """Validate an entry against its table; return its primary key."""
+    pk = entry_pk(entry, table)
+    row = entry.row or {}
+    if UPDATED_AT in row and row[UPDATED_AT] != serialize_hlc(entry.timestamp):
+        raise EntryRefused(
+            f"{entry.app_id}.{entry.table}: row updated_at {row[UPDATED_AT]!r} disagrees "
+            f"with the entry timestamp {serialize_hlc(entry.timestamp)!r}"
+        )
+    if entry.op == "update":
+        for c, v in zip(table.pk_columns, pk, strict=True):
+            if c in row and row[c] != v:
+                raise EntryRefused(f"{entry.app_id}.{entry.table}: update must not change key column {c!r}")
+    if entry.table == FILE_RECORDS_TABLE and entry.op != "delete":
+        key = row.get("object_storage_key")
+        if key is not None and not isinstance(key, str):
+            raise EntryRefused(f"{entry.app_id}.{entry.table}: object_storage_key must be a string")
+    return pk
+
+
+def stored_hlc(row: Mapping[str, Any]) -> HLCTimestamp:
+    return deserialize_hlc(row[UPDATED_AT])
+
+
+def next_row(
+    stored: Mapping[str, Any] | None,
+    entry: AppSyncableRowEntry,
+    table: AppSyncableTableInfo,
+    pk: tuple[Any, ...],
+) -> dict[str, Any] | None:
+    """The row after applying ``entry`` to ``stored``; ``None`` when nothing changes.
+
+    LWW: only an entry strictly newer than the stored ``updated_at`` writes.
+    An update for a row not held is dropped (the full row arrives as an insert).
+    A delete for a row not held stores the tombstone so an older write cannot
+    resurrect it.
+    """
+    ts = entry.timestamp
+    if stored is not None and stored_hlc(stored) >= ts:
+        return None
+    stamp = serialize_hlc(ts)
+    if entry.op == "insert":
+        new = {k: v for k, v in (entry.row or {}).items() if k not in BOOKKEEPING}
+        new[DELETED_AT] = (entry.row or {}).get(DELETED_AT)
+    elif entry.op == "update":
+        if stored is None:
+            return None
+        new = dict(stored)
+        new.update({k: v for k, v in (entry.row or {}).items() if k not in BOOKKEEPING})
+    else:  # delete
+        new = dict(stored) if stored is not None else {
+            k: v for k, v in (entry.row or {}).items() if k not in BOOKKEEPING
+        }
+        new[DELETED_AT] = stamp
+    for c, v in zip(table.pk_columns, pk, strict=True):
+        new[c] = v
+    new[UPDATED_AT] = stamp
+    new[NODE_ID] = ts.node_id
+    return new
+
+
+def row_to_entry(app_id: str, table: str, row: Mapping[str, Any]) -> AppSyncableRowEntry:
+    """How a scan emits a stored row: live as ``insert``, tombstone as ``delete`` (full row)."""
+    wire_row = {k: v for k, v in row.items() if k != NODE_ID}
+    return AppSyncableRowEntry(
+        deserialize_hlc(row[UPDATED_AT]),
+        app_id,
+        table,
+        "delete" if row.get(DELETED_AT) else "insert",
+        wire_row,
+        None,
+    )

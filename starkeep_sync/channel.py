@@ -1,0 +1,237 @@
+"""One side's view of a channel: what it holds, what is above a vector, what it covers.
+
+Shared by the requester engine and the responder, so both read and classify
+items the same way (PROTOCOL §3).
+"""
+
+from __future__ import annotations
+
+import heapq
+import logging
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from .approws import check_entry
+from .blobs import FileSyncManifest
+from .constants import DRIVE_APP_ID, FILE_RECORDS_TABLE, LOGGER_NAME
+from .exceptions import SyncError
+from .hlc import HLCTimestamp
+from .protocols import AppSource, DatabaseAdapter
+from .records import AppSyncableNamespace, AppSyncableRowEntry, DataRecord
+from .watermarks import merge_watermarks
+
+logger = logging.getLogger(LOGGER_NAME)
+
+Watermarks = dict[str, HLCTimestamp]
+
+
+@dataclass(slots=True)
+class Item:
+    """A record or an app row entry, with what the round needs to know about it."""
+
+    hlc: HLCTimestamp
+    record: DataRecord | None = None
+    entry: AppSyncableRowEntry | None = None
+    identity: tuple[Any, ...] = ()
+    manifest: FileSyncManifest | None = None
+    #: Why this item cannot be applied (set while classifying inbound items).
+    error: str | None = None
+
+    @property
+    def node(self) -> str:
+        return self.hlc[2]
+
+    def describe(self) -> str:
+        if self.record is not None:
+            return f"record {self.record.id}"
+        e = self.entry
+        assert e is not None
+        return f"{e.app_id}.{e.table} {self.identity[3:]!r}"
+
+
+def record_item(r: DataRecord) -> Item:
+    manifest = None
+    if r.object_storage_key and r.deleted_at is None:
+        manifest = FileSyncManifest(r.content_hash, r.object_storage_key, r.size_bytes, r.mime_type)
+    return Item(r.updated_at, record=r, identity=("r", r.id), manifest=manifest)
+
+
+def entry_item(e: AppSyncableRowEntry, pk: tuple[Any, ...]) -> Item:
+    manifest = None
+    if e.table == FILE_RECORDS_TABLE and e.op != "delete" and e.row:
+        key = e.row.get("object_storage_key")
+        if key:
+            manifest = FileSyncManifest(
+                str(e.row.get("content_hash") or ""),
+                key,
+                int(e.row.get("size_bytes") or 0),
+                e.row.get("mime_type"),
+            )
+    return Item(e.timestamp, entry=e, identity=("a", e.app_id, e.table, *pk), manifest=manifest)
+
+
+def group_by_node(items: Iterable[Item]) -> dict[str, list[Item]]:
+    groups: dict[str, list[Item]] = {}
+    for item in items:
+        groups.setdefault(item.node, []).append(item)
+    for run in groups.values():
+        run.sort(key=lambda i: i.hlc)
+    return groups
+
+
+class ChannelView:
+    """What one side holds on one channel.
+
+    Drive channel (``sync_shared_records``): shared records only. Per-app
+    channel: rows of ``app_id`` (or, when ``app_id`` is None, of every
+    namespace the app source knows), never shared records.
+    """
+
+    def __init__(
+        self,
+        *,
+        database: DatabaseAdapter | None,
+        app_source: AppSource | None,
+        sync_shared_records: bool,
+        app_id: str | None = None,
+    ) -> None:
+        self.database = database
+        self.app_source = app_source
+        self.shared = bool(sync_shared_records)
+        self.app_id = app_id
+        if self.shared and app_source is not None:
+            logger.warning(
+                "a Drive-channel side (sync_shared_records=True) never carries app rows; "
+                "the app_source given is ignored. Use sync_shared_records=False for a per-app channel."
+            )
+        if self.shared and database is None:
+            raise ValueError("the Drive channel needs a database adapter for shared records")
+
+    @property
+    def channel_app_id(self) -> str:
+        if self.shared:
+            return DRIVE_APP_ID
+        return self.app_id or "*"
+
+    def namespaces(self) -> list[AppSyncableNamespace]:
+        if self.shared or self.app_source is None:
+            return []
+        if self.app_id is not None:
+            ns = self.app_source.namespaces.get(self.app_id)
+            return [ns] if ns is not None else []
+        return list(self.app_source.namespaces.list())
+
+    def namespace_for(self, app_id: str) -> AppSyncableNamespace | None:
+        if self.shared or self.app_source is None:
+            return None
+        if self.app_id is not None and app_id != self.app_id:
+            return None
+        return self.app_source.namespaces.get(app_id)
+
+    # -- reading -------------------------------------------------------------
+
+    def changes_since(
+        self, watermarks: Mapping[str, HLCTimestamp], limit: int, page_size: int | None = None
+    ) -> tuple[list[Item], bool]:
+        """Items above ``watermarks``, earliest first, at most ``limit``; and whether more remain."""
+        page_size = max(1, min(page_size or limit + 1, limit + 1))
+        streams: list[list[Item]] = []
+        if self.shared:
+            assert self.database is not None
+            streams.append(self._collect_records(watermarks, limit + 1, page_size))
+        else:
+            for ns in self.namespaces():
+                for table in ns.tables:
+                    streams.append(self._collect_rows(ns, table.pk_columns, table.name,
+                                                      watermarks, limit + 1, page_size))
+        streams = [s for s in streams if s]
+        if not streams:
+            return [], False
+        merged = streams[0] if len(streams) == 1 else list(heapq.merge(*streams, key=lambda i: i.hlc))
+        if len(merged) > limit:
+            return merged[:limit], True
+        return merged, False
+
+    def _collect_records(self, watermarks: Mapping[str, HLCTimestamp], want: int, page_size: int) -> list[Item]:
+        assert self.database is not None
+        out: list[Item] = []
+        cursor = None
+        while len(out) < want:
+            page = self.database.query_since(watermarks, min(page_size, want - len(out)), cursor)
+            out.extend(record_item(r) for r in page.records)
+            if not page.has_more or not page.next_cursor:
+                break
+            cursor = page.next_cursor
+        return out
+
+    def _collect_rows(self, ns: AppSyncableNamespace, pk_columns: tuple[str, ...], table: str,
+                      watermarks: Mapping[str, HLCTimestamp], want: int, page_size: int) -> list[Item]:
+        assert self.app_source is not None
+        applier = self.app_source.applier
+        out: list[Item] = []
+        cursor = None
+        while len(out) < want:
+            page = applier.scan_since(ns.app_id, table, watermarks, min(page_size, want - len(out)), cursor)
+            for e in page.rows:
+                row = e.row or {}
+                out.append(entry_item(e, tuple(row.get(c) for c in pk_columns)))
+            if not page.has_more or not page.next_cursor:
+                break
+            cursor = page.next_cursor
+        return out
+
+    def coverage(self) -> Watermarks:
+        """Per node, the highest HLC this side has taken in on the channel."""
+        if self.shared:
+            assert self.database is not None
+            return self.database.get_node_watermarks()
+        out: Watermarks = {}
+        if self.app_source is None:
+            return out
+        for ns in self.namespaces():
+            for table in ns.tables:
+                out = merge_watermarks(out, self.app_source.applier.get_node_watermarks(ns.app_id, table.name))
+        return out
+
+    # -- classifying inbound ---------------------------------------------------
+
+    def inbound_items(
+        self, records: Iterable[DataRecord], entries: Iterable[AppSyncableRowEntry], *, side: str
+    ) -> list[Item]:
+        """Inbound items of this channel; refused ones carry ``error``.
+
+        Items of the wrong stream for the channel are dropped with a warning
+        (they are not failures of their node); app rows for an app or table
+        this side does not know are failures and halt their node.
+        """
+        items: list[Item] = []
+        records = list(records)
+        entries = list(entries)
+        if records and not self.shared:
+            logger.warning("%s on a per-app channel dropped %d shared record(s)", side, len(records))
+            records = []
+        if entries and self.shared:
+            logger.warning("%s on the Drive channel dropped %d app row(s)", side, len(entries))
+            entries = []
+        items.extend(record_item(r) for r in records)
+        for e in entries:
+            ns = self.namespace_for(e.app_id)
+            stub = Item(e.timestamp, entry=e, identity=("a", e.app_id, e.table))
+            if ns is None:
+                stub.error = f"app {e.app_id!r} is not on this channel"
+                items.append(stub)
+                continue
+            info = ns.table(e.table)
+            if info is None:
+                stub.error = f"table {e.app_id}.{e.table} is not registered"
+                items.append(stub)
+                continue
+            try:
+                pk = check_entry(e, info)
+            except SyncError as err:
+                stub.error = str(err)
+                items.append(stub)
+                continue
+            items.append(entry_item(e, pk))
+        return items

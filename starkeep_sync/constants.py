@@ -1,0 +1,60 @@
+"""Names shared by the requester and the responder, the client and the server.
+
+Kept in one module so the HTTP client, the DRF views and the core engine can
+never disagree on a route, a header or a reserved name.
+"""
+
+from __future__ import annotations
+
+#: App id of the Drive channel, which carries shared records only.
+DRIVE_APP_ID = "starkeep-drive"
+
+#: The reserved app table whose rows carry a blob (AR rows).
+FILE_RECORDS_TABLE = "_starkeep_sync_records"
+
+#: Columns of a ``_starkeep_sync_records`` row.
+FILE_RECORDS_COLUMNS = (
+    "id",
+    "object_storage_key",
+    "content_hash",
+    "mime_type",
+    "size_bytes",
+    "original_filename",
+    "origin_app_id",
+    "created_at",
+    "updated_at",
+    "deleted_at",
+)
+
+#: Bookkeeping columns every stored app row carries.
+UPDATED_AT = "updated_at"
+DELETED_AT = "deleted_at"
+NODE_ID = "node_id"
+
+# Routes, relative to a channel base (``<root>`` or ``<root>/apps/<app_id>``).
+EXCHANGE_PATH = "/sync/exchange"
+FILES_PATH = "/files/"
+PRESIGN_PUT_PATH = "/files/presign"
+CONFIRM_PATH = "/files/confirm"
+HEALTH_PATH = "/health"
+
+# Starkeep app-signature headers (PROTOCOL §8).
+HEADER_APP_ID = "X-Starkeep-App-Id"
+HEADER_APP_SIG = "X-Starkeep-App-Sig"
+HEADER_APP_TS = "X-Starkeep-App-Ts"
+HEADER_KEY_ID = "X-Starkeep-Key-Id"
+
+#: Default bound for the clock skew guard: 24 hours in milliseconds.
+DEFAULT_MAX_SKEW_MS = 86_400_000
+
+#: Largest values that fit the serialized HLC form.
+MAX_WALL_TIME = 16**12 - 1
+MAX_COUNTER = 16**4 - 1
+MAX_NODE_ID_LENGTH = 128
+
+# Change-notification event types (PROTOCOL §7b).
+REMOTE_UPDATE_AVAILABLE = "remote-update-available"
+LOCAL_DATA_SYNCED = "local-data-synced"
+LOCAL_CHANGE_RECORDED = "local-change-recorded"
+
+LOGGER_NAME = "starkeep_sync"

@@ -1,0 +1,274 @@
+"""The requester side of one exchange round (PROTOCOL §5)."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+
+from .blobs import FileSyncEngine, TransferFailure
+from .channel import ChannelView, Item, group_by_node
+from .constants import LOCAL_DATA_SYNCED, LOGGER_NAME
+from .exceptions import SyncError
+from .hlc import HLCClock, HLCTimestamp, serialize_hlc
+from .memory import MemorySyncStateStore
+from .notifier import ChangeEvent, ChangeNotifier
+from .protocols import AppSource, DatabaseAdapter, ObjectStorage, SyncStateStore, SyncTransport
+from .watermarks import is_lower_somewhere
+from .wire import SyncExchangeRequest
+
+logger = logging.getLogger(LOGGER_NAME)
+
+Watermarks = dict[str, HLCTimestamp]
+
+
+@dataclass(slots=True)
+class ExchangeResult:
+    """What one round did.
+
+    ``applied``: items whose metadata was newly applied here; ``shipped``:
+    items sent to the peer; ``has_more``: an immediate next round would move
+    something.
+    """
+
+    applied: int
+    shipped: int
+    has_more: bool
+    received: int = 0
+    pushed_bytes: int = 0
+    pulled_bytes: int = 0
+    failed_pushes: list[str] = field(default_factory=list)
+    failed_pulls: list[str] = field(default_factory=list)
+    refused: list[str] = field(default_factory=list)
+    pending: int | None = None
+
+    @property
+    def bytes_moved(self) -> int:
+        return self.pushed_bytes + self.pulled_bytes
+
+    @property
+    def errors(self) -> list[str]:
+        return [*self.failed_pushes, *self.failed_pulls, *self.refused]
+
+
+class SyncEngine:
+    def __init__(
+        self,
+        *,
+        local_database: DatabaseAdapter | None,
+        local_storage: ObjectStorage,
+        remote_storage: ObjectStorage,
+        transport: SyncTransport,
+        clock: HLCClock,
+        sync_state: SyncStateStore | None = None,
+        app_source: AppSource | None = None,
+        sync_shared_records: bool = True,
+        page_limit: int = 1000,
+        scan_page_size: int = 500,
+        app_id: str | None = None,
+        file_sync: FileSyncEngine | None = None,
+        change_notifier: ChangeNotifier | None = None,
+    ) -> None:
+        if page_limit < 1:
+            raise ValueError("page_limit must be at least 1")
+        if scan_page_size < 1:
+            raise ValueError("scan_page_size must be at least 1")
+        self.channel = ChannelView(
+            database=local_database,
+            app_source=app_source,
+            sync_shared_records=sync_shared_records,
+            app_id=app_id,
+        )
+        self.local_database = local_database
+        self.local_storage = local_storage
+        self.remote_storage = remote_storage
+        self.transport = transport
+        self.clock = clock
+        self.sync_state = sync_state if sync_state is not None else MemorySyncStateStore()
+        self.page_limit = page_limit
+        self.scan_page_size = scan_page_size
+        self.file_sync = file_sync or FileSyncEngine()
+        self.change_notifier = change_notifier or ChangeNotifier()
+
+    @property
+    def blob_failures(self) -> dict[str, TransferFailure]:
+        """Blob keys whose last transfer failed, with attempt counts and last error."""
+        return self.file_sync.failures
+
+    # -- the round ---------------------------------------------------------------
+
+    def exchange(self) -> ExchangeResult:
+        own = self.sync_state.get_watermarks()
+        peer = self.sync_state.get_peer_watermarks()
+        result = ExchangeResult(0, 0, False)
+
+        candidates, left_behind = self.channel.changes_since(peer, self.page_limit, self.scan_page_size)
+        shipped = self._push_blobs(candidates, result)
+        request = SyncExchangeRequest(
+            watermarks=own,
+            records=[i.record for i in shipped if i.record is not None],
+            app_syncable_rows=[i.entry for i in shipped if i.entry is not None],
+            limit=self.page_limit,
+        )
+        response = self.transport.exchange(request)
+        result.shipped = len(shipped)
+
+        items = self.channel.inbound_items(response.records, response.app_syncable_rows, side="requester")
+        result.received = len(items)
+        # Everything at or below ``cut`` (above our vector, not an echo) was in
+        # this response; with hasMore the page stopped there.
+        cut = max((i.hlc for i in items), default=None) if response.has_more else None
+        applied_ids: list[str] = []
+        new_own = dict(own)
+        failed_nodes: set[str] = set()
+        for node, run in group_by_node(items).items():
+            last_ok = self._apply_run(node, run, result, applied_ids)
+            if last_ok is not None and (node not in new_own or last_ok > new_own[node]):
+                new_own[node] = last_ok
+            if last_ok is None or last_ok != run[-1].hlc:
+                failed_nodes.add(node)
+
+        # Nodes that fully landed: we now hold all the peer covers up to the cut
+        # (what it did not send, we sent it: no echo).
+        theirs = response.responder_watermarks
+        for node, hlc in theirs.items():
+            if node in failed_nodes:
+                continue
+            # The bound may carry another node's id when the page was cut: it is
+            # still a correct HLC-order bound for this node's items.
+            bound = hlc if cut is None or hlc < cut else cut
+            if node not in new_own or bound > new_own[node]:
+                new_own[node] = bound
+
+        self.sync_state.set_watermarks(new_own)
+        self.sync_state.set_peer_watermarks(theirs)
+        self.sync_state.set_hlc_clock_state(self.clock.state)
+
+        result.applied = len(applied_ids)
+        result.pending = response.pending
+        result.has_more = bool(response.has_more or left_behind or is_lower_somewhere(theirs, peer))
+        if applied_ids:
+            self.change_notifier.emit(
+                ChangeEvent(LOCAL_DATA_SYNCED, applied_ids, self.clock.now(), self.channel.app_id)
+            )
+        return result
+
+    # -- outbound ----------------------------------------------------------------
+
+    def _push_blobs(self, candidates: list[Item], result: ExchangeResult) -> list[Item]:
+        """Push blobs node by node; a node stops shipping at its first failed push."""
+        halted: set[str] = set()
+        shipped: list[Item] = []
+        for item in candidates:  # HLC order; per node that is the node's order
+            if item.node in halted:
+                continue
+            if item.manifest is not None:
+                before = self.file_sync.bytes_moved
+                ok = self.file_sync.transfer_file(
+                    item.manifest, self.local_storage, self.remote_storage, direction="push"
+                )
+                result.pushed_bytes += self.file_sync.bytes_moved - before
+                if not ok:
+                    halted.add(item.node)
+                    result.failed_pushes.append(item.manifest.object_storage_key)
+                    logger.warning(
+                        "node %s: blob push of %s for %s failed; its later items wait for the next round",
+                        item.node, item.manifest.object_storage_key, item.describe(),
+                    )
+                    continue
+            shipped.append(item)
+        return shipped
+
+    # -- inbound -----------------------------------------------------------------
+
+    def _apply_run(
+        self, node: str, run: list[Item], result: ExchangeResult, applied_ids: list[str]
+    ) -> HLCTimestamp | None:
+        """Apply one node's items in order; return the HLC of the last item that fully landed."""
+        last_ok: HLCTimestamp | None = None
+        for item in run:
+            try:
+                if item.error:
+                    raise SyncError(item.error)
+                self.clock.observe(item.hlc)
+                newly = self._apply_metadata(item)
+            except (SyncError, ValueError) as err:
+                result.refused.append(f"{item.describe()}: {err}")
+                logger.warning("node %s: refused %s: %s", node, item.describe(), err)
+                return last_ok
+            if newly:
+                applied_ids.append(self._id_of(item))
+            if item.manifest is not None and self._holds_version(item):
+                before = self.file_sync.bytes_moved
+                ok = self.file_sync.transfer_file(
+                    item.manifest, self.remote_storage, self.local_storage, direction="pull"
+                )
+                result.pulled_bytes += self.file_sync.bytes_moved - before
+                if not ok:
+                    result.failed_pulls.append(item.manifest.object_storage_key)
+                    logger.warning(
+                        "node %s: blob pull of %s for %s failed; the record stays staged",
+                        node, item.manifest.object_storage_key, item.describe(),
+                    )
+                    return last_ok
+            last_ok = item.hlc
+        return last_ok
+
+    def _apply_metadata(self, item: Item) -> bool:
+        if item.record is not None:
+            assert self.local_database is not None
+            return self.local_database.merge([item.record])[0]
+        assert self.channel.app_source is not None and item.entry is not None
+        return bool(self.channel.app_source.applier.apply(item.entry))
+
+    def _holds_version(self, item: Item) -> bool:
+        """Whether the local copy is this very version (so its blob is wanted)."""
+        if item.record is not None:
+            assert self.local_database is not None
+            local = self.local_database.get(item.record.id)
+            return local is not None and local.updated_at == item.hlc
+        get_row = getattr(self.channel.app_source.applier, "get_row", None)  # type: ignore[union-attr]
+        if get_row is None:
+            return True  # cannot tell; filling an older blob is harmless
+        entry = item.entry
+        assert entry is not None
+        row = get_row(entry.app_id, entry.table, item.identity[3:])
+        return row is not None and row.get("updated_at") == serialize_hlc(item.hlc)
+
+    @staticmethod
+    def _id_of(item: Item) -> str:
+        if item.record is not None:
+            return item.record.id
+        assert item.entry is not None
+        pk = item.identity[3:]
+        return str(pk[0]) if len(pk) == 1 else ":".join(str(p) for p in pk)
+
+
+def create_sync_engine(
+    *,
+    local_database: DatabaseAdapter | None,
+    local_storage: ObjectStorage,
+    remote_storage: ObjectStorage,
+    transport: SyncTransport,
+    clock: HLCClock,
+    sync_state: SyncStateStore | None = None,
+    app_source: AppSource | None = None,
+    sync_shared_records: bool = True,
+    page_limit: int = 1000,
+    scan_page_size: int = 500,
+    app_id: str | None = None,
+    change_notifier: ChangeNotifier | None = None,
+) -> SyncEngine:
+    return SyncEngine(
+        local_database=local_database,
+        local_storage=local_storage,
+        remote_storage=remote_storage,
+        transport=transport,
+        clock=clock,
+        sync_state=sync_state,
+        app_source=app_source,
+        sync_shared_records=sync_shared_records,
+        page_limit=page_limit,
+        scan_page_size=scan_page_size,
+        app_id=app_id,
+        change_notifier=change_notifier,
+    )

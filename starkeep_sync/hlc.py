@@ -1,0 +1,173 @@
+"""Hybrid logical clock (PROTOCOL §1)."""
+
+from __future__ import annotations
+
+import logging
+import re
+import threading
+import time
+from collections.abc import Callable
+from typing import NamedTuple
+
+from .constants import DEFAULT_MAX_SKEW_MS, LOGGER_NAME, MAX_COUNTER, MAX_WALL_TIME
+from .exceptions import ClockSkewError
+
+logger = logging.getLogger(LOGGER_NAME)
+
+
+class HLCTimestamp(NamedTuple):
+    """``(wall_time, counter, node_id)``.
+
+    A NamedTuple: immutable, and tuple order is exactly HLC order
+    (wall time, then counter, then the larger node id), compared in C.
+    """
+
+    wall_time: int
+    counter: int
+    node_id: str
+
+
+class ClockState(NamedTuple):
+    """What a clock persists so a restarted node never goes backwards."""
+
+    wall_time: int
+    counter: int
+
+
+ZERO_HLC = HLCTimestamp(0, 0, "")
+
+
+def compare_hlc(a: HLCTimestamp, b: HLCTimestamp) -> int:
+    """-1, 0 or 1, like ``cmp``."""
+    ta = (a[0], a[1], a[2])
+    tb = (b[0], b[1], b[2])
+    return (ta > tb) - (ta < tb)
+
+
+def max_hlc(a: HLCTimestamp, b: HLCTimestamp) -> HLCTimestamp:
+    return a if compare_hlc(a, b) >= 0 else b
+
+
+def serialize_hlc(hlc: HLCTimestamp) -> str:
+    """``<12 hex wall>:<4 hex counter>:<node_id>``; string order equals HLC order."""
+    wall, counter, node = hlc
+    if not (0 <= wall <= MAX_WALL_TIME):
+        raise ValueError(f"HLC wall_time {wall!r} does not fit 12 hex digits")
+    if not (0 <= counter <= MAX_COUNTER):
+        raise ValueError(f"HLC counter {counter!r} does not fit 4 hex digits")
+    return f"{wall:012x}:{counter:04x}:{node}"
+
+
+_SERIALIZED = re.compile(r"([0-9a-f]{12}):([0-9a-f]{4}):([^\x00-\x1f\x7f:]*)")
+
+
+def deserialize_hlc(value: str) -> HLCTimestamp:
+    """Parse the serialized form; ``ValueError`` naming the input otherwise."""
+    if not isinstance(value, str):
+        raise ValueError(f"serialized HLC must be a string, got {type(value).__name__}")
+    m = _SERIALIZED.fullmatch(value)
+    if m is None:
+        raise ValueError(
+            f"malformed serialized HLC {value!r}: expected "
+            "'<12 lowercase hex>:<4 lowercase hex>:<node_id>'"
+        )
+    return HLCTimestamp(int(m.group(1), 16), int(m.group(2), 16), m.group(3))
+
+
+def _system_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+class HLCClock:
+    """A hybrid logical clock for one node.
+
+    ``wall_clock`` returns integer milliseconds (defaults to the system clock),
+    ``initial_state`` seeds the clock from persisted state, ``on_tick`` is
+    called with every new :class:`ClockState` so callers can persist it.
+    ``receive`` refuses (``ClockSkewError``) a remote timestamp more than
+    ``max_skew_ms`` ahead of physical time, without moving the clock.
+    """
+
+    def __init__(
+        self,
+        node_id: str,
+        wall_clock: Callable[[], int] | None = None,
+        initial_state: ClockState | tuple[int, int] | None = None,
+        on_tick: Callable[[ClockState], None] | None = None,
+        max_skew_ms: int | None = DEFAULT_MAX_SKEW_MS,
+    ) -> None:
+        if not isinstance(node_id, str) or not node_id:
+            raise ValueError("HLCClock needs a non-empty node_id string")
+        self.node_id = node_id
+        self._wall_clock = wall_clock or _system_ms
+        state = ClockState(*initial_state) if initial_state is not None else ClockState(0, 0)
+        self._last_wall = int(state.wall_time)
+        self._last_counter = int(state.counter)
+        self._on_tick = on_tick
+        self.max_skew_ms = max_skew_ms
+        self._lock = threading.Lock()
+
+    @property
+    def state(self) -> ClockState:
+        return ClockState(self._last_wall, self._last_counter)
+
+    def _tick(self) -> HLCTimestamp:
+        if self._last_counter > MAX_COUNTER:
+            # The counter must fit 4 hex digits; borrow the next millisecond
+            # rather than issue a timestamp that cannot be serialized.
+            self._last_wall += 1
+            self._last_counter = 0
+        ts = HLCTimestamp(self._last_wall, self._last_counter, self.node_id)
+        if self._on_tick is not None:
+            self._on_tick(ClockState(self._last_wall, self._last_counter))
+        return ts
+
+    def now(self) -> HLCTimestamp:
+        with self._lock:
+            pt = int(self._wall_clock())
+            if pt > self._last_wall:
+                self._last_wall, self._last_counter = pt, 0
+            else:
+                self._last_counter += 1
+            return self._tick()
+
+    send = now
+
+    def check(self, remote: HLCTimestamp) -> None:
+        """Raise ``ClockSkewError`` if ``remote`` is beyond the skew bound; never moves the clock."""
+        if self.max_skew_ms is None:
+            return
+        pt = int(self._wall_clock())
+        if remote[0] - pt > self.max_skew_ms:
+            raise ClockSkewError(
+                f"timestamp from node {remote[2]!r} is {remote[0] - pt} ms ahead of "
+                f"local time (bound {self.max_skew_ms} ms); refused"
+            )
+
+    def receive(self, remote: HLCTimestamp) -> HLCTimestamp:
+        with self._lock:
+            pt = int(self._wall_clock())
+            rw, rc = remote[0], remote[1]
+            if self.max_skew_ms is not None and rw - pt > self.max_skew_ms:
+                raise ClockSkewError(
+                    f"timestamp from node {remote[2]!r} is {rw - pt} ms ahead of "
+                    f"local time (bound {self.max_skew_ms} ms); refused"
+                )
+            if pt > self._last_wall and pt > rw:
+                self._last_wall, self._last_counter = pt, 0
+            elif rw > self._last_wall:
+                self._last_wall, self._last_counter = rw, rc + 1
+            elif self._last_wall == rw:
+                self._last_counter = max(self._last_counter, rc) + 1
+            else:
+                self._last_counter += 1
+            return self._tick()
+
+    def observe(self, remote: HLCTimestamp) -> None:
+        """Move the clock past ``remote`` only if needed (cheap path for bulk applies)."""
+        if remote[0] > self._last_wall or (
+            remote[0] == self._last_wall and remote[1] >= self._last_counter
+        ):
+            self.receive(remote)
+        else:
+            self.check(remote)

@@ -1,0 +1,74 @@
+"""Object-storage key rules (PROTOCOL §7)."""
+
+from __future__ import annotations
+
+import re
+
+from .constants import DRIVE_APP_ID
+from .exceptions import InvalidKeyError
+
+MAX_KEY_LENGTH = 1024
+
+_SEGMENT = re.compile(r"[A-Za-z0-9_-]+")
+_CATEGORY = re.compile(r"[a-z0-9_-]+")
+_HEX64 = re.compile(r"[0-9a-f]{64}")
+
+
+def check_key_syntax(key: str) -> None:
+    """Refuse keys that could escape a prefix or confuse a storage backend."""
+    if not isinstance(key, str) or not key:
+        raise InvalidKeyError("object key must be a non-empty string")
+    if len(key) > MAX_KEY_LENGTH:
+        raise InvalidKeyError(f"object key is longer than {MAX_KEY_LENGTH} characters")
+    if key.startswith("/") or key.startswith("\\"):
+        raise InvalidKeyError("object key must be relative, not an absolute path")
+    if any(ord(c) < 0x20 or ord(c) == 0x7F for c in key):
+        raise InvalidKeyError("object key must not contain control characters")
+    if "\\" in key:
+        raise InvalidKeyError("object key must not contain backslashes")
+    for segment in key.split("/"):
+        if segment == "":
+            raise InvalidKeyError("object key must not contain empty segments")
+        if segment in (".", ".."):
+            raise InvalidKeyError("object key must not contain '.' or '..' segments")
+
+
+def validate_key(key: str, app_id: str = DRIVE_APP_ID) -> str:
+    """Check ``key`` against the namespace of the channel ``app_id``.
+
+    Drive: ``shared/<category>/<shard>/<hash>``. Per-app channel:
+    ``apps/<app_id>/syncable/<...>``. Raises ``InvalidKeyError`` (status 400,
+    or 403 for another app's prefix).
+    """
+    check_key_syntax(key)
+    parts = key.split("/")
+    if app_id == DRIVE_APP_ID:
+        if (
+            len(parts) != 4
+            or parts[0] != "shared"
+            or not _CATEGORY.fullmatch(parts[1])
+            or not all(_SEGMENT.fullmatch(p) for p in parts[2:])
+        ):
+            raise InvalidKeyError(
+                f"key {key[:100]!r} is not a shared key 'shared/<category>/<shard>/<hash>'"
+            )
+        return key
+    if len(parts) >= 4 and parts[0] == "apps" and parts[2] == "syncable":
+        if parts[1] != app_id:
+            raise InvalidKeyError(
+                f"key {key[:100]!r} belongs to another app's namespace",
+                code="forbidden_key",
+                status=403,
+            )
+        return key
+    raise InvalidKeyError(f"key {key[:100]!r} is not under 'apps/{app_id}/syncable/'")
+
+
+def expected_sha256(content_hash: str | None, key: str) -> str | None:
+    """The sha256 the bytes must have: the content hash, else a hash-named key, else None."""
+    if content_hash and _HEX64.fullmatch(content_hash.lower()):
+        return content_hash.lower()
+    last = key.rsplit("/", 1)[-1].lower()
+    if _HEX64.fullmatch(last):
+        return last
+    return None

@@ -1,0 +1,346 @@
+"""In-memory adapters: the reference's test doubles, indexed so a no-op round is cheap."""
+
+from __future__ import annotations
+
+import bisect
+import heapq
+import io
+import threading
+from collections.abc import Callable, Hashable, Iterable, Iterator, Mapping, Sequence
+from dataclasses import replace
+from typing import IO, Any
+
+from .approws import check_entry, next_row, row_to_entry
+from .exceptions import SyncError
+from .hlc import ZERO_HLC, ClockState, HLCTimestamp, deserialize_hlc, serialize_hlc
+from .keys import check_key_syntax
+from .protocols import RecordPage, ScanPage, StoredObject
+from .records import AppSyncableNamespace, AppSyncableRowEntry, DataRecord
+
+Watermarks = dict[str, HLCTimestamp]
+
+
+def _hlc_key(entry: tuple[HLCTimestamp, Hashable]) -> HLCTimestamp:
+    return entry[0]
+
+
+class NodeIndex:
+    """Per-node sorted ``(hlc, key)`` lists plus a per-node coverage summary.
+
+    Entries go stale when a key is overwritten; ``iter_since`` skips them by
+    asking ``current(key)`` for the key's live HLC. Finding what is above a
+    watermark is a bisect per node, never a scan of every row.
+    """
+
+    def __init__(self, current: Callable[[Hashable], HLCTimestamp | None]) -> None:
+        self._by_node: dict[str, list[tuple[HLCTimestamp, Hashable]]] = {}
+        self.coverage: dict[str, HLCTimestamp] = {}
+        self._current = current
+
+    def add(self, hlc: HLCTimestamp, key: Hashable) -> None:
+        entries = self._by_node.setdefault(hlc[2], [])
+        item = (hlc, key)
+        if not entries or entries[-1][0] <= hlc:
+            entries.append(item)
+        else:
+            bisect.insort(entries, item, key=_hlc_key)
+        self.cover(hlc)
+
+    def cover(self, hlc: HLCTimestamp) -> None:
+        current = self.coverage.get(hlc[2])
+        if current is None or hlc > current:
+            self.coverage[hlc[2]] = hlc
+
+    def _iter_node(self, node: str, after: HLCTimestamp) -> Iterator[tuple[HLCTimestamp, Hashable]]:
+        entries = self._by_node[node]
+        i = bisect.bisect_right(entries, after, key=_hlc_key)
+        current = self._current
+        for j in range(i, len(entries)):
+            hlc, key = entries[j]
+            if current(key) == hlc:
+                yield hlc, key
+
+    def iter_since(
+        self, watermarks: Mapping[str, HLCTimestamp], after: HLCTimestamp | None = None
+    ) -> Iterator[tuple[HLCTimestamp, Hashable]]:
+        """Live entries above ``watermarks`` (and above ``after``) in global HLC order."""
+        streams = []
+        for node in self._by_node:
+            floor = watermarks.get(node, ZERO_HLC)
+            if after is not None and after > floor:
+                floor = after
+            if self.coverage.get(node, ZERO_HLC) <= floor:
+                continue  # nothing above: skip without touching the list
+            streams.append(self._iter_node(node, floor))
+        if len(streams) == 1:
+            return streams[0]
+        return heapq.merge(*streams, key=_hlc_key)
+
+    def clear(self) -> None:
+        self._by_node.clear()
+        self.coverage.clear()
+
+
+def _page(items: Iterator[Any], limit: int | None) -> tuple[list[Any], bool]:
+    if limit is None:
+        return list(items), False
+    out = []
+    for item in items:
+        if len(out) == limit:
+            return out, True
+        out.append(item)
+    return out, False
+
+
+class MemoryDatabaseAdapter:
+    """Shared records in a dict, with a per-node HLC index."""
+
+    def __init__(self, records: Iterable[DataRecord] = ()) -> None:
+        self._records: dict[str, DataRecord] = {}
+        self._lock = threading.RLock()
+        self._index = NodeIndex(self._current)
+        for r in records:
+            self.put(r)
+
+    def _current(self, key: Hashable) -> HLCTimestamp | None:
+        r = self._records.get(key)  # type: ignore[call-overload]
+        return r.updated_at if r is not None else None
+
+    def get(self, id: str) -> DataRecord | None:
+        return self._records.get(id)
+
+    def put(self, record: DataRecord) -> None:
+        with self._lock:
+            self._records[record.id] = record
+            self._index.add(record.updated_at, record.id)
+
+    def delete(self, id: str, hlc: HLCTimestamp) -> DataRecord | None:
+        with self._lock:
+            r = self._records.get(id)
+            if r is None:
+                return None
+            new = replace(r, deleted_at=hlc, updated_at=hlc, version=r.version + 1)
+            self.put(new)
+            return new
+
+    def merge(self, records: Sequence[DataRecord]) -> list[bool]:
+        out = []
+        with self._lock:
+            for r in records:
+                stored = self._records.get(r.id)
+                if stored is not None and stored.updated_at >= r.updated_at:
+                    self._index.cover(r.updated_at)
+                    out.append(False)
+                else:
+                    self.put(r)
+                    out.append(True)
+        return out
+
+    def query(self, limit: int, cursor: str | None = None) -> RecordPage:
+        return self.query_since({}, limit, cursor)
+
+    def query_since(
+        self, watermarks: Mapping[str, HLCTimestamp], limit: int, cursor: str | None = None
+    ) -> RecordPage:
+        after = deserialize_hlc(cursor) if cursor else None
+        with self._lock:
+            entries, more = _page(self._index.iter_since(watermarks, after), limit)
+            records = [self._records[k] for _, k in entries]  # type: ignore[index]
+        next_cursor = serialize_hlc(records[-1].updated_at) if more and records else None
+        return RecordPage(records, next_cursor, more)
+
+    def get_node_watermarks(self) -> Watermarks:
+        return dict(self._index.coverage)
+
+    def all(self) -> list[DataRecord]:
+        """Every record held, tombstones included (test helper)."""
+        return list(self._records.values())
+
+    def clear(self) -> None:
+        """Forget everything, as a wiped server would."""
+        with self._lock:
+            self._records.clear()
+            self._index.clear()
+
+    def __len__(self) -> int:
+        return len(self._records)
+
+
+class MemoryObjectStorage:
+    """Blobs in a dict. ``put`` reads a stream to its end before storing anything."""
+
+    def __init__(self) -> None:
+        self._objects: dict[str, tuple[bytes, str | None]] = {}
+        self._lock = threading.Lock()
+
+    def put(self, key: str, data: bytes | IO[bytes], content_type: str | None = None) -> None:
+        check_key_syntax(key)
+        if isinstance(data, (bytes, bytearray, memoryview)):
+            body = bytes(data)
+        else:
+            chunks = []
+            while True:
+                chunk = data.read(1024 * 1024)
+                if not chunk:
+                    break
+                chunks.append(chunk)
+            body = b"".join(chunks)
+        with self._lock:
+            self._objects[key] = (body, content_type)
+
+    def get(self, key: str) -> StoredObject | None:
+        obj = self._objects.get(key)
+        if obj is None:
+            return None
+        return StoredObject(obj[0], obj[1], len(obj[0]))
+
+    def open(self, key: str) -> IO[bytes] | None:
+        obj = self._objects.get(key)
+        return io.BytesIO(obj[0]) if obj is not None else None
+
+    def has(self, key: str) -> bool:
+        return key in self._objects
+
+    def delete(self, key: str) -> None:
+        with self._lock:
+            self._objects.pop(key, None)
+
+    def keys(self) -> list[str]:
+        return list(self._objects)
+
+    def clear(self) -> None:
+        with self._lock:
+            self._objects.clear()
+
+
+class MemorySyncStateStore:
+    def __init__(self) -> None:
+        self._own: Watermarks = {}
+        self._peer: Watermarks = {}
+        self._clock: ClockState | None = None
+
+    def get_watermarks(self) -> Watermarks:
+        return dict(self._own)
+
+    def set_watermarks(self, w: Mapping[str, HLCTimestamp]) -> None:
+        self._own = dict(w)
+
+    def get_peer_watermarks(self) -> Watermarks:
+        return dict(self._peer)
+
+    def set_peer_watermarks(self, w: Mapping[str, HLCTimestamp]) -> None:
+        self._peer = dict(w)
+
+    def get_hlc_clock_state(self) -> ClockState | None:
+        return self._clock
+
+    def set_hlc_clock_state(self, state: ClockState) -> None:
+        self._clock = ClockState(*state)
+
+
+class MemoryNamespaceStore:
+    def __init__(self, namespaces: Iterable[AppSyncableNamespace] = ()) -> None:
+        self._by_id = {ns.app_id: ns for ns in namespaces}
+
+    def get(self, app_id: str) -> AppSyncableNamespace | None:
+        return self._by_id.get(app_id)
+
+    def list(self) -> list[AppSyncableNamespace]:
+        return list(self._by_id.values())
+
+    def register(self, namespace: AppSyncableNamespace) -> None:
+        self._by_id[namespace.app_id] = namespace
+
+
+class _Table:
+    def __init__(self) -> None:
+        self.rows: dict[tuple[Any, ...], dict[str, Any]] = {}
+        self.hlcs: dict[tuple[Any, ...], HLCTimestamp] = {}
+        self.index = NodeIndex(self.hlcs.get)  # type: ignore[arg-type]
+
+
+class MemoryApplier:
+    """App rows per (app, table), LWW per primary key, indexed per node."""
+
+    def __init__(self, namespaces: MemoryNamespaceStore) -> None:
+        self._namespaces = namespaces
+        self._tables: dict[tuple[str, str], _Table] = {}
+        self._lock = threading.RLock()
+
+    def _table(self, app_id: str, table: str) -> _Table:
+        t = self._tables.get((app_id, table))
+        if t is None:
+            t = self._tables[(app_id, table)] = _Table()
+        return t
+
+    def apply(self, entry: AppSyncableRowEntry) -> bool:
+        ns = self._namespaces.get(entry.app_id)
+        if ns is None:
+            raise SyncError(f"unknown app {entry.app_id!r}", code="unknown_app")
+        info = ns.table(entry.table)
+        if info is None:
+            raise SyncError(f"unknown table {entry.app_id}.{entry.table}", code="unknown_table")
+        pk = check_entry(entry, info)
+        with self._lock:
+            t = self._table(entry.app_id, entry.table)
+            new = next_row(t.rows.get(pk), entry, info, pk)
+            if new is None:
+                t.index.cover(entry.timestamp)
+                return False
+            t.rows[pk] = new
+            t.hlcs[pk] = entry.timestamp
+            t.index.add(entry.timestamp, pk)
+            return True
+
+    def scan_since(
+        self,
+        app_id: str,
+        table: str,
+        since: Mapping[str, HLCTimestamp],
+        limit: int | None = None,
+        cursor: str | None = None,
+    ) -> ScanPage:
+        t = self._tables.get((app_id, table))
+        if t is None:
+            return ScanPage([], None, False)
+        after = deserialize_hlc(cursor) if cursor else None
+        with self._lock:
+            entries, more = _page(t.index.iter_since(since, after), limit)
+            rows = [row_to_entry(app_id, table, t.rows[pk]) for _, pk in entries]  # type: ignore[index]
+        next_cursor = serialize_hlc(rows[-1].timestamp) if more and rows else None
+        return ScanPage(rows, next_cursor, more)
+
+    def get_node_watermarks(self, app_id: str, table: str) -> Watermarks:
+        t = self._tables.get((app_id, table))
+        return dict(t.index.coverage) if t is not None else {}
+
+    def rows(self, app_id: str, table: str) -> list[dict[str, Any]]:
+        t = self._tables.get((app_id, table))
+        return [dict(r) for r in t.rows.values()] if t is not None else []
+
+    def get_row(self, app_id: str, table: str, pk: Sequence[Any]) -> dict[str, Any] | None:
+        t = self._tables.get((app_id, table))
+        row = t.rows.get(tuple(pk)) if t is not None else None
+        return dict(row) if row is not None else None
+
+    def clear(self) -> None:
+        with self._lock:
+            self._tables.clear()
+
+
+class MemoryAppSource:
+    """``namespaces`` plus ``applier``: the app-source protocol in memory."""
+
+    def __init__(self, namespaces: Iterable[AppSyncableNamespace] = ()) -> None:
+        self.namespaces = MemoryNamespaceStore(namespaces)
+        self.applier = MemoryApplier(self.namespaces)
+
+    def rows(self, app_id: str, table: str) -> list[dict[str, Any]]:
+        """Stored rows of one table, tombstones included."""
+        return self.applier.rows(app_id, table)
+
+    def get_row(self, app_id: str, table: str, pk: Sequence[Any]) -> dict[str, Any] | None:
+        return self.applier.get_row(app_id, table, pk)
+
+    def clear(self) -> None:
+        self.applier.clear()

@@ -1,0 +1,190 @@
+"""The responder side of one exchange round (PROTOCOL §6).
+
+The in-process transport and the DRF exchange view both run
+:class:`SyncResponder`; only the adapters differ.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from .channel import ChannelView, Item, group_by_node
+from .constants import DRIVE_APP_ID, LOGGER_NAME
+from .exceptions import SyncError
+from .hlc import HLCClock
+from .keys import validate_key
+from .protocols import AppSource, DatabaseAdapter, ObjectStorage
+from .wire import SyncExchangeRequest, SyncExchangeResponse
+
+logger = logging.getLogger(LOGGER_NAME)
+
+DEFAULT_LIMIT = 1000
+
+
+@dataclass(slots=True)
+class Refusal:
+    node: str
+    item: str
+    reason: str
+
+
+@dataclass(slots=True)
+class ExchangeReport:
+    """What one handled request did, for logs, status pages and tests."""
+
+    received: int = 0
+    applied: int = 0
+    sent: int = 0
+    refused: list[Refusal] = field(default_factory=list)
+    halted_nodes: set[str] = field(default_factory=set)
+
+
+class SyncResponder:
+    def __init__(
+        self,
+        *,
+        database: DatabaseAdapter | None,
+        storage: ObjectStorage | None,
+        clock: HLCClock,
+        app_source: AppSource | None = None,
+        sync_shared_records: bool = True,
+        app_id: str | None = None,
+        default_limit: int = DEFAULT_LIMIT,
+        max_limit: int | None = None,
+        count_pending: bool = False,
+        on_refused: Callable[[Refusal], None] | None = None,
+    ) -> None:
+        self.channel = ChannelView(
+            database=database,
+            app_source=app_source,
+            sync_shared_records=sync_shared_records,
+            app_id=app_id,
+        )
+        self.storage = storage
+        self.clock = clock
+        self.default_limit = default_limit
+        self.max_limit = max_limit
+        self.count_pending = count_pending
+        self.on_refused = on_refused
+
+    def exchange(self, request: SyncExchangeRequest) -> SyncExchangeResponse:
+        return self.handle(request)[0]
+
+    def handle(self, request: SyncExchangeRequest) -> tuple[SyncExchangeResponse, ExchangeReport]:
+        report = ExchangeReport()
+        items = self.channel.inbound_items(request.records, request.app_syncable_rows, side="responder")
+        report.received = len(items)
+        received: set[tuple[object, ...]] = set()
+        for node, run in group_by_node(items).items():
+            landed = self._apply_run(node, run, report)
+            for item in run[:landed]:
+                received.add((item.identity, item.hlc))
+
+        limit = request.limit or self.default_limit
+        if self.max_limit is not None:
+            limit = min(limit, self.max_limit)
+        # Fetch past the limit by the number of echoes we may drop, plus one to
+        # learn hasMore exactly.
+        candidates, _ = self.channel.changes_since(request.watermarks, limit + len(received))
+        if received:
+            candidates = [i for i in candidates if (i.identity, i.hlc) not in received]
+        has_more = len(candidates) > limit
+        out = candidates[:limit]
+        report.sent = len(out)
+        response = SyncExchangeResponse(
+            records=[i.record for i in out if i.record is not None],
+            app_syncable_rows=[i.entry for i in out if i.entry is not None],
+            responder_watermarks=self.channel.coverage(),
+            has_more=has_more,
+        )
+        return response, report
+
+    def _refuse(self, node: str, item: Item, reason: str, report: ExchangeReport) -> None:
+        refusal = Refusal(node, item.describe(), reason)
+        report.refused.append(refusal)
+        report.halted_nodes.add(node)
+        logger.warning("refused %s from node %s: %s (node halted for this round)", refusal.item, node, reason)
+        if self.on_refused is not None:
+            self.on_refused(refusal)
+
+    def _check(self, item: Item) -> str | None:
+        if item.error:
+            return item.error
+        try:
+            if item.record is not None and item.record.object_storage_key:
+                validate_key(item.record.object_storage_key, DRIVE_APP_ID)
+            elif item.manifest is not None and item.entry is not None:
+                validate_key(item.manifest.object_storage_key, item.entry.app_id)
+            self.clock.observe(item.hlc)
+        except SyncError as err:
+            return str(err)
+        return None
+
+    def _apply_run(self, node: str, run: list[Item], report: ExchangeReport) -> int:
+        """Apply one node's items in HLC order up to its first failure; return how many landed."""
+        prefix: list[Item] = []
+        for item in run:
+            reason = self._check(item)
+            if reason is not None:
+                self._refuse(node, item, reason, report)
+                break
+            prefix.append(item)
+        landed = 0
+        i = 0
+        while i < len(prefix):
+            item = prefix[i]
+            if item.record is not None:
+                j = i
+                while j < len(prefix) and prefix[j].record is not None:
+                    j += 1
+                assert self.channel.database is not None
+                results = self.channel.database.merge([p.record for p in prefix[i:j]])  # type: ignore[misc]
+                report.applied += sum(results)
+                landed = j
+                i = j
+                continue
+            assert self.channel.app_source is not None and item.entry is not None
+            try:
+                if self.channel.app_source.applier.apply(item.entry):
+                    report.applied += 1
+            except (SyncError, ValueError) as err:
+                self._refuse(node, item, str(err), report)
+                return landed
+            landed = i + 1
+            i += 1
+        return landed
+
+
+def create_in_process_sync_transport(
+    *,
+    database: DatabaseAdapter | None,
+    storage: ObjectStorage | None,
+    clock: HLCClock,
+    app_source: AppSource | None = None,
+    sync_shared_records: bool = True,
+    app_id: str | None = None,
+    max_limit: int | None = None,
+) -> SyncResponder:
+    """A responder answering ``exchange(request)`` in this process (tests, embedded peers).
+
+    Requests and responses go through the wire codec both ways, so what an
+    in-process round moves is exactly what would cross HTTP.
+    """
+    return InProcessTransport(
+        database=database,
+        storage=storage,
+        clock=clock,
+        app_source=app_source,
+        sync_shared_records=sync_shared_records,
+        app_id=app_id,
+        max_limit=max_limit,
+    )
+
+
+class InProcessTransport(SyncResponder):
+    def exchange(self, request: SyncExchangeRequest) -> SyncExchangeResponse:
+        decoded = SyncExchangeRequest.from_wire(request.to_wire())
+        response = self.handle(decoded)[0]
+        return SyncExchangeResponse.from_wire(response.to_wire())

@@ -1,0 +1,57 @@
+"""Per-node watermark vectors: ``{node_id: HLCTimestamp}``."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Mapping
+from typing import TypeVar
+
+from .hlc import ZERO_HLC, HLCTimestamp
+
+Watermarks = dict[str, HLCTimestamp]
+T = TypeVar("T")
+
+
+def watermark_for(w: Mapping[str, HLCTimestamp], node_id: str) -> HLCTimestamp:
+    """The watermark for ``node_id``, ``ZERO_HLC`` when the node is unknown."""
+    return w.get(node_id, ZERO_HLC)
+
+
+def advance_watermark(w: Mapping[str, HLCTimestamp], hlc: HLCTimestamp) -> Watermarks:
+    """A copy of ``w`` with ``hlc.node_id`` moved up to ``hlc`` (never down)."""
+    out = dict(w)
+    current = out.get(hlc.node_id)
+    if current is None or hlc > current:
+        out[hlc.node_id] = hlc
+    return out
+
+
+def merge_watermarks(
+    a: Mapping[str, HLCTimestamp], b: Mapping[str, HLCTimestamp]
+) -> Watermarks:
+    """Per-node maximum of two vectors."""
+    out = dict(a)
+    for node, hlc in b.items():
+        current = out.get(node)
+        if current is None or hlc > current:
+            out[node] = hlc
+    return out
+
+
+def select_unseen(
+    items: Iterable[T],
+    w: Mapping[str, HLCTimestamp],
+    hlc_of: Callable[[T], HLCTimestamp] = lambda item: item.updated_at,  # type: ignore[attr-defined]
+) -> list[T]:
+    """Items whose HLC is above ``w`` for their node, in HLC order."""
+    unseen = []
+    for item in items:
+        hlc = hlc_of(item)
+        if hlc > w.get(hlc.node_id, ZERO_HLC):
+            unseen.append(item)
+    unseen.sort(key=hlc_of)
+    return unseen
+
+
+def is_lower_somewhere(new: Mapping[str, HLCTimestamp], old: Mapping[str, HLCTimestamp]) -> bool:
+    """True when ``new`` is below ``old`` for at least one node (the peer lost data)."""
+    return any(new.get(node, ZERO_HLC) < hlc for node, hlc in old.items())

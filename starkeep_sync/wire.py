@@ -1,0 +1,301 @@
+"""The JSON wire format of PROTOCOL §4, strictly validated.
+
+``from_wire`` accepts parsed JSON (dicts and lists) and raises
+``WireFormatError`` naming the first offending field; ``to_wire`` produces
+plain dicts ready for ``json.dumps``. Unknown fields are ignored.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from .constants import MAX_COUNTER, MAX_NODE_ID_LENGTH, MAX_WALL_TIME
+from .exceptions import WireFormatError
+from .hlc import HLCTimestamp
+from .records import OPS, AppSyncableRowEntry, DataRecord
+
+MAX_ID_LENGTH = 256
+MAX_TEXT_LENGTH = 4096
+
+
+@dataclass(slots=True)
+class SyncExchangeRequest:
+    watermarks: dict[str, HLCTimestamp] = field(default_factory=dict)
+    records: list[DataRecord] = field(default_factory=list)
+    app_syncable_rows: list[AppSyncableRowEntry] = field(default_factory=list)
+    limit: int | None = None
+
+    def to_wire(self) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "watermarks": watermarks_to_wire(self.watermarks),
+            "records": [record_to_wire(r) for r in self.records],
+            "appSyncableRows": [entry_to_wire(e) for e in self.app_syncable_rows],
+        }
+        if self.limit is not None:
+            out["limit"] = self.limit
+        return out
+
+    @classmethod
+    def from_wire(cls, data: Any) -> SyncExchangeRequest:
+        if not isinstance(data, dict):
+            raise WireFormatError("body", "must be a JSON object")
+        if "watermarks" not in data:
+            raise WireFormatError("watermarks", "is required")
+        limit = data.get("limit")
+        if limit is not None:
+            limit = _int(limit, "limit")
+            if limit < 1:
+                raise WireFormatError("limit", "must be at least 1")
+        return cls(
+            watermarks=watermarks_from_wire(data["watermarks"], "watermarks"),
+            records=_list(data.get("records"), "records", record_from_wire),
+            app_syncable_rows=_list(data.get("appSyncableRows"), "appSyncableRows", entry_from_wire),
+            limit=limit,
+        )
+
+
+@dataclass(slots=True)
+class SyncExchangeResponse:
+    records: list[DataRecord] = field(default_factory=list)
+    app_syncable_rows: list[AppSyncableRowEntry] = field(default_factory=list)
+    responder_watermarks: dict[str, HLCTimestamp] = field(default_factory=dict)
+    has_more: bool = False
+    #: Extension (not in the reference): items above the requester's
+    #: watermarks that remain after this page. ``None`` when unknown.
+    pending: int | None = None
+
+    def to_wire(self) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "records": [record_to_wire(r) for r in self.records],
+            "appSyncableRows": [entry_to_wire(e) for e in self.app_syncable_rows],
+            "responderWatermarks": watermarks_to_wire(self.responder_watermarks),
+            "hasMore": self.has_more,
+        }
+        if self.pending is not None:
+            out["pending"] = self.pending
+        return out
+
+    @classmethod
+    def from_wire(cls, data: Any) -> SyncExchangeResponse:
+        if not isinstance(data, dict):
+            raise WireFormatError("body", "must be a JSON object")
+        has_more = data.get("hasMore", False)
+        if not isinstance(has_more, bool):
+            raise WireFormatError("hasMore", "must be a boolean")
+        pending = data.get("pending")
+        if pending is not None:
+            pending = _int(pending, "pending")
+        return cls(
+            records=_list(data.get("records"), "records", record_from_wire),
+            app_syncable_rows=_list(data.get("appSyncableRows"), "appSyncableRows", entry_from_wire),
+            responder_watermarks=watermarks_from_wire(
+                data.get("responderWatermarks", {}), "responderWatermarks"
+            ),
+            has_more=has_more,
+            pending=pending,
+        )
+
+
+# -- HLC ---------------------------------------------------------------------
+
+
+def hlc_to_wire(hlc: HLCTimestamp) -> dict[str, Any]:
+    return {"wallTime": hlc[0], "counter": hlc[1], "nodeId": hlc[2]}
+
+
+def _bad_node_id(node: str) -> str | None:
+    if not node:
+        return "must not be empty"
+    if len(node) > MAX_NODE_ID_LENGTH:
+        return f"must be at most {MAX_NODE_ID_LENGTH} characters"
+    if ":" in node:
+        return "must not contain ':'"
+    if any(ord(c) < 0x20 or ord(c) == 0x7F for c in node):
+        return "must not contain control characters"
+    return None
+
+
+def validate_node_id(node: Any, where: str) -> str:
+    if not isinstance(node, str):
+        raise WireFormatError(where, "must be a string")
+    problem = _bad_node_id(node)
+    if problem:
+        raise WireFormatError(where, problem)
+    return node
+
+
+def hlc_from_wire(data: Any, where: str) -> HLCTimestamp:
+    if not isinstance(data, dict):
+        raise WireFormatError(where, "must be an HLC object {wallTime, counter, nodeId}")
+    wall = data.get("wallTime")
+    counter = data.get("counter")
+    node = data.get("nodeId")
+    if type(wall) is not int:
+        raise WireFormatError(f"{where}.wallTime", "must be an integer")
+    if not (0 <= wall <= MAX_WALL_TIME):
+        raise WireFormatError(f"{where}.wallTime", f"must be between 0 and {MAX_WALL_TIME}")
+    if type(counter) is not int:
+        raise WireFormatError(f"{where}.counter", "must be an integer")
+    if not (0 <= counter <= MAX_COUNTER):
+        raise WireFormatError(f"{where}.counter", f"must be between 0 and {MAX_COUNTER}")
+    validate_node_id(node, f"{where}.nodeId")
+    return HLCTimestamp(wall, counter, node)
+
+
+def watermarks_to_wire(w: Mapping[str, HLCTimestamp]) -> dict[str, Any]:
+    return {node: hlc_to_wire(h) for node, h in w.items()}
+
+
+def watermarks_from_wire(data: Any, where: str) -> dict[str, HLCTimestamp]:
+    if not isinstance(data, dict):
+        raise WireFormatError(where, "must be an object of nodeId -> HLC")
+    out = {}
+    for node, value in data.items():
+        validate_node_id(node, f"{where} key {node!r}"[:200])
+        out[node] = hlc_from_wire(value, f"{where}.{node}")
+    return out
+
+
+# -- records -------------------------------------------------------------------
+
+
+def record_to_wire(r: DataRecord) -> dict[str, Any]:
+    return {
+        "id": r.id,
+        "kind": r.kind,
+        "type": r.type,
+        "createdAt": hlc_to_wire(r.created_at),
+        "updatedAt": hlc_to_wire(r.updated_at),
+        "deletedAt": hlc_to_wire(r.deleted_at) if r.deleted_at is not None else None,
+        "version": r.version,
+        "contentHash": r.content_hash,
+        "objectStorageKey": r.object_storage_key,
+        "mimeType": r.mime_type,
+        "sizeBytes": r.size_bytes,
+        "originalFilename": r.original_filename,
+        "originAppId": r.origin_app_id,
+        "parentId": r.parent_id,
+        "label": r.label,
+    }
+
+
+def _str(d: dict, key: str, where: str, *, nullable: bool = False, max_len: int = MAX_TEXT_LENGTH,
+         required: bool = True) -> str | None:
+    if key not in d:
+        if nullable or not required:
+            return None
+        raise WireFormatError(f"{where}.{key}", "is required")
+    v = d[key]
+    if v is None:
+        if nullable:
+            return None
+        raise WireFormatError(f"{where}.{key}", "must be a string, not null")
+    if not isinstance(v, str):
+        raise WireFormatError(f"{where}.{key}", "must be a string")
+    if len(v) > max_len:
+        raise WireFormatError(f"{where}.{key}", f"must be at most {max_len} characters")
+    return v
+
+
+def _int(v: Any, where: str) -> int:
+    if type(v) is not int:
+        raise WireFormatError(where, "must be an integer")
+    return v
+
+
+def record_from_wire(d: Any, where: str) -> DataRecord:
+    if not isinstance(d, dict):
+        raise WireFormatError(where, "must be a record object")
+    rid = _str(d, "id", where, max_len=MAX_ID_LENGTH)
+    if not rid:
+        raise WireFormatError(f"{where}.id", "must not be empty")
+    kind = d.get("kind", "data")
+    if kind != "data":
+        raise WireFormatError(f"{where}.kind", "must be 'data'")
+    rtype = _str(d, "type", where, max_len=255)
+    if "/" not in rtype:  # type: ignore[operator]
+        raise WireFormatError(f"{where}.type", "must look like '<category>/<format>'")
+    for key in ("createdAt", "updatedAt"):
+        if key not in d:
+            raise WireFormatError(f"{where}.{key}", "is required")
+    created = hlc_from_wire(d["createdAt"], f"{where}.createdAt")
+    updated = hlc_from_wire(d["updatedAt"], f"{where}.updatedAt")
+    deleted_raw = d.get("deletedAt")
+    deleted = None if deleted_raw is None else hlc_from_wire(deleted_raw, f"{where}.deletedAt")
+    version = _int(d.get("version", 1), f"{where}.version")
+    size = d.get("sizeBytes", 0)
+    size = _int(size, f"{where}.sizeBytes")
+    if size < 0:
+        raise WireFormatError(f"{where}.sizeBytes", "must not be negative")
+    if version < 0:
+        raise WireFormatError(f"{where}.version", "must not be negative")
+    return DataRecord(
+        id=rid,
+        type=rtype,  # type: ignore[arg-type]
+        created_at=created,
+        updated_at=updated,
+        deleted_at=deleted,
+        version=version,
+        content_hash=_str(d, "contentHash", where, max_len=256) or "",
+        object_storage_key=_str(d, "objectStorageKey", where, max_len=1024) or "",
+        mime_type=_str(d, "mimeType", where, nullable=True, max_len=255),
+        size_bytes=size,
+        original_filename=_str(d, "originalFilename", where, nullable=True),
+        origin_app_id=_str(d, "originAppId", where, max_len=255) or "",
+        parent_id=_str(d, "parentId", where, nullable=True, max_len=MAX_ID_LENGTH),
+        label=_str(d, "label", where, nullable=True),
+    )
+
+
+# -- app row entries -----------------------------------------------------------------
+
+
+def entry_to_wire(e: AppSyncableRowEntry) -> dict[str, Any]:
+    return {
+        "timestamp": hlc_to_wire(e.timestamp),
+        "appId": e.app_id,
+        "table": e.table,
+        "op": e.op,
+        "row": dict(e.row) if e.row is not None else None,
+        "where": dict(e.where) if e.where is not None else None,
+    }
+
+
+def entry_from_wire(d: Any, where: str) -> AppSyncableRowEntry:
+    if not isinstance(d, dict):
+        raise WireFormatError(where, "must be an app row entry object")
+    if "timestamp" not in d:
+        raise WireFormatError(f"{where}.timestamp", "is required")
+    ts = hlc_from_wire(d["timestamp"], f"{where}.timestamp")
+    app_id = _str(d, "appId", where, max_len=255)
+    table = _str(d, "table", where, max_len=255)
+    if not app_id:
+        raise WireFormatError(f"{where}.appId", "must not be empty")
+    if not table:
+        raise WireFormatError(f"{where}.table", "must not be empty")
+    op = d.get("op")
+    if op not in OPS:
+        raise WireFormatError(f"{where}.op", "must be one of 'insert', 'update', 'delete'")
+    row = d.get("row")
+    if row is not None and not isinstance(row, dict):
+        raise WireFormatError(f"{where}.row", "must be an object or null")
+    cond = d.get("where")
+    if cond is not None and not isinstance(cond, dict):
+        raise WireFormatError(f"{where}.where", "must be an object or null")
+    if op == "insert" and not row:
+        raise WireFormatError(f"{where}.row", "is required for op 'insert'")
+    if op == "update" and (not row or not cond):
+        raise WireFormatError(f"{where}", "op 'update' needs both 'row' and 'where'")
+    if op == "delete" and not row and not cond:
+        raise WireFormatError(f"{where}", "op 'delete' needs 'where' or 'row'")
+    return AppSyncableRowEntry(ts, app_id, table, op, row, cond)  # type: ignore[arg-type]
+
+
+def _list(value: Any, where: str, parse: Any) -> list:
+    if value is None:
+        return []
+    if not isinstance(value, list):
+        raise WireFormatError(where, "must be an array")
+    return [parse(item, f"{where}[{i}]") for i, item in enumerate(value)]

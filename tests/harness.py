@@ -1,0 +1,254 @@
+"""Two-sided test harness: a local requester and a cloud responder.
+
+Scenario tests talk only to :class:`Pair` and :class:`Side`, so the same
+scenarios run in-process on the memory adapters and over real HTTP against
+the Django server (the ``pair`` fixture is parametrized).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import IO, Any
+
+from starkeep_sync import (
+    FILE_RECORDS_TABLE,
+    AppSyncableNamespace,
+    AppSyncableRowEntry,
+    AppSyncableTableInfo,
+    DataRecord,
+    ExchangeResult,
+    HLCClock,
+    SyncEngine,
+    create_data_record,
+    create_in_process_sync_transport,
+    create_sync_engine,
+    serialize_hlc,
+    shared_object_key,
+)
+from starkeep_sync.memory import (
+    MemoryAppSource,
+    MemoryDatabaseAdapter,
+    MemoryObjectStorage,
+    MemorySyncStateStore,
+)
+
+NOTES_APP = "notes"
+NOTES_TABLE = "notes"
+
+#: The app namespace every scenario side registers.
+NOTES_NAMESPACE = AppSyncableNamespace(
+    NOTES_APP,
+    [AppSyncableTableInfo(NOTES_TABLE, ["id"]), AppSyncableTableInfo(FILE_RECORDS_TABLE, ["id"])],
+    files_enabled=True,
+)
+OTHER_NAMESPACE = AppSyncableNamespace("other", [AppSyncableTableInfo("items", ["id"])])
+
+
+class ManualTime:
+    """A wall clock tests move by hand; starts near real time so skew guards stay quiet."""
+
+    def __init__(self, start_ms: int | None = None) -> None:
+        self.ms = start_ms if start_ms is not None else (time.time_ns() // 1_000_000) - 3_600_000
+
+    def __call__(self) -> int:
+        return self.ms
+
+    def advance(self, ms: int = 1) -> None:
+        self.ms += ms
+
+
+class FlakyStorage:
+    """Wraps an object storage; ``put`` fails for chosen keys.
+
+    ``fail_once`` keys fail on their first put only (transient), ``fail_always``
+    keys fail every time (persistent). ``puts`` records every attempted key.
+    """
+
+    def __init__(self, inner: Any) -> None:
+        self.inner = inner
+        self.fail_once: set[str] = set()
+        self.fail_always: set[str] = set()
+        self.puts: list[str] = []
+
+    def put(self, key: str, data: bytes | IO[bytes], content_type: str | None = None) -> None:
+        self.puts.append(key)
+        if key in self.fail_always:
+            raise OSError(f"injected persistent failure for {key}")
+        if key in self.fail_once:
+            self.fail_once.discard(key)
+            raise OSError(f"injected transient failure for {key}")
+        self.inner.put(key, data, content_type)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
+
+def blob_for(text: str) -> tuple[bytes, str]:
+    data = f"blob:{text}".encode()
+    return data, hashlib.sha256(data).hexdigest()
+
+
+@dataclass
+class Side:
+    """One replica: its clock, shared-record database, blob storage and app rows."""
+
+    node_id: str
+    time: ManualTime
+    database: Any
+    storage: Any
+    app_source: Any
+    clock: HLCClock = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.clock = HLCClock(self.node_id, wall_clock=self.time)
+
+    # -- shared records -----------------------------------------------------
+
+    def write_record(self, rid: str | None = None, *, text: str | None = None, with_blob: bool = True,
+                     type: str = "image/jpeg", label: str | None = None) -> DataRecord:
+        """Insert (or overwrite) a shared record whose blob is held here."""
+        self.time.advance()
+        data, digest = blob_for(text or rid or "x")
+        key = shared_object_key(type, digest)
+        if with_blob:
+            self.storage.put(key, data, type)
+        existing = self.database.get(rid) if rid else None
+        record = create_data_record(
+            self.clock, type=type, origin_app_id="tests", content_hash=digest,
+            object_storage_key=key, size_bytes=len(data), mime_type=type, label=label, id=rid,
+        )
+        if existing is not None:
+            from dataclasses import replace
+            record = replace(record, created_at=existing.created_at, version=existing.version + 1)
+        self.database.put(record)
+        return record
+
+    def delete_record(self, rid: str) -> DataRecord | None:
+        self.time.advance()
+        return self.database.delete(rid, self.clock.now())
+
+    def record(self, rid: str) -> DataRecord | None:
+        return self.database.get(rid)
+
+    # -- app rows ------------------------------------------------------------
+
+    def _apply(self, op: str, table: str, row: dict[str, Any] | None, where: dict[str, Any] | None,
+               app_id: str = NOTES_APP) -> AppSyncableRowEntry:
+        self.time.advance()
+        entry = AppSyncableRowEntry(self.clock.now(), app_id, table, op, row, where)  # type: ignore[arg-type]
+        self.app_source.applier.apply(entry)
+        return entry
+
+    def write_row(self, rid: str, body: str, *, app_id: str = NOTES_APP, table: str = NOTES_TABLE) -> AppSyncableRowEntry:
+        return self._apply("insert", table, {"id": rid, "body": body}, None, app_id)
+
+    def update_row(self, rid: str, body: str, *, app_id: str = NOTES_APP, table: str = NOTES_TABLE) -> AppSyncableRowEntry:
+        return self._apply("update", table, {"body": body}, {"id": rid}, app_id)
+
+    def delete_row(self, rid: str, *, app_id: str = NOTES_APP, table: str = NOTES_TABLE) -> AppSyncableRowEntry:
+        return self._apply("delete", table, None, {"id": rid}, app_id)
+
+    def write_file_row(self, rid: str, text: str | None = None, *, with_blob: bool = True,
+                       app_id: str = NOTES_APP) -> AppSyncableRowEntry:
+        """Insert an AR row (``_starkeep_sync_records``) whose blob is held here."""
+        data, digest = blob_for(text or rid)
+        key = f"apps/{app_id}/syncable/{digest}"
+        if with_blob:
+            self.storage.put(key, data, "application/octet-stream")
+        row = {
+            "id": rid, "object_storage_key": key, "content_hash": digest,
+            "mime_type": "application/octet-stream", "size_bytes": len(data),
+            "original_filename": f"{rid}.bin", "origin_app_id": app_id, "created_at": None,
+        }
+        self.time.advance()
+        ts = self.clock.now()
+        row["created_at"] = serialize_hlc(ts)
+        entry = AppSyncableRowEntry(ts, app_id, FILE_RECORDS_TABLE, "insert", row)
+        self.app_source.applier.apply(entry)
+        return entry
+
+    def rows(self, table: str = NOTES_TABLE, app_id: str = NOTES_APP) -> list[dict[str, Any]]:
+        return self.app_source.rows(app_id, table)
+
+    def row(self, rid: str, table: str = NOTES_TABLE, app_id: str = NOTES_APP) -> dict[str, Any] | None:
+        for r in self.rows(table, app_id):
+            if r["id"] == rid:
+                return r
+        return None
+
+
+@dataclass
+class Pair:
+    """A local requester and a cloud responder on shared manual time."""
+
+    local: Side
+    cloud: Side
+    make_transport: Callable[..., Any]
+    remote_storage: Any  # the requester's handle on the cloud's blobs
+    states: dict[str, MemorySyncStateStore] = field(default_factory=dict)
+    engines: dict[str, SyncEngine] = field(default_factory=dict)
+
+    def engine(self, channel: str = "drive", *, page_limit: int = 1000, scan_page_size: int = 500,
+               local_storage: Any = None, remote_storage: Any = None, fresh: bool = False) -> SyncEngine:
+        """The local engine for ``channel`` ("drive" or an app id); state kept per channel."""
+        cache_key = f"{channel}:{page_limit}:{scan_page_size}:{id(local_storage)}:{id(remote_storage)}"
+        if not fresh and cache_key in self.engines:
+            return self.engines[cache_key]
+        state = self.states.setdefault(channel, MemorySyncStateStore())
+        drive = channel == "drive"
+        engine = create_sync_engine(
+            local_database=self.local.database,
+            local_storage=local_storage or self.local.storage,
+            remote_storage=remote_storage or self.remote_storage,
+            transport=self.make_transport(channel),
+            clock=self.local.clock,
+            sync_state=state,
+            app_source=None if drive else self.local.app_source,
+            sync_shared_records=drive,
+            page_limit=page_limit,
+            scan_page_size=scan_page_size,
+            app_id=None if drive else channel,
+        )
+        self.engines[cache_key] = engine
+        return engine
+
+    def sync(self, channel: str = "drive", **kw: Any) -> ExchangeResult:
+        return self.engine(channel, **kw).exchange()
+
+    def sync_until_done(self, channel: str = "drive", max_rounds: int = 50, **kw: Any) -> list[ExchangeResult]:
+        results = []
+        for _ in range(max_rounds):
+            results.append(self.sync(channel, **kw))
+            if not results[-1].has_more:
+                return results
+        raise AssertionError(f"did not converge in {max_rounds} rounds")
+
+    def wipe_local_state(self, channel: str = "drive") -> None:
+        self.states[channel] = MemorySyncStateStore()
+        self.engines.clear()
+
+
+def memory_pair(namespaces: Iterable[AppSyncableNamespace] = (NOTES_NAMESPACE, OTHER_NAMESPACE)) -> Pair:
+    t = ManualTime()
+    namespaces = list(namespaces)
+    local = Side("local", t, MemoryDatabaseAdapter(), MemoryObjectStorage(), MemoryAppSource(namespaces))
+    cloud = Side("cloud", t, MemoryDatabaseAdapter(), MemoryObjectStorage(), MemoryAppSource(namespaces))
+    # The cloud's blob storage is reached through a pass-through wrapper so
+    # tests can inject failures on the requester's pushes.
+    remote = FlakyStorage(cloud.storage)
+
+    def make_transport(channel: str) -> Any:
+        drive = channel == "drive"
+        return create_in_process_sync_transport(
+            database=cloud.database,
+            storage=cloud.storage,
+            clock=cloud.clock,
+            app_source=None if drive else cloud.app_source,
+            sync_shared_records=drive,
+            app_id=None if drive else channel,
+        )
+
+    return Pair(local, cloud, make_transport, remote)
