@@ -1,0 +1,14 @@
+"""Django adapters implementing the core's protocols (ORM records and rows, storage blobs)."""
+
+from .orm import OrmAppSource, OrmApplier, OrmDatabaseAdapter, OrmNamespaceStore
+from .state import OrmSyncStateStore
+from .storage import DjangoObjectStorage
+
+__all__ = [
+    "DjangoObjectStorage",
+    "OrmAppSource",
+    "OrmApplier",
+    "OrmDatabaseAdapter",
+    "OrmNamespaceStore",
+    "OrmSyncStateStore",
+]

@@ -1,0 +1,411 @@
+"""ORM adapters: shared records and app rows of one owner.
+
+Hot paths are SQL: LWW writes are one conditional upsert (records) or a
+row-locked read-modify-write (app rows); "what is above this vector" is one
+indexed range query per node that has anything above it, found from the
+per-node coverage summary, so a converged round reads no data rows.
+"""
+
+from __future__ import annotations
+
+import heapq
+import json
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+
+from django.db import IntegrityError, connection, transaction
+from django.db.models import Model, QuerySet
+
+from ..approws import EntryRefused, check_entry, next_row, row_to_entry
+from ..constants import DELETED_AT, FILE_RECORDS_TABLE, NODE_ID, UPDATED_AT
+from ..exceptions import SyncError
+from ..hlc import ZERO_HLC, HLCTimestamp, deserialize_hlc, serialize_hlc
+from ..protocols import RecordPage, ScanPage
+from ..records import AppSyncableNamespace, AppSyncableRowEntry, AppSyncableTableInfo, DataRecord
+from ..models import AppNamespace, AppRow, FileRecord, NodeCoverage, SharedRecord
+
+Watermarks = dict[str, HLCTimestamp]
+RECORDS_SCOPE = "records"
+UPSERT_BATCH = 500
+
+
+def _lt(column: str, other: str) -> str:
+    """``column < other`` in code-point order on every backend (PostgreSQL may collate otherwise)."""
+    if connection.vendor == "postgresql":
+        return f'{column} COLLATE "C" < {other} COLLATE "C"'
+    return f"{column} < {other}"
+
+
+def node_floor_lookup(node: str, floor: HLCTimestamp) -> dict[str, str]:
+    """ORM lookup for rows of ``node`` whose HLC is above ``floor`` (which may name another node)."""
+    if floor[2] == node:
+        return {"updated_at__gt": serialize_hlc(floor)}
+    same_point = serialize_hlc(HLCTimestamp(floor[0], floor[1], node))
+    # At equal (wall, counter) the larger node id is the later HLC.
+    return {"updated_at__gte" if node > floor[2] else "updated_at__gt": same_point}
+
+
+def bump_coverage(owner_id: int, scope: str, hlcs: Iterable[HLCTimestamp]) -> None:
+    """Raise the per-node coverage summary to the highest of ``hlcs`` per node (one statement)."""
+    best: dict[str, HLCTimestamp] = {}
+    for h in hlcs:
+        if h[2] not in best or h > best[h[2]]:
+            best[h[2]] = h
+    if not best:
+        return
+    table = connection.ops.quote_name(NodeCoverage._meta.db_table)
+    placeholders = ", ".join(["(%s, %s, %s, %s)"] * len(best))
+    params: list[Any] = []
+    for node, h in best.items():
+        params += [owner_id, scope, node, serialize_hlc(h)]
+    sql = (
+        f"INSERT INTO {table} (owner_id, scope, node_id, hlc) VALUES {placeholders} "
+        f"ON CONFLICT (owner_id, scope, node_id) DO UPDATE SET hlc = excluded.hlc "
+        f"WHERE {_lt(table + '.hlc', 'excluded.hlc')}"
+    )
+    with connection.cursor() as cur:
+        cur.execute(sql, params)
+
+
+def coverage_of(owner_id: int, scopes: Sequence[str]) -> Watermarks:
+    out: Watermarks = {}
+    for node, hlc in NodeCoverage.objects.filter(owner_id=owner_id, scope__in=scopes).values_list(
+        "node_id", "hlc"
+    ):
+        h = deserialize_hlc(hlc)
+        if node not in out or h > out[node]:
+            out[node] = h
+    return out
+
+
+def rows_since(
+    queryset: QuerySet,
+    coverage: Watermarks,
+    watermarks: Mapping[str, HLCTimestamp],
+    limit: int | None,
+    cursor: str | None,
+) -> tuple[list[Model], bool]:
+    """Rows above ``watermarks`` (and the cursor) in HLC order: one indexed query per node with news."""
+    after = deserialize_hlc(cursor) if cursor else None
+    fetch = None if limit is None else limit + 1
+    streams = []
+    for node, top in coverage.items():
+        floor = watermarks.get(node, ZERO_HLC)
+        if after is not None and after > floor:
+            floor = after
+        if top <= floor:
+            continue
+        qs = queryset.filter(node_id=node, **node_floor_lookup(node, floor)).order_by("updated_at")
+        rows = list(qs[:fetch] if fetch is not None else qs)
+        if rows:
+            streams.append([(deserialize_hlc(r.updated_at), i, r) for i, r in enumerate(rows)])
+    merged = [t[2] for t in heapq.merge(*streams, key=lambda t: t[0])]
+    if limit is not None and len(merged) > limit:
+        return merged[:limit], True
+    return merged, False
+
+
+# -- shared records -------------------------------------------------------------
+
+_RECORD_COLUMNS = (
+    "record_id", "kind", "type", "created_at", "updated_at", "deleted_at", "version", "content_hash",
+    "object_storage_key", "mime_type", "size_bytes", "original_filename", "origin_app_id", "parent_id",
+    "label", "node_id",
+)
+
+
+def record_from_model(m: SharedRecord) -> DataRecord:
+    return DataRecord(
+        id=m.record_id,
+        kind=m.kind,
+        type=m.type,
+        created_at=deserialize_hlc(m.created_at),
+        updated_at=deserialize_hlc(m.updated_at),
+        deleted_at=deserialize_hlc(m.deleted_at) if m.deleted_at else None,
+        version=m.version,
+        content_hash=m.content_hash,
+        object_storage_key=m.object_storage_key,
+        mime_type=m.mime_type,
+        size_bytes=m.size_bytes,
+        original_filename=m.original_filename,
+        origin_app_id=m.origin_app_id,
+        parent_id=m.parent_id,
+        label=m.label,
+    )
+
+
+def _record_values(r: DataRecord) -> list[Any]:
+    return [
+        r.id, r.kind, r.type, serialize_hlc(r.created_at), serialize_hlc(r.updated_at),
+        serialize_hlc(r.deleted_at) if r.deleted_at is not None else None, r.version, r.content_hash,
+        r.object_storage_key, r.mime_type, r.size_bytes, r.original_filename, r.origin_app_id,
+        r.parent_id, r.label, r.updated_at[2],
+    ]
+
+
+class OrmDatabaseAdapter:
+    """Shared records of one owner (the core's ``DatabaseAdapter``)."""
+
+    def __init__(self, owner: Any) -> None:
+        self.owner_id = owner.pk if hasattr(owner, "pk") else int(owner)
+        self._qs = SharedRecord.objects.filter(owner_id=self.owner_id)
+
+    def get(self, id: str) -> DataRecord | None:
+        m = self._qs.filter(record_id=id).first()
+        return record_from_model(m) if m is not None else None
+
+    def put(self, record: DataRecord) -> None:
+        self._upsert([record], conditional=False)
+
+    def delete(self, id: str, hlc: HLCTimestamp) -> DataRecord | None:
+        with transaction.atomic():
+            m = self._qs.select_for_update().filter(record_id=id).first()
+            if m is None:
+                return None
+            stamp = serialize_hlc(hlc)
+            m.deleted_at = m.updated_at = stamp
+            m.node_id = hlc[2]
+            m.version += 1
+            m.save()
+            bump_coverage(self.owner_id, RECORDS_SCOPE, [hlc])
+            return record_from_model(m)
+
+    def merge(self, records: Sequence[DataRecord]) -> list[bool]:
+        if not records:
+            return []
+        # Two versions of one id in a batch: only the later can win, and one
+        # statement may not touch a row twice.
+        latest: dict[str, DataRecord] = {}
+        for r in records:
+            if r.id not in latest or r.updated_at > latest[r.id].updated_at:
+                latest[r.id] = r
+        written = self._upsert(list(latest.values()), conditional=True, coverage=records)
+        return [r.id in written and latest[r.id] is r for r in records]
+
+    def _upsert(self, records: Sequence[DataRecord], *, conditional: bool,
+                coverage: Iterable[DataRecord] | None = None) -> set[str]:
+        table = connection.ops.quote_name(SharedRecord._meta.db_table)
+        cols = ("owner_id", *_RECORD_COLUMNS)
+        updates = ", ".join(f"{c} = excluded.{c}" for c in _RECORD_COLUMNS if c != "record_id")
+        where = f" WHERE {_lt(table + '.updated_at', 'excluded.updated_at')}" if conditional else ""
+        written: set[str] = set()
+        with transaction.atomic():
+            for start in range(0, len(records), UPSERT_BATCH):
+                batch = records[start:start + UPSERT_BATCH]
+                row_sql = "(" + ", ".join(["%s"] * len(cols)) + ")"
+                params: list[Any] = []
+                for r in batch:
+                    params.append(self.owner_id)
+                    params.extend(_record_values(r))
+                sql = (
+                    f"INSERT INTO {table} ({', '.join(cols)}) VALUES {', '.join([row_sql] * len(batch))} "
+                    f"ON CONFLICT (owner_id, record_id) DO UPDATE SET {updates}{where} RETURNING record_id"
+                )
+                with connection.cursor() as cur:
+                    cur.execute(sql, params)
+                    written.update(row[0] for row in cur.fetchall())
+            bump_coverage(self.owner_id, RECORDS_SCOPE, (r.updated_at for r in (coverage or records)))
+        return written
+
+    def query(self, limit: int, cursor: str | None = None) -> RecordPage:
+        return self.query_since({}, limit, cursor)
+
+    def query_since(self, watermarks: Mapping[str, HLCTimestamp], limit: int,
+                    cursor: str | None = None) -> RecordPage:
+        rows, more = rows_since(self._qs, self.get_node_watermarks(), watermarks, limit, cursor)
+        records = [record_from_model(m) for m in rows]  # type: ignore[arg-type]
+        return RecordPage(records, serialize_hlc(records[-1].updated_at) if more and records else None, more)
+
+    def count_since(self, watermarks: Mapping[str, HLCTimestamp]) -> int:
+        total = 0
+        for node, top in self.get_node_watermarks().items():
+            floor = watermarks.get(node, ZERO_HLC)
+            if top > floor:
+                total += self._qs.filter(node_id=node, **node_floor_lookup(node, floor)).count()
+        return total
+
+    def get_node_watermarks(self) -> Watermarks:
+        return coverage_of(self.owner_id, [RECORDS_SCOPE])
+
+    def clear(self) -> None:
+        """Forget every record and the coverage summary of this owner (a wipe)."""
+        with transaction.atomic():
+            self._qs.delete()
+            NodeCoverage.objects.filter(owner_id=self.owner_id, scope=RECORDS_SCOPE).delete()
+
+
+# -- app rows -------------------------------------------------------------------
+
+_FILE_COLUMNS = (
+    "object_storage_key", "content_hash", "mime_type", "size_bytes", "original_filename",
+    "origin_app_id", "created_at",
+)
+
+
+def _pk_text(pk: Sequence[Any]) -> str:
+    return json.dumps(list(pk), separators=(",", ":"), sort_keys=True)
+
+
+class OrmNamespaceStore:
+    """Registered namespaces (``AppNamespace`` rows), cached for the adapter's life."""
+
+    def __init__(self) -> None:
+        self._cache: dict[str, AppSyncableNamespace | None] = {}
+
+    @staticmethod
+    def _build(ns: AppNamespace) -> AppSyncableNamespace:
+        return AppSyncableNamespace(
+            ns.app_id,
+            [AppSyncableTableInfo(t.name, t.pk_columns) for t in ns.tables.all()],
+            files_enabled=ns.files_enabled,
+        )
+
+    def get(self, app_id: str) -> AppSyncableNamespace | None:
+        if app_id not in self._cache:
+            ns = AppNamespace.objects.prefetch_related("tables").filter(app_id=app_id).first()
+            self._cache[app_id] = self._build(ns) if ns is not None else None
+        return self._cache[app_id]
+
+    def list(self) -> list[AppSyncableNamespace]:
+        return [self._build(ns) for ns in AppNamespace.objects.prefetch_related("tables").order_by("app_id")]
+
+
+class OrmApplier:
+    """App rows of one owner: ``_starkeep_sync_records`` in ``FileRecord``, the rest in ``AppRow``."""
+
+    def __init__(self, owner: Any, namespaces: OrmNamespaceStore) -> None:
+        self.owner_id = owner.pk if hasattr(owner, "pk") else int(owner)
+        self.namespaces = namespaces
+
+    # model mapping
+
+    def _qs(self, app_id: str, table: str) -> QuerySet:
+        if table == FILE_RECORDS_TABLE:
+            return FileRecord.objects.filter(owner_id=self.owner_id, app_id=app_id)
+        return AppRow.objects.filter(owner_id=self.owner_id, app_id=app_id, table=table)
+
+    @staticmethod
+    def _lookup(table: str, pk: Sequence[Any]) -> dict[str, Any]:
+        if table == FILE_RECORDS_TABLE:
+            return {"record_id": str(pk[0])}
+        return {"row_key": _pk_text(pk)}
+
+    @staticmethod
+    def to_row(m: Model, info: AppSyncableTableInfo | None = None) -> dict[str, Any]:
+        if isinstance(m, FileRecord):
+            row: dict[str, Any] = dict(m.extra)
+            row["id"] = m.record_id
+            for c in _FILE_COLUMNS:
+                row[c] = getattr(m, c)
+        else:
+            assert isinstance(m, AppRow)
+            row = dict(m.data)
+        row[UPDATED_AT] = m.updated_at
+        row[DELETED_AT] = m.deleted_at
+        row[NODE_ID] = m.node_id
+        return row
+
+    def _write(self, m: Model | None, app_id: str, table: str, pk: Sequence[Any], row: dict[str, Any]) -> None:
+        bookkeeping = {"updated_at": row[UPDATED_AT], "deleted_at": row.get(DELETED_AT), "node_id": row[NODE_ID]}
+        data = {k: v for k, v in row.items() if k not in (UPDATED_AT, DELETED_AT, NODE_ID)}
+        if table == FILE_RECORDS_TABLE:
+            fields: dict[str, Any] = {c: data.pop(c, None) for c in _FILE_COLUMNS}
+            data.pop("id", None)
+            fields["object_storage_key"] = fields["object_storage_key"] or ""
+            fields["content_hash"] = fields["content_hash"] or ""
+            fields["origin_app_id"] = fields["origin_app_id"] or ""
+            try:
+                fields["size_bytes"] = int(fields["size_bytes"] or 0)
+            except (TypeError, ValueError):
+                raise EntryRefused(f"{app_id}.{table}: size_bytes must be an integer") from None
+            fields["extra"] = data
+        else:
+            fields = {"data": data}
+        fields.update(bookkeeping)
+        if m is None:
+            self._qs(app_id, table).model.objects.create(
+                owner_id=self.owner_id, app_id=app_id, **({} if table == FILE_RECORDS_TABLE else {"table": table}),
+                **self._lookup(table, pk), **fields,
+            )
+        else:
+            for k, v in fields.items():
+                setattr(m, k, v)
+            m.save()
+
+    # protocol
+
+    def apply(self, entry: AppSyncableRowEntry) -> bool:
+        ns = self.namespaces.get(entry.app_id)
+        if ns is None:
+            raise SyncError(f"unknown app {entry.app_id!r}", code="unknown_app")
+        info = ns.table(entry.table)
+        if info is None:
+            raise SyncError(f"unknown table {entry.app_id}.{entry.table}", code="unknown_table")
+        pk = check_entry(entry, info)
+        for attempt in range(2):
+            try:
+                with transaction.atomic():
+                    return self._apply_locked(entry, info, pk)
+            except IntegrityError:
+                # Another worker inserted the same key first: the retry finds
+                # and locks its row.
+                if attempt:
+                    raise
+        raise AssertionError("unreachable")
+
+    def _apply_locked(self, entry: AppSyncableRowEntry, info: AppSyncableTableInfo, pk: tuple[Any, ...]) -> bool:
+        qs = self._qs(entry.app_id, entry.table)
+        m = qs.select_for_update().filter(**self._lookup(entry.table, pk)).first()
+        stored = self.to_row(m) if m is not None else None
+        new = next_row(stored, entry, info, pk)
+        bump_coverage(self.owner_id, f"{entry.app_id}/{entry.table}", [entry.timestamp])
+        if new is None:
+            return False
+        self._write(m, entry.app_id, entry.table, pk, new)
+        return True
+
+    def scan_since(self, app_id: str, table: str, since: Mapping[str, HLCTimestamp],
+                   limit: int | None = None, cursor: str | None = None) -> ScanPage:
+        rows, more = rows_since(self._qs(app_id, table), self.get_node_watermarks(app_id, table),
+                                since, limit, cursor)
+        entries = [row_to_entry(app_id, table, self.to_row(m)) for m in rows]
+        return ScanPage(entries, serialize_hlc(entries[-1].timestamp) if more and entries else None, more)
+
+    def count_since(self, app_id: str, table: str, since: Mapping[str, HLCTimestamp]) -> int:
+        total = 0
+        qs = self._qs(app_id, table)
+        for node, top in self.get_node_watermarks(app_id, table).items():
+            floor = since.get(node, ZERO_HLC)
+            if top > floor:
+                total += qs.filter(node_id=node, **node_floor_lookup(node, floor)).count()
+        return total
+
+    def get_node_watermarks(self, app_id: str, table: str) -> Watermarks:
+        return coverage_of(self.owner_id, [f"{app_id}/{table}"])
+
+    def get_row(self, app_id: str, table: str, pk: Sequence[Any]) -> dict[str, Any] | None:
+        m = self._qs(app_id, table).filter(**self._lookup(table, pk)).first()
+        return self.to_row(m) if m is not None else None
+
+    def rows(self, app_id: str, table: str) -> list[dict[str, Any]]:
+        return [self.to_row(m) for m in self._qs(app_id, table)]
+
+    def clear(self) -> None:
+        with transaction.atomic():
+            FileRecord.objects.filter(owner_id=self.owner_id).delete()
+            AppRow.objects.filter(owner_id=self.owner_id).delete()
+            NodeCoverage.objects.filter(owner_id=self.owner_id).exclude(scope=RECORDS_SCOPE).delete()
+
+
+class OrmAppSource:
+    """``namespaces`` + ``applier`` for one owner (the core's app-source protocol)."""
+
+    def __init__(self, owner: Any) -> None:
+        self.namespaces = OrmNamespaceStore()
+        self.applier = OrmApplier(owner, self.namespaces)
+
+    def rows(self, app_id: str, table: str) -> list[dict[str, Any]]:
+        return self.applier.rows(app_id, table)
+
+    def clear(self) -> None:
+        self.applier.clear()

@@ -1,0 +1,148 @@
+"""Blob storage over Django's storage API (file system, django-storages S3, ...).
+
+Every key lives under ``<STORAGE_PREFIX>/<owner pk>/`` so owners never share
+bytes. Writes are spooled to a temporary file first, so a stream that fails
+(integrity mismatch, dropped connection) stores nothing, and memory stays
+bounded whatever the blob size.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import tempfile
+from typing import IO, Any
+
+from django.core.files import File
+from django.core.files.storage import Storage, storages
+
+from ..blobs import CHUNK_SIZE
+from ..conf import sync_settings
+from ..keys import check_key_syntax
+from ..models import Blob
+from ..protocols import StoredObject
+
+
+class _SpooledUpload(File):
+    """A finished temporary file; FileSystemStorage moves it into place (atomic rename)."""
+
+    def __init__(self, path: str, content_type: str | None) -> None:
+        super().__init__(open(path, "rb"), name=os.path.basename(path))
+        self._path = path
+        self.content_type = content_type
+
+    def temporary_file_path(self) -> str:
+        return self._path
+
+
+def get_blob_storage() -> Storage:
+    return storages[sync_settings.STORAGE_ALIAS]
+
+
+class DjangoObjectStorage:
+    """The core's ``ObjectStorage`` for one owner over a Django storage."""
+
+    def __init__(self, owner: Any, storage: Storage | None = None, prefix: str | None = None) -> None:
+        self.owner_id = owner.pk if hasattr(owner, "pk") else int(owner)
+        self.storage = storage if storage is not None else get_blob_storage()
+        base = sync_settings.STORAGE_PREFIX if prefix is None else prefix
+        self.prefix = f"{base.strip('/')}/{self.owner_id}/" if base else f"{self.owner_id}/"
+
+    def name_for(self, key: str) -> str:
+        check_key_syntax(key)
+        return self.prefix + key
+
+    def put(self, key: str, data: bytes | IO[bytes], content_type: str | None = None,
+            *, max_bytes: int | None = None) -> str:
+        """Store ``data``; returns the sha256 of what was stored."""
+        name = self.name_for(key)
+        digest = hashlib.sha256()
+        size = 0
+        fd, path = tempfile.mkstemp(prefix="starkeep-")
+        try:
+            with os.fdopen(fd, "wb") as tmp:
+                if isinstance(data, (bytes, bytearray, memoryview)):
+                    tmp.write(data)
+                    digest.update(data)
+                    size = len(data)
+                else:
+                    while True:
+                        chunk = data.read(CHUNK_SIZE)
+                        if not chunk:
+                            break
+                        size += len(chunk)
+                        if max_bytes is not None and size > max_bytes:
+                            raise ValueError(f"blob is larger than {max_bytes} bytes")
+                        digest.update(chunk)
+                        tmp.write(chunk)
+            upload = _SpooledUpload(path, content_type)
+            try:
+                if self.storage.exists(name):
+                    self.storage.delete(name)
+                saved = self.storage.save(name, upload)
+            finally:
+                upload.close()
+            if saved != name:  # a backend that renamed instead of overwriting
+                self.storage.delete(saved)
+                raise OSError(f"storage refused to write {name!r} in place (got {saved!r})")
+        finally:
+            if os.path.exists(path):
+                os.unlink(path)
+        Blob.objects.update_or_create(
+            owner_id=self.owner_id, key=key,
+            defaults={"content_type": content_type or "", "size_bytes": size, "sha256": digest.hexdigest()},
+        )
+        return digest.hexdigest()
+
+    def content_type(self, key: str) -> str | None:
+        row = Blob.objects.filter(owner_id=self.owner_id, key=key).values_list("content_type", flat=True).first()
+        return row or None
+
+    def size(self, key: str) -> int:
+        return self.storage.size(self.name_for(key))
+
+    def get(self, key: str) -> StoredObject | None:
+        stream = self.open(key)
+        if stream is None:
+            return None
+        try:
+            data = stream.read()
+        finally:
+            stream.close()
+        return StoredObject(data, self.content_type(key), len(data))
+
+    def open(self, key: str) -> IO[bytes] | None:
+        name = self.name_for(key)
+        try:
+            return self.storage.open(name, "rb")  # type: ignore[return-value]
+        except (FileNotFoundError, OSError):
+            return None
+        except Exception as err:  # backends raise their own "not found" errors
+            if "404" in str(err) or "NoSuchKey" in str(err) or "Not Found" in str(err):
+                return None
+            raise
+
+    def has(self, key: str) -> bool:
+        return self.storage.exists(self.name_for(key))
+
+    def delete(self, key: str) -> None:
+        name = self.name_for(key)
+        if self.storage.exists(name):
+            self.storage.delete(name)
+        Blob.objects.filter(owner_id=self.owner_id, key=key).delete()
+
+    def url(self, key: str, *, method: str = "GET", expire: int | None = None) -> str | None:
+        """A direct URL for ``method`` when the backend can presign (S3), else ``None``."""
+        name = self.name_for(key)
+        expire = expire or sync_settings.PRESIGN_EXPIRES_SECONDS
+        if hasattr(self.storage, "bucket") and hasattr(self.storage, "connection"):
+            client = self.storage.connection.meta.client
+            op = "put_object" if method == "PUT" else "get_object"
+            params = {"Bucket": self.storage.bucket_name, "Key": self.storage._normalize_name(name)}  # type: ignore[attr-defined]
+            return client.generate_presigned_url(op, Params=params, ExpiresIn=expire, HttpMethod=method)
+        return None
+
+    def clear(self) -> None:
+        """Delete every blob of this owner (a wipe)."""
+        for key in list(Blob.objects.filter(owner_id=self.owner_id).values_list("key", flat=True)):
+            self.delete(key)

@@ -1,0 +1,185 @@
+"""Authentication: device bearer tokens and Starkeep app signatures (PROTOCOL §8)."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import timedelta
+from typing import Any
+
+from django.core.cache import caches
+from django.urls import reverse
+from django.utils import timezone
+from rest_framework import authentication, exceptions
+
+from ..conf import sync_settings
+from ..constants import DRIVE_APP_ID
+from ..models import AppSecret, DeviceToken
+from ..models.credentials import hash_token
+
+
+@dataclass
+class Principal:
+    """Who is calling: the owner, and which channels the credential may use."""
+
+    owner: Any
+    scheme: str
+    #: ``None``: every channel.
+    channels: list[str] | None = None
+    key_id: str | None = None
+    #: For streamed signed uploads: HMACs still waiting for the body.
+    pending_body: list[tuple[Callable[[], Any], str]] = field(default_factory=list)
+
+    def allows(self, channel: str) -> bool:
+        return self.channels is None or channel in self.channels
+
+
+def channel_of(request: Any) -> str:
+    ctx = getattr(request, "parser_context", None) or {}
+    kwargs = ctx.get("kwargs") or {}
+    return kwargs.get("app_id") or DRIVE_APP_ID
+
+
+def signed_path(request: Any) -> str:
+    """The request path relative to the ``/apps/<appId>`` mount, as the signer saw it."""
+    django_request = getattr(request, "_request", request)
+    path = django_request.path  # already percent-decoded, no query string
+    match = django_request.resolver_match
+    name = f"{match.namespace}:health" if match and match.namespace else "health"
+    mount = reverse(name)[: -len("/health")]
+    rel = path[len(mount):] if path.startswith(mount) else path
+    kwargs = match.kwargs if match else {}
+    if "app_id" in kwargs:
+        rel = rel[len(f"/apps/{kwargs['app_id']}"):]
+    return rel
+
+
+class DeviceTokenAuthentication(authentication.BaseAuthentication):
+    """``Authorization: Bearer <token>``; tokens are stored hashed and revocable."""
+
+    keyword = "Bearer"
+
+    def authenticate(self, request: Any) -> tuple[Any, Principal] | None:
+        header = authentication.get_authorization_header(request).split()
+        if not header or header[0].lower() != self.keyword.lower().encode():
+            return None
+        if len(header) != 2:
+            raise exceptions.AuthenticationFailed("Malformed bearer header: expected 'Bearer <token>'.")
+        try:
+            token = header[1].decode()
+        except UnicodeDecodeError:
+            raise exceptions.AuthenticationFailed("Malformed bearer token.") from None
+        return self.authenticate_credentials(token)
+
+    def authenticate_credentials(self, token: str) -> tuple[Any, Principal]:
+        row = (
+            DeviceToken.objects.active().select_related("owner").filter(token_hash=hash_token(token)).first()
+        )
+        if row is None or not row.matches(token) or not row.owner.is_active:
+            raise exceptions.AuthenticationFailed("Invalid or revoked token.")
+        now = timezone.now()
+        if row.last_used is None or now - row.last_used > timedelta(minutes=1):
+            DeviceToken.objects.filter(pk=row.pk).update(last_used=now)
+        return row.owner, Principal(row.owner, "token", list(row.channels) or None)
+
+    def authenticate_header(self, request: Any) -> str:
+        return f'{self.keyword} realm="starkeep"'
+
+
+class AppSignatureAuthentication(authentication.BaseAuthentication):
+    """``X-Starkeep-App-*`` HMAC-SHA256 signatures, byte-compatible with the TypeScript signer.
+
+    Replays inside the window are refused through Django's cache, so every
+    worker must share one cache (Redis, Memcached, database) in production.
+    """
+
+    def authenticate(self, request: Any) -> tuple[Any, Principal] | None:
+        meta = request.META
+        app_id = meta.get("HTTP_X_STARKEEP_APP_ID")
+        if app_id is None:
+            return None
+        sig = (meta.get("HTTP_X_STARKEEP_APP_SIG") or "").strip().lower()
+        ts_text = (meta.get("HTTP_X_STARKEEP_APP_TS") or "").strip()
+        key_id = meta.get("HTTP_X_STARKEEP_KEY_ID")
+        if not sig or not ts_text:
+            raise exceptions.AuthenticationFailed("Signature headers incomplete: need X-Starkeep-App-Sig and -Ts.")
+        if app_id != channel_of(request):
+            raise exceptions.AuthenticationFailed("X-Starkeep-App-Id does not match the app id of the path.")
+        try:
+            ts = int(ts_text)
+        except ValueError:
+            raise exceptions.AuthenticationFailed("X-Starkeep-App-Ts must be milliseconds since the epoch.") from None
+        window_ms = sync_settings.SIGNATURE_WINDOW_SECONDS * 1000
+        if abs(time.time() * 1000 - ts) > window_ms:
+            raise exceptions.AuthenticationFailed("Signature timestamp outside the accepted window.")
+        secrets = AppSecret.objects.select_related("owner").filter(app_id=app_id, revoked_at__isnull=True)
+        if key_id:
+            secrets = secrets.filter(key_id=key_id)
+        candidates = [s for s in secrets[:20] if s.owner.is_active]
+        if not candidates:
+            raise exceptions.AuthenticationFailed("Invalid signature.")
+        prefix = f"{app_id}:{request.method.upper()}:{signed_path(request)}:{ts_text}:".encode()
+        view = (getattr(request, "parser_context", None) or {}).get("view")
+        if request.method == "PUT" and getattr(view, "streams_body", False):
+            # The body is verified while it streams (the view calls verify_body).
+            principal = Principal(candidates[0].owner, "signature", [app_id], candidates[0].key_id)
+            principal.pending_body = [
+                (lambda s=s: hmac.new(s.secret.encode(), prefix, hashlib.sha256), s.key_id) for s in candidates
+            ]
+            principal.candidates = candidates  # type: ignore[attr-defined]
+            self._refuse_replay(sig)
+            principal.expected_sig = sig  # type: ignore[attr-defined]
+            return principal.owner, principal
+        body = b"" if request.method in ("GET", "HEAD") else read_body(request)
+        for secret in candidates:
+            mac = hmac.new(secret.secret.encode(), prefix + body, hashlib.sha256).hexdigest()
+            if hmac.compare_digest(mac, sig):
+                self._refuse_replay(sig)
+                return secret.owner, Principal(secret.owner, "signature", [app_id], secret.key_id)
+        raise exceptions.AuthenticationFailed("Invalid signature.")
+
+    @staticmethod
+    def _refuse_replay(sig: str) -> None:
+        cache = caches[sync_settings.REPLAY_CACHE_ALIAS]
+        if not cache.add(f"starkeep_sync:sig:{sig}", 1, timeout=sync_settings.SIGNATURE_WINDOW_SECONDS * 2 + 5):
+            raise exceptions.AuthenticationFailed("This signature was already used (replay refused).")
+
+    def authenticate_header(self, request: Any) -> str:
+        return 'StarkeepAppSignature realm="starkeep"'
+
+
+def verify_streamed_signature(principal: Principal, macs: list[Any]) -> Any:
+    """After a signed body streamed through ``macs``: the matching owner, or AuthenticationFailed."""
+    sig = getattr(principal, "expected_sig", "")
+    for mac, secret in zip(macs, principal.candidates, strict=True):  # type: ignore[attr-defined]
+        if hmac.compare_digest(mac.hexdigest(), sig):
+            return secret.owner
+    raise exceptions.AuthenticationFailed("Invalid signature.")
+
+
+def read_body(request: Any) -> bytes:
+    """The raw body, read once with the size limit, never through DATA_UPLOAD_MAX_MEMORY_SIZE."""
+    from .exceptions import PayloadTooLarge
+
+    django_request = getattr(request, "_request", request)
+    cached = getattr(django_request, "_starkeep_body", None)
+    if cached is not None:
+        return cached
+    limit = sync_settings.MAX_REQUEST_BYTES
+    try:
+        length = int(django_request.META.get("CONTENT_LENGTH") or 0)
+    except ValueError:
+        length = 0
+    if length > limit:
+        raise PayloadTooLarge(f"Request body of {length} bytes exceeds the limit of {limit} bytes.")
+    if hasattr(django_request, "_body"):
+        body = django_request._body
+    else:
+        body = django_request.read(limit + 1)
+    if len(body) > limit:
+        raise PayloadTooLarge(f"Request body exceeds the limit of {limit} bytes.")
+    django_request._starkeep_body = body
+    return body

@@ -1,0 +1,96 @@
+"""API errors and the one handler that renders them as the protocol's JSON error body."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.core.exceptions import PermissionDenied
+from django.http import Http404
+from rest_framework import exceptions, status
+from rest_framework.response import Response
+
+from ..exceptions import SyncError
+
+
+class SyncAPIException(exceptions.APIException):
+    status_code = status.HTTP_400_BAD_REQUEST
+    default_detail = "The request could not be processed."
+    default_code = "invalid_request"
+
+    def __init__(self, detail: str | None = None, code: str | None = None, field: str | None = None) -> None:
+        super().__init__(detail, code)
+        self.field = field
+
+
+class InvalidRequest(SyncAPIException):
+    default_code = "invalid_request"
+
+
+class PayloadTooLarge(SyncAPIException):
+    status_code = status.HTTP_413_REQUEST_ENTITY_TOO_LARGE
+    default_detail = "The request body is larger than this server accepts."
+    default_code = "payload_too_large"
+
+
+class UnknownChannel(SyncAPIException):
+    status_code = status.HTTP_404_NOT_FOUND
+    default_detail = "No app with this id is registered on this server."
+    default_code = "unknown_app"
+
+
+class BlobNotFound(SyncAPIException):
+    status_code = status.HTTP_404_NOT_FOUND
+    default_detail = "No blob at this key."
+    default_code = "not_found"
+
+
+class ChannelForbidden(SyncAPIException):
+    status_code = status.HTTP_403_FORBIDDEN
+    default_detail = "These credentials are not valid for this channel."
+    default_code = "forbidden"
+
+
+def from_sync_error(err: SyncError) -> SyncAPIException:
+    exc = SyncAPIException(err.message, code=err.code, field=getattr(err, "field", None))
+    exc.status_code = err.status or status.HTTP_400_BAD_REQUEST
+    return exc
+
+
+def _code(exc: exceptions.APIException) -> str:
+    codes = exc.get_codes()
+    if isinstance(codes, str):
+        return codes
+    if isinstance(codes, list) and codes and isinstance(codes[0], str):
+        return codes[0]
+    return exc.default_code
+
+
+def _message(detail: Any) -> str:
+    if isinstance(detail, list):
+        return "; ".join(_message(d) for d in detail)
+    if isinstance(detail, dict):
+        return "; ".join(f"{k}: {_message(v)}" for k, v in detail.items())
+    return str(detail)
+
+
+def exception_handler(exc: Exception, context: dict[str, Any]) -> Response | None:
+    """``{"error": {"code", "message"[, "field"]}}`` for every error a view raises."""
+    if isinstance(exc, SyncError):
+        exc = from_sync_error(exc)
+    elif isinstance(exc, Http404):
+        exc = SyncAPIException(str(exc) or "Not found.", code="not_found")
+        exc.status_code = status.HTTP_404_NOT_FOUND
+    elif isinstance(exc, PermissionDenied):
+        exc = exceptions.PermissionDenied()
+    if not isinstance(exc, exceptions.APIException):
+        return None
+    body: dict[str, Any] = {"code": _code(exc), "message": _message(exc.detail)}
+    field = getattr(exc, "field", None)
+    if field:
+        body["field"] = field
+    headers: dict[str, str] = {}
+    if getattr(exc, "auth_header", None):
+        headers["WWW-Authenticate"] = exc.auth_header  # type: ignore[attr-defined]
+    if getattr(exc, "wait", None):
+        headers["Retry-After"] = str(max(1, int(exc.wait)))  # type: ignore[attr-defined]
+    return Response({"error": body}, status=exc.status_code, headers=headers)

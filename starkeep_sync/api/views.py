@@ -1,0 +1,377 @@
+"""DRF views: the exchange round, blob routes, presigned URLs, health.
+
+The exchange view runs the core's :class:`~starkeep_sync.responder.SyncResponder`
+with ORM adapters scoped to the caller's owner and channel; the in-process
+transport runs the same class with memory adapters.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac as _hmac
+import json
+import logging
+from typing import Any
+
+from django.core import signing
+from django.db import connection
+from django.http import FileResponse, HttpResponse
+from django.urls import reverse
+from rest_framework import status
+from rest_framework.request import Request
+from rest_framework.response import Response
+from rest_framework.views import APIView
+
+from ..adapters.orm import OrmAppSource, OrmDatabaseAdapter
+from ..adapters.storage import DjangoObjectStorage, get_blob_storage
+from ..blobs import CHUNK_SIZE, HashingReader
+from ..conf import sync_settings
+from ..constants import DRIVE_APP_ID, LOGGER_NAME
+from ..exceptions import BlobIntegrityError, SyncError, WireFormatError
+from ..hlc import HLCClock
+from ..keys import expected_sha256, validate_key
+from ..models import AppNamespace
+from ..responder import SyncResponder
+from ..wire import SyncExchangeRequest
+from .authentication import Principal, channel_of, read_body, verify_streamed_signature
+from .exceptions import (
+    BlobNotFound,
+    InvalidRequest,
+    PayloadTooLarge,
+    UnknownChannel,
+    exception_handler,
+)
+from .permissions import ChannelAllowed, HasPrincipal
+
+logger = logging.getLogger(LOGGER_NAME)
+
+try:  # orjson is optional: faster encoding of large pages
+    import orjson
+
+    def _dumps(obj: Any) -> bytes:
+        return orjson.dumps(obj)
+
+    def _loads(data: bytes) -> Any:
+        return orjson.loads(data)
+except ImportError:  # pragma: no cover - depends on the environment
+
+    def _dumps(obj: Any) -> bytes:
+        return json.dumps(obj, separators=(",", ":")).encode()
+
+    def _loads(data: bytes) -> Any:
+        return json.loads(data)
+
+
+DIRECT_SALT = "starkeep_sync.direct"
+
+
+class SyncAPIView(APIView):
+    """Base: our authentication, channel permissions and JSON error body."""
+
+    permission_classes = [HasPrincipal, ChannelAllowed]
+    parser_classes: list[Any] = []  # bodies are read raw, with our own size limit
+
+    def get_authenticators(self) -> list[Any]:
+        return [cls() for cls in sync_settings.AUTHENTICATION_CLASSES]
+
+    def get_exception_handler(self) -> Any:
+        return exception_handler
+
+    def channel(self) -> str:
+        return channel_of(self.request)
+
+    def owner(self) -> Any:
+        principal = self.request.auth
+        assert isinstance(principal, Principal)
+        return principal.owner
+
+    def ensure_channel_exists(self) -> None:
+        channel = self.channel()
+        if channel != DRIVE_APP_ID and not AppNamespace.objects.filter(app_id=channel).exists():
+            raise UnknownChannel(f"App {channel!r} is not registered on this server.")
+
+
+def json_response(data: Any, status_code: int = 200) -> HttpResponse:
+    return HttpResponse(_dumps(data), status=status_code, content_type="application/json")
+
+
+class ExchangeView(SyncAPIView):
+    """``POST sync/exchange``: one exchange round, answered by the core responder."""
+
+    def post(self, request: Request, app_id: str | None = None) -> HttpResponse:
+        self.ensure_channel_exists()
+        body = read_body(request)
+        try:
+            data = _loads(body)
+        except ValueError:
+            raise InvalidRequest("Body is not valid JSON.", code="invalid_json", field="body") from None
+        exchange = SyncExchangeRequest.from_wire(data)
+        items = len(exchange.records) + len(exchange.app_syncable_rows)
+        if items > sync_settings.MAX_ITEMS_PER_REQUEST:
+            raise PayloadTooLarge(
+                f"{items} items in one request; this server accepts at most "
+                f"{sync_settings.MAX_ITEMS_PER_REQUEST}.", code="too_many_items",
+            )
+        if exchange.limit is not None and exchange.limit > sync_settings.MAX_PAGE_LIMIT:
+            raise WireFormatError("limit", f"must be at most {sync_settings.MAX_PAGE_LIMIT} on this server")
+        responder = build_responder(self.owner(), self.channel())
+        response, report = responder.handle(exchange)
+        if report.refused:
+            logger.info("exchange for owner %s on %s: %d item(s) refused", self.owner().pk,
+                        self.channel(), len(report.refused))
+        return json_response(response.to_wire())
+
+
+def build_responder(owner: Any, channel: str) -> SyncResponder:
+    clock = HLCClock(sync_settings.NODE_ID, max_skew_ms=sync_settings.MAX_CLOCK_SKEW_MS)
+    common = {
+        "clock": clock,
+        "storage": DjangoObjectStorage(owner),
+        "default_limit": sync_settings.DEFAULT_PAGE_LIMIT,
+        "max_limit": sync_settings.MAX_PAGE_LIMIT,
+        "count_pending": sync_settings.COUNT_PENDING,
+    }
+    if channel == DRIVE_APP_ID:
+        return SyncResponder(database=OrmDatabaseAdapter(owner), sync_shared_records=True, **common)
+    return SyncResponder(
+        database=None, app_source=OrmAppSource(owner), sync_shared_records=False, app_id=channel, **common
+    )
+
+
+class _SignedBodyReader:
+    """Feeds a streamed body to the pending HMACs of a signed upload."""
+
+    def __init__(self, stream: Any, macs: list[Any]) -> None:
+        self._stream = stream
+        self.macs = macs
+
+    def read(self, size: int = -1) -> bytes:
+        chunk = self._stream.read(size if size and size > 0 else CHUNK_SIZE)
+        for mac in self.macs:
+            mac.update(chunk)
+        return chunk
+
+
+def store_stream(request: Request, storage: DjangoObjectStorage, key: str, stream: Any,
+                 content_type: str | None, principal: Principal | None) -> None:
+    """Stream a body into storage: size limit, signature and sha256 checked before it is kept."""
+    limit = sync_settings.MAX_BLOB_BYTES
+    try:
+        length = int(request.META.get("CONTENT_LENGTH") or 0)
+    except ValueError:
+        length = 0
+    if length > limit:
+        raise PayloadTooLarge(f"Blob of {length} bytes exceeds the limit of {limit} bytes.")
+    source: Any = stream
+    macs: list[Any] = []
+    if principal is not None and principal.pending_body:
+        macs = [factory() for factory, _ in principal.pending_body]
+        source = _SignedBodyReader(stream, macs)
+    reader = HashingReader(source, expected_sha256(None, key), max_bytes=limit)
+
+    class _Verified:
+        """Checks the signature at EOF, inside the storage's put, before anything is kept."""
+
+        def read(self, size: int = -1) -> bytes:
+            chunk = reader.read(size)
+            if not chunk and macs:
+                verify_streamed_signature(principal, macs)  # type: ignore[arg-type]
+            return chunk
+
+    try:
+        storage.put(key, _Verified(), content_type or None, max_bytes=limit)  # type: ignore[arg-type]
+    except BlobIntegrityError as err:
+        if "larger than" in str(err):
+            raise PayloadTooLarge(str(err)) from None
+        raise
+
+
+class FileView(SyncAPIView):
+    """``HEAD/GET/PUT/DELETE files/<key>`` within the caller's owner prefix."""
+
+    streams_body = True
+
+    def _storage(self, key: str) -> DjangoObjectStorage:
+        validate_key(key, self.channel())
+        return DjangoObjectStorage(self.owner())
+
+    def head(self, request: Request, key: str, app_id: str | None = None) -> HttpResponse:
+        storage = self._storage(key)
+        if not storage.has(key):
+            return HttpResponse(status=404)
+        response = HttpResponse(status=200, content_type=storage.content_type(key) or "application/octet-stream")
+        response["Content-Length"] = str(storage.size(key))
+        return response
+
+    def get(self, request: Request, key: str, app_id: str | None = None) -> HttpResponse:
+        storage = self._storage(key)
+        stream = storage.open(key)
+        if stream is None:
+            raise BlobNotFound()
+        response = FileResponse(stream, content_type=storage.content_type(key) or "application/octet-stream")
+        response["Content-Length"] = str(storage.size(key))
+        return response
+
+    def put(self, request: Request, key: str, app_id: str | None = None) -> HttpResponse:
+        storage = self._storage(key)
+        principal = request.auth if isinstance(request.auth, Principal) else None
+        store_stream(request, storage, key, request._request, request.content_type, principal)
+        return Response({"ok": True, "key": key}, status=status.HTTP_201_CREATED)
+
+    def delete(self, request: Request, key: str, app_id: str | None = None) -> HttpResponse:
+        storage = self._storage(key)
+        storage.delete(key)
+        return HttpResponse(status=204)
+
+
+def _json_body(request: Request) -> dict[str, Any]:
+    try:
+        data = _loads(read_body(request) or b"{}")
+    except ValueError:
+        raise InvalidRequest("Body is not valid JSON.", code="invalid_json", field="body") from None
+    if not isinstance(data, dict):
+        raise InvalidRequest("Body must be a JSON object.", field="body")
+    key = data.get("key")
+    if not isinstance(key, str) or not key:
+        raise InvalidRequest("'key' is required and must be a string.", field="key")
+    return data
+
+
+def direct_url(request: Request, owner: Any, key: str, method: str, content_type: str | None = None) -> str:
+    token = signing.dumps({"o": owner.pk, "k": key, "m": method, "c": content_type}, salt=DIRECT_SALT)
+    match = request._request.resolver_match
+    name = f"{match.namespace}:direct" if match and match.namespace else "direct"
+    return request.build_absolute_uri(reverse(name, kwargs={"token": token}))
+
+
+class PresignPutView(SyncAPIView):
+    """``POST files/presign {key, contentType?}``: a URL to PUT the bytes to directly."""
+
+    def post(self, request: Request, app_id: str | None = None) -> HttpResponse:
+        data = _json_body(request)
+        key = data["key"]
+        validate_key(key, self.channel())
+        content_type = data.get("contentType")
+        storage = DjangoObjectStorage(self.owner())
+        url = storage.url(key, method="PUT") or direct_url(request, self.owner(), key, "PUT", content_type)
+        return json_response({"url": url})
+
+
+class PresignGetView(SyncAPIView):
+    """``GET files/<key>/presign``: a URL to GET the bytes directly; 404 when absent."""
+
+    def get(self, request: Request, key: str, app_id: str | None = None) -> HttpResponse:
+        validate_key(key, self.channel())
+        storage = DjangoObjectStorage(self.owner())
+        if not storage.has(key):
+            raise BlobNotFound()
+        url = storage.url(key, method="GET") or direct_url(request, self.owner(), key, "GET")
+        return json_response({"url": url})
+
+
+class ConfirmView(SyncAPIView):
+    """``POST files/confirm {key}``: ``{"ok": true}`` once the blob is present and hash-correct."""
+
+    def post(self, request: Request, app_id: str | None = None) -> HttpResponse:
+        key = _json_body(request)["key"]
+        validate_key(key, self.channel())
+        storage = DjangoObjectStorage(self.owner())
+        stream = storage.open(key)
+        if stream is None:
+            raise BlobNotFound()
+        expected = expected_sha256(None, key)
+        digest = hashlib.sha256()
+        size = 0
+        try:
+            while chunk := stream.read(CHUNK_SIZE):
+                digest.update(chunk)
+                size += len(chunk)
+        finally:
+            stream.close()
+        if expected is not None and not _hmac.compare_digest(digest.hexdigest(), expected):
+            storage.delete(key)  # bytes uploaded directly that do not match their key
+            raise BlobIntegrityError(f"blob at {key!r} does not hash to its key; removed")
+        from ..models import Blob
+
+        Blob.objects.update_or_create(
+            owner_id=storage.owner_id, key=key, defaults={"size_bytes": size, "sha256": digest.hexdigest()}
+        )
+        return json_response({"ok": True})
+
+
+class DirectBlobView(APIView):
+    """The target of this server's own signed URLs (file-system storage): the token is the credential."""
+
+    authentication_classes: list[Any] = []
+    permission_classes: list[Any] = []
+    parser_classes: list[Any] = []
+
+    def get_exception_handler(self) -> Any:
+        return exception_handler
+
+    def _claims(self, token: str, method: str) -> dict[str, Any]:
+        try:
+            claims = signing.loads(token, salt=DIRECT_SALT, max_age=sync_settings.PRESIGN_EXPIRES_SECONDS)
+        except signing.BadSignature:
+            raise BlobNotFound("Unknown or expired URL.") from None
+        if claims.get("m") != method:
+            raise BlobNotFound("This URL is not valid for this method.")
+        return claims
+
+    def _storage(self, claims: dict[str, Any]) -> DjangoObjectStorage:
+        return DjangoObjectStorage(int(claims["o"]))
+
+    def get(self, request: Request, token: str) -> HttpResponse:
+        claims = self._claims(token, "GET")
+        storage = self._storage(claims)
+        stream = storage.open(claims["k"])
+        if stream is None:
+            raise BlobNotFound()
+        response = FileResponse(stream, content_type=storage.content_type(claims["k"]) or "application/octet-stream")
+        response["Content-Length"] = str(storage.size(claims["k"]))
+        return response
+
+    def put(self, request: Request, token: str) -> HttpResponse:
+        claims = self._claims(token, "PUT")
+        storage = self._storage(claims)
+        store_stream(request, storage, claims["k"], request._request,
+                     claims.get("c") or request.content_type, None)
+        return json_response({"ok": True}, status_code=201)
+
+
+class HealthView(APIView):
+    """``GET health``: database and storage reachability. No credentials needed."""
+
+    authentication_classes: list[Any] = []
+    permission_classes: list[Any] = []
+
+    def get(self, request: Request, app_id: str | None = None) -> HttpResponse:
+        db_ok = storage_ok = True
+        try:
+            with connection.cursor() as cur:
+                cur.execute("SELECT 1")
+        except Exception:
+            logger.exception("health: database unreachable")
+            db_ok = False
+        try:
+            get_blob_storage().exists(f"{sync_settings.STORAGE_PREFIX}/.health")
+        except Exception:
+            logger.exception("health: storage unreachable")
+            storage_ok = False
+        ok = db_ok and storage_ok
+        return json_response(
+            {"status": "ok" if ok else "degraded", "db": db_ok, "storage": storage_ok},
+            status_code=200 if ok else 503,
+        )
+
+
+__all__ = [
+    "ConfirmView",
+    "DirectBlobView",
+    "ExchangeView",
+    "FileView",
+    "HealthView",
+    "PresignGetView",
+    "PresignPutView",
+    "SyncError",
+]

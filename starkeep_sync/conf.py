@@ -1,0 +1,113 @@
+"""Settings for the Django layer, read from one ``STARKEEP_SYNC`` dict.
+
+Usage: ``from starkeep_sync.conf import sync_settings; sync_settings.MAX_PAGE_LIMIT``.
+No other module reads ``django.conf.settings`` for our settings.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.conf import settings
+from django.core.exceptions import ImproperlyConfigured
+from django.core.signals import setting_changed
+from django.utils.module_loading import import_string
+
+DEFAULTS: dict[str, Any] = {
+    # Alias in Django's STORAGES of the storage that holds blobs.
+    "STORAGE_ALIAS": "default",
+    # Every blob is stored under "<STORAGE_PREFIX>/<owner pk>/<key>".
+    "STORAGE_PREFIX": "starkeep",
+    # This server's node id (the responder's clock; it never stamps writes).
+    "NODE_ID": "cloud",
+    # Page size when a request names no limit, and the largest limit honoured.
+    "DEFAULT_PAGE_LIMIT": 1000,
+    "MAX_PAGE_LIMIT": 10000,
+    # Most records + app rows one exchange request may carry.
+    "MAX_ITEMS_PER_REQUEST": 10000,
+    # Largest exchange body in bytes (413 past it).
+    "MAX_REQUEST_BYTES": 64 * 1024 * 1024,
+    # Largest blob in bytes (413 past it).
+    "MAX_BLOB_BYTES": 5 * 1024 * 1024 * 1024,
+    # Starkeep app signatures: accepted clock distance, and the cache alias
+    # that remembers accepted signatures to refuse replays.
+    "SIGNATURE_WINDOW_SECONDS": 300,
+    "REPLAY_CACHE_ALIAS": "default",
+    # Skew guard: refuse HLCs further ahead of this server's clock (ms).
+    "MAX_CLOCK_SKEW_MS": 86_400_000,
+    # Lifetime of presigned URLs (S3, or this server's signed URLs).
+    "PRESIGN_EXPIRES_SECONDS": 900,
+    # Authentication classes of every route but /health.
+    "AUTHENTICATION_CLASSES": [
+        "starkeep_sync.api.authentication.DeviceTokenAuthentication",
+        "starkeep_sync.api.authentication.AppSignatureAuthentication",
+    ],
+    # Count pending items for the progress extension field "pending".
+    "COUNT_PENDING": True,
+}
+
+IMPORT_STRINGS = {"AUTHENTICATION_CLASSES"}
+
+REMOVED_SETTINGS: dict[str, str] = {}
+
+
+class SyncSettings:
+    def __init__(self, defaults: dict[str, Any] | None = None) -> None:
+        self.defaults = defaults or DEFAULTS
+        self._cached: set[str] = set()
+        self._user: dict[str, Any] | None = None
+
+    @property
+    def user_settings(self) -> dict[str, Any]:
+        if self._user is None:
+            value = getattr(settings, "STARKEEP_SYNC", {})
+            if not isinstance(value, dict):
+                raise ImproperlyConfigured("STARKEEP_SYNC must be a dict of setting names to values")
+            for name in value:
+                if name in REMOVED_SETTINGS:
+                    raise ImproperlyConfigured(f"STARKEEP_SYNC[{name!r}] was removed: {REMOVED_SETTINGS[name]}")
+                if name not in self.defaults:
+                    raise ImproperlyConfigured(
+                        f"STARKEEP_SYNC[{name!r}] is not a starkeep_sync setting; "
+                        f"known settings: {', '.join(sorted(self.defaults))}"
+                    )
+            self._user = value
+        return self._user
+
+    def __getattr__(self, name: str) -> Any:
+        if name not in self.defaults:
+            raise AttributeError(f"invalid starkeep_sync setting {name!r}")
+        value = self.user_settings.get(name, self.defaults[name])
+        if name in IMPORT_STRINGS:
+            value = [self._import(v, name) for v in value]
+        self._cached.add(name)
+        setattr(self, name, value)
+        return value
+
+    @staticmethod
+    def _import(path: Any, setting: str) -> Any:
+        if not isinstance(path, str):
+            return path
+        try:
+            return import_string(path)
+        except ImportError as err:
+            raise ImproperlyConfigured(
+                f"STARKEEP_SYNC[{setting!r}]: could not import {path!r}: {err}"
+            ) from err
+
+    def reload(self) -> None:
+        for name in self._cached:
+            delattr(self, name)
+        self._cached.clear()
+        self._user = None
+
+
+sync_settings = SyncSettings(DEFAULTS)
+
+
+def _reload(*, setting: str, **kwargs: Any) -> None:
+    if setting == "STARKEEP_SYNC":
+        sync_settings.reload()
+
+
+setting_changed.connect(_reload)

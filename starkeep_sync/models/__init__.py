@@ -1,0 +1,17 @@
+from .credentials import AppSecret, DeviceToken
+from .namespaces import AppNamespace, AppTable
+from .records import AppRow, Blob, FileRecord, NodeCoverage, SharedRecord
+from .state import PeerSyncState
+
+__all__ = [
+    "AppNamespace",
+    "AppRow",
+    "AppSecret",
+    "Blob",
+    "AppTable",
+    "DeviceToken",
+    "FileRecord",
+    "NodeCoverage",
+    "PeerSyncState",
+    "SharedRecord",
+]

@@ -1,0 +1,139 @@
+"""Synced data: shared records, AR rows, AW rows, and per-node coverage."""
+
+from __future__ import annotations
+
+from django.conf import settings
+from django.db import models
+
+HLC_LENGTH = 160  # 12 + 1 + 4 + 1 + 128-character node id, with room to spare
+
+
+class SharedRecord(models.Model):
+    """A shared, file-backed record (PROTOCOL §2), scoped to an owner."""
+
+    owner = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="+")
+    record_id = models.CharField(max_length=256)
+    kind = models.CharField(max_length=16, default="data")
+    type = models.CharField(max_length=255)
+    created_at = models.CharField(max_length=HLC_LENGTH)
+    updated_at = models.CharField(max_length=HLC_LENGTH)
+    deleted_at = models.CharField(max_length=HLC_LENGTH, null=True, blank=True)
+    version = models.IntegerField(default=1)
+    content_hash = models.CharField(max_length=256, blank=True)
+    object_storage_key = models.CharField(max_length=1024, blank=True)
+    mime_type = models.CharField(max_length=255, null=True, blank=True)
+    size_bytes = models.BigIntegerField(default=0)
+    original_filename = models.TextField(null=True, blank=True)
+    origin_app_id = models.CharField(max_length=255, blank=True)
+    parent_id = models.CharField(max_length=256, null=True, blank=True)
+    label = models.TextField(null=True, blank=True)
+    node_id = models.CharField(max_length=128)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["owner", "record_id"], name="starkeep_record_unique"),
+        ]
+        indexes = [
+            # Finds rows above a per-node watermark without reading the rest.
+            models.Index(fields=["owner", "node_id", "updated_at"], name="starkeep_record_node"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.record_id} ({self.type})"
+
+
+class FileRecord(models.Model):
+    """A row of an app's reserved ``_starkeep_sync_records`` table (AR): it carries a blob."""
+
+    owner = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="+")
+    app_id = models.CharField(max_length=255)
+    record_id = models.CharField(max_length=256)
+    object_storage_key = models.CharField(max_length=1024, blank=True)
+    content_hash = models.CharField(max_length=256, blank=True)
+    mime_type = models.CharField(max_length=255, null=True, blank=True)
+    size_bytes = models.BigIntegerField(default=0)
+    original_filename = models.TextField(null=True, blank=True)
+    origin_app_id = models.CharField(max_length=255, blank=True)
+    created_at = models.CharField(max_length=HLC_LENGTH, null=True, blank=True)
+    updated_at = models.CharField(max_length=HLC_LENGTH)
+    deleted_at = models.CharField(max_length=HLC_LENGTH, null=True, blank=True)
+    node_id = models.CharField(max_length=128)
+    #: Columns an app added beyond the reserved ones travel along untouched.
+    extra = models.JSONField(default=dict, blank=True)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["owner", "app_id", "record_id"], name="starkeep_file_unique"),
+        ]
+        indexes = [
+            models.Index(fields=["owner", "app_id", "node_id", "updated_at"], name="starkeep_file_node"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.app_id}/{self.record_id}"
+
+
+class AppRow(models.Model):
+    """A row of any other app table (AW): metadata only, stored as JSON."""
+
+    owner = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="+")
+    app_id = models.CharField(max_length=255)
+    table = models.CharField(max_length=255)
+    #: JSON array of the primary-key values, canonical (compact) encoding.
+    row_key = models.CharField(max_length=1024)
+    data = models.JSONField(default=dict)
+    updated_at = models.CharField(max_length=HLC_LENGTH)
+    deleted_at = models.CharField(max_length=HLC_LENGTH, null=True, blank=True)
+    node_id = models.CharField(max_length=128)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["owner", "app_id", "table", "row_key"], name="starkeep_row_unique"),
+        ]
+        indexes = [
+            models.Index(fields=["owner", "app_id", "table", "node_id", "updated_at"], name="starkeep_row_node"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.app_id}.{self.table} {self.row_key}"
+
+
+class NodeCoverage(models.Model):
+    """Per owner, scope and node: the highest HLC taken in.
+
+    Maintained in the same transaction as every write, including LWW losers,
+    so ``responderWatermarks`` is one indexed read and never over-reports a
+    held row nor forgets an item whose newer version won.
+    ``scope`` is ``"records"`` for shared records, ``"<app_id>/<table>"`` for app rows.
+    """
+
+    owner = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="+")
+    scope = models.CharField(max_length=512)
+    node_id = models.CharField(max_length=128)
+    hlc = models.CharField(max_length=HLC_LENGTH)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["owner", "scope", "node_id"], name="starkeep_coverage_unique"),
+        ]
+        verbose_name_plural = "node coverage"
+
+    def __str__(self) -> str:
+        return f"{self.scope} {self.node_id} {self.hlc}"
+
+
+class Blob(models.Model):
+    """What the server knows of a stored blob beyond its bytes: type, size, hash."""
+
+    owner = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="+")
+    key = models.CharField(max_length=1024)
+    content_type = models.CharField(max_length=255, blank=True)
+    size_bytes = models.BigIntegerField(default=0)
+    sha256 = models.CharField(max_length=64, blank=True)
+    created = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["owner", "key"], name="starkeep_blob_unique")]
+
+    def __str__(self) -> str:
+        return self.key

@@ -1,0 +1,31 @@
+"""Requester-side state of this instance when it syncs to another server."""
+
+from __future__ import annotations
+
+from django.conf import settings
+from django.db import models
+
+
+class PeerSyncState(models.Model):
+    """Per owner, peer URL and channel: own and peer watermarks, clock state, last outcome."""
+
+    owner = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="+")
+    peer_url = models.CharField(max_length=1024)
+    channel = models.CharField(max_length=255)
+    node_id = models.CharField(max_length=128)
+    own_watermarks = models.JSONField(default=dict, blank=True)
+    peer_watermarks = models.JSONField(default=dict, blank=True)
+    clock_wall_time = models.BigIntegerField(default=0)
+    clock_counter = models.IntegerField(default=0)
+    last_exchange_at = models.DateTimeField(null=True, blank=True)
+    last_error = models.TextField(blank=True)
+    #: Blob keys whose transfer failed: {key: {attempts, first, last, error, direction}}.
+    failed_transfers = models.JSONField(default=dict, blank=True)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["owner", "peer_url", "channel"], name="starkeep_peer_state_unique"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.peer_url} [{self.channel}]"

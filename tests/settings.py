@@ -1,0 +1,63 @@
+"""Django settings for the test suite.
+
+STARKEEP_TEST_DATABASE_URL picks the database (default: SQLite in memory);
+``postgres://postgres@127.0.0.1:5432/test`` runs the suite on PostgreSQL, and
+an unreachable server fails the run (it never falls back or skips).
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+
+from example_project.settings import database_from_url
+
+SECRET_KEY = "tests-only"
+DEBUG = False
+ALLOWED_HOSTS = ["*"]
+USE_TZ = True
+ROOT_URLCONF = "example_project.urls"
+DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+
+INSTALLED_APPS = [
+    "django.contrib.admin",
+    "django.contrib.auth",
+    "django.contrib.contenttypes",
+    "django.contrib.sessions",
+    "django.contrib.messages",
+    "rest_framework",
+    "starkeep_sync",
+]
+MIDDLEWARE = [
+    "django.contrib.sessions.middleware.SessionMiddleware",
+    "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "django.contrib.messages.middleware.MessageMiddleware",
+]
+TEMPLATES = [{
+    "BACKEND": "django.template.backends.django.DjangoTemplates",
+    "APP_DIRS": True,
+    "OPTIONS": {"context_processors": [
+        "django.template.context_processors.request",
+        "django.contrib.auth.context_processors.auth",
+        "django.contrib.messages.context_processors.messages",
+    ]},
+}]
+
+_db_url = os.environ.get("STARKEEP_TEST_DATABASE_URL", "")
+DATABASES = {
+    "default": database_from_url(_db_url)
+    if _db_url
+    else {"ENGINE": "django.db.backends.sqlite3", "NAME": ":memory:"}
+}
+if DATABASES["default"]["ENGINE"].endswith("postgresql"):
+    DATABASES["default"]["CONN_MAX_AGE"] = 0
+    DATABASES["default"]["TEST"] = {"NAME": f"starkeep_test_{os.getpid()}"}
+
+MEDIA_ROOT = tempfile.mkdtemp(prefix="starkeep-test-media-")
+STORAGES = {
+    "default": {"BACKEND": "django.core.files.storage.FileSystemStorage", "OPTIONS": {"location": MEDIA_ROOT}},
+    "staticfiles": {"BACKEND": "django.contrib.staticfiles.storage.StaticFilesStorage"},
+}
+CACHES = {"default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"}}
+STARKEEP_SYNC = {"NODE_ID": "cloud"}
+PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
