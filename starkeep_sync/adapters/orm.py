@@ -227,6 +227,13 @@ class OrmDatabaseAdapter:
     def get_node_watermarks(self) -> Watermarks:
         return coverage_of(self.owner_id, [RECORDS_SCOPE])
 
+    def all(self) -> list[DataRecord]:
+        """Every record of this owner, tombstones included."""
+        return [record_from_model(m) for m in self._qs.order_by("updated_at")]
+
+    def __len__(self) -> int:
+        return self._qs.count()
+
     def clear(self) -> None:
         """Forget every record and the coverage summary of this owner (a wipe)."""
         with transaction.atomic():
