@@ -12,6 +12,7 @@ from .blobs import (
     TransferFailure,
     create_file_sync_engine,
 )
+from .client import HttpObjectStorage, create_http_sync_transport
 from .constants import (
     DRIVE_APP_ID,
     FILE_RECORDS_TABLE,
@@ -77,6 +78,7 @@ __all__ = [
     "FileSyncManifest",
     "HLCClock",
     "HLCTimestamp",
+    "HttpObjectStorage",
     "InvalidKeyError",
     "RecordPage",
     "RecordResidency",
@@ -96,6 +98,7 @@ __all__ = [
     "create_change_notifier",
     "create_data_record",
     "create_file_sync_engine",
+    "create_http_sync_transport",
     "create_in_process_sync_transport",
     "create_sqlite_sync_state_store",
     "create_sync_engine",

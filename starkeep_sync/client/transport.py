@@ -1,0 +1,58 @@
+"""The exchange transport over HTTP (PROTOCOL §4): ``POST <base>/sync/exchange``."""
+
+from __future__ import annotations
+
+import requests
+
+from ..constants import EXCHANGE_PATH
+from ..exceptions import WireFormatError
+from ..wire import SyncExchangeRequest, SyncExchangeResponse
+from .auth import AuthLike, CallableAuth, SignRequest
+from .session import DEFAULT_TIMEOUT, ChannelClient, Timeout, dumps_json, loads_json, raise_for_response, send
+
+
+class HttpSyncTransport(ChannelClient):
+    """A requester's ``SyncTransport`` to one channel of a remote server."""
+
+    def exchange(self, request: SyncExchangeRequest) -> SyncExchangeResponse:
+        """Send one round; the parsed response.
+
+        Raises ``SyncTransportError`` when the server is unreachable or answers
+        non-2xx (``status``, ``code``, ``retry_after`` set), and
+        ``WireFormatError`` when a 2xx body is not a valid exchange response.
+        """
+        body = dumps_json(request.to_wire())
+        headers = {"Content-Type": "application/json", "Accept": "application/json"}
+        # Signed over the exact bytes sent, so serialise once and reuse.
+        headers.update(self.auth.headers("POST", self.signed_path(EXCHANGE_PATH), body))
+        url = self.url_for(EXCHANGE_PATH)
+        response = send(self.session, "POST", url, data=body, headers=headers, timeout=self.timeout)
+        raise_for_response(response)
+        try:
+            data = loads_json(response.content)
+        except (ValueError, requests.RequestException) as err:
+            raise WireFormatError("body", f"exchange response is not valid JSON ({err})") from err
+        return SyncExchangeResponse.from_wire(data)
+
+
+def create_http_sync_transport(
+    *,
+    base_url: str,
+    auth: AuthLike = None,
+    session: requests.Session | None = None,
+    timeout: Timeout = DEFAULT_TIMEOUT,
+    sign_request: SignRequest | None = None,
+) -> HttpSyncTransport:
+    """An HTTP transport for the channel at ``base_url``.
+
+    ``base_url`` is the channel base (``https://host/apps/notes``, or
+    ``https://host/apps/starkeep-drive`` for the Drive channel). ``auth`` is a
+    bearer token string, a :class:`BearerAuth` / :class:`AppSignatureAuth`, or
+    a callable; ``sign_request(method, path, body) -> headers`` is the
+    TypeScript-style alternative. No network I/O happens until ``exchange``.
+    """
+    if sign_request is not None:
+        if auth is not None:
+            raise TypeError("pass either auth or sign_request, not both")
+        auth = CallableAuth(sign_request)
+    return HttpSyncTransport(base_url, auth=auth, session=session, timeout=timeout)
