@@ -68,9 +68,11 @@ class HashingReader(io.RawIOBase):
                     f"blob bytes hash to {actual}, expected {self._expected}",
                 )
 
-    def read(self, size: int = -1) -> bytes:
+    def read(self, size: int | None = -1) -> bytes:
         if size is None or size < 0:
-            size = CHUNK_SIZE
+            # "Read to EOF", as io promises: returning one chunk here would let a
+            # caller that reads once store a truncated blob, unchecked.
+            return self.readall()
         chunk = self._stream.read(size)
         if not chunk:
             self._check_eof()

@@ -9,7 +9,7 @@ import time
 from collections.abc import Callable
 from typing import NamedTuple
 
-from .constants import DEFAULT_MAX_SKEW_MS, LOGGER_NAME, MAX_COUNTER, MAX_WALL_TIME
+from .constants import DEFAULT_MAX_SKEW_MS, LOGGER_NAME, MAX_COUNTER, MAX_NODE_ID_LENGTH, MAX_WALL_TIME
 from .exceptions import ClockSkewError
 
 logger = logging.getLogger(LOGGER_NAME)
@@ -48,9 +48,15 @@ def max_hlc(a: HLCTimestamp, b: HLCTimestamp) -> HLCTimestamp:
     return a if compare_hlc(a, b) >= 0 else b
 
 
+#: Characters a node id must not contain: they would make the serialized form unparsable.
+_BAD_NODE_CHAR = re.compile(r"[\x00-\x1f\x7f:]")
+
+
 def serialize_hlc(hlc: HLCTimestamp) -> str:
     """``<12 hex wall>:<4 hex counter>:<node_id>``; string order equals HLC order."""
     wall, counter, node = hlc
+    if not isinstance(node, str) or _BAD_NODE_CHAR.search(node):
+        raise ValueError(f"HLC node_id {node!r} cannot be serialized (no ':' or control characters)")
     if not (0 <= wall <= MAX_WALL_TIME):
         raise ValueError(f"HLC wall_time {wall!r} does not fit 12 hex digits")
     if not (0 <= counter <= MAX_COUNTER):
@@ -98,6 +104,11 @@ class HLCClock:
     ) -> None:
         if not isinstance(node_id, str) or not node_id:
             raise ValueError("HLCClock needs a non-empty node_id string")
+        if len(node_id) > MAX_NODE_ID_LENGTH or _BAD_NODE_CHAR.search(node_id):
+            raise ValueError(
+                f"HLCClock node_id {node_id[:200]!r} must be at most {MAX_NODE_ID_LENGTH} characters, "
+                "without ':' or control characters"
+            )
         self.node_id = node_id
         self._wall_clock = wall_clock or _system_ms
         state = ClockState(*initial_state) if initial_state is not None else ClockState(0, 0)

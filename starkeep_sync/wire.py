@@ -286,10 +286,13 @@ def entry_from_wire(d: Any, where: str) -> AppSyncableRowEntry:
         raise WireFormatError(f"{where}.where", "must be an object or null")
     if op == "insert" and not row:
         raise WireFormatError(f"{where}.row", "is required for op 'insert'")
-    if op == "update" and (not row or not cond):
-        raise WireFormatError(f"{where}", "op 'update' needs both 'row' and 'where'")
+    if op == "update":
+        if not row:
+            raise WireFormatError(f"{where}.row", "is required for op 'update'")
+        if not cond:
+            raise WireFormatError(f"{where}.where", "is required for op 'update'")
     if op == "delete" and not row and not cond:
-        raise WireFormatError(f"{where}", "op 'delete' needs 'where' or 'row'")
+        raise WireFormatError(f"{where}.where", "op 'delete' needs 'where' or 'row'")
     return AppSyncableRowEntry(ts, app_id, table, op, row, cond)  # type: ignore[arg-type]
 
 

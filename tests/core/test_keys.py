@@ -1,0 +1,155 @@
+"""Object-storage key rules of PROTOCOL §7."""
+
+from __future__ import annotations
+
+import pytest
+
+from starkeep_sync import InvalidKeyError
+from starkeep_sync.constants import DRIVE_APP_ID
+from starkeep_sync.keys import MAX_KEY_LENGTH, check_key_syntax, expected_sha256, validate_key
+
+HASH = "0123456789abcdef" * 4
+
+
+@pytest.mark.parametrize(
+    "key",
+    [
+        f"shared/image/{HASH[:2]}/{HASH}",
+        "shared/other/ab/abc",
+        "shared/my_cat-2/A_b-9/Z",
+        "shared/0/1/2",
+    ],
+)
+def test_valid_drive_keys(key: str) -> None:
+    assert validate_key(key) == key
+    assert validate_key(key, DRIVE_APP_ID) == key
+
+
+@pytest.mark.parametrize(
+    "key",
+    [
+        "shared/image/ab",  # too few segments
+        f"shared/image/ab/{HASH}/extra",  # too many
+        f"private/image/ab/{HASH}",  # wrong root
+        f"shared/Image/ab/{HASH}",  # uppercase category
+        f"shared/ima.ge/ab/{HASH}",
+        f"shared/image/a b/{HASH}",
+        "shared/image/ab/abc.jpg",
+        f"apps/notes/syncable/{HASH}",  # app key on the Drive channel
+    ],
+)
+def test_invalid_drive_keys(key: str) -> None:
+    with pytest.raises(InvalidKeyError) as info:
+        validate_key(key)
+    assert info.value.status == 400
+
+
+@pytest.mark.parametrize(
+    "key",
+    ["apps/notes/syncable/x", "apps/notes/syncable/a/b/c.jpg", f"apps/notes/syncable/{HASH}"],
+)
+def test_valid_per_app_keys(key: str) -> None:
+    assert validate_key(key, "notes") == key
+
+
+def test_per_app_key_of_another_app_is_403() -> None:
+    with pytest.raises(InvalidKeyError) as info:
+        validate_key("apps/photos/syncable/x", "notes")
+    assert info.value.status == 403
+    assert info.value.code == "forbidden_key"
+
+
+@pytest.mark.parametrize(
+    "key",
+    [
+        "apps/notes/private/x",
+        "apps/notes/syncable",
+        f"shared/image/ab/{HASH}",
+        "notes/syncable/x",
+        "x",
+    ],
+)
+def test_per_app_key_outside_namespace_is_400(key: str) -> None:
+    with pytest.raises(InvalidKeyError) as info:
+        validate_key(key, "notes")
+    assert info.value.status == 400
+
+
+@pytest.mark.parametrize(
+    "key",
+    [
+        "shared/image/../ab",
+        "../shared/image/ab/cd",
+        "shared/image/./cd/ef",
+        "apps/notes/syncable/../../photos/syncable/x",
+        "apps/notes/syncable/..",
+        "shared//ab/cd",
+        "shared/image/ab/cd/",
+        "apps/notes/syncable//x",
+        "/shared/image/ab/cd",
+        "/etc/passwd",
+        "\\shared\\image",
+        "shared/image/ab/c\x00d",
+        "shared/image/ab/c\nd",
+        "apps/notes/syncable/a\x7f",
+        "apps/notes/syncable/a\tb",
+        "",
+    ],
+)
+@pytest.mark.parametrize("app_id", [DRIVE_APP_ID, "notes"])
+def test_syntax_refusals(key: str, app_id: str) -> None:
+    with pytest.raises(InvalidKeyError) as info:
+        validate_key(key, app_id)
+    assert info.value.status == 400
+    with pytest.raises(InvalidKeyError):
+        check_key_syntax(key)
+
+
+def test_over_long_key() -> None:
+    prefix = "apps/notes/syncable/"
+    ok = prefix + "a" * (MAX_KEY_LENGTH - len(prefix))
+    assert validate_key(ok, "notes") == ok
+    with pytest.raises(InvalidKeyError) as info:
+        validate_key(ok + "a", "notes")
+    assert info.value.status == 400
+
+
+@pytest.mark.parametrize("key", [None, 5, b"shared/image/ab/cd"])
+def test_non_string_key(key: object) -> None:
+    with pytest.raises(InvalidKeyError):
+        validate_key(key)  # type: ignore[arg-type]
+
+
+def test_invalid_key_error_is_value_error() -> None:
+    with pytest.raises(ValueError):
+        validate_key("..")
+
+
+def test_expected_sha256_prefers_content_hash() -> None:
+    other = "f" * 64
+    assert expected_sha256(HASH, f"shared/image/ff/{other}") == HASH
+
+
+def test_expected_sha256_lowercases_content_hash() -> None:
+    assert expected_sha256(HASH.upper(), "apps/notes/syncable/x") == HASH
+
+
+def test_expected_sha256_falls_back_to_hash_named_key() -> None:
+    assert expected_sha256(None, f"shared/image/01/{HASH}") == HASH
+    assert expected_sha256("", f"shared/image/01/{HASH.upper()}") == HASH
+    assert expected_sha256("md5:abc", f"apps/notes/syncable/{HASH}") == HASH
+
+
+@pytest.mark.parametrize(
+    ("content_hash", "key"),
+    [
+        (None, "apps/notes/syncable/photo.jpg"),
+        ("", "shared/image/ab/abc"),
+        ("abc", "shared/image/ab/abc"),
+        (HASH[:-1], f"shared/image/ab/{HASH[:-1]}"),  # 63 digits
+        (HASH + "0", f"shared/image/ab/{HASH}0"),  # 65 digits
+        ("g" * 64, "apps/notes/syncable/x"),
+    ],
+)
+def test_expected_sha256_none_without_a_sha256(content_hash: str | None, key: str) -> None:
+    assert expected_sha256(content_hash, key) is None
