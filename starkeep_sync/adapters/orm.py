@@ -318,13 +318,13 @@ class OrmApplier:
         if table == FILE_RECORDS_TABLE:
             fields: dict[str, Any] = {c: data.pop(c, None) for c in _FILE_COLUMNS}
             data.pop("id", None)
-            fields["object_storage_key"] = fields["object_storage_key"] or ""
-            fields["content_hash"] = fields["content_hash"] or ""
-            fields["origin_app_id"] = fields["origin_app_id"] or ""
-            try:
-                fields["size_bytes"] = int(fields["size_bytes"] or 0)
-            except (TypeError, ValueError):
-                raise EntryRefused(f"{app_id}.{table}: size_bytes must be an integer") from None
+            size = fields["size_bytes"]
+            if size is not None and (type(size) is not int or size < 0):
+                raise EntryRefused(f"{app_id}.{table}: size_bytes must be a non-negative integer")
+            for c in ("object_storage_key", "content_hash", "mime_type", "original_filename",
+                      "origin_app_id", "created_at"):
+                if fields[c] is not None and not isinstance(fields[c], str):
+                    raise EntryRefused(f"{app_id}.{table}: {c} must be a string or null")
             fields["extra"] = data
         else:
             fields = {"data": data}
