@@ -158,7 +158,7 @@ class FileSyncEngine:
                     self.bytes_moved += reader.bytes_read
                 finally:
                     stream.close()
-            except Exception as err:  # noqa: BLE001 - any failure is a failed transfer
+            except Exception as err:
                 logger.warning("blob %s of %s failed: %s", direction, key, err)
                 self._record_failure(key, direction, f"{type(err).__name__}: {err}")
                 return False

@@ -11,12 +11,12 @@ from .hlc import HLCClock, HLCTimestamp
 from .ulid import new_ulid
 
 __all__ = [
+    "DRIVE_APP_ID",
+    "FILE_RECORDS_TABLE",
     "AppSyncableNamespace",
     "AppSyncableRowEntry",
     "AppSyncableTableInfo",
     "DataRecord",
-    "DRIVE_APP_ID",
-    "FILE_RECORDS_TABLE",
     "create_data_record",
     "shared_object_key",
 ]

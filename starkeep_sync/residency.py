@@ -10,14 +10,11 @@ from .protocols import ObjectStorage
 from .records import DataRecord
 
 
-class RecordResidency(str, enum.Enum):
+class RecordResidency(enum.StrEnum):
     ABSENT = "absent"
     TOMBSTONED = "tombstoned"
     RESIDENT = "resident"
     STAGED = "staged"
-
-    def __str__(self) -> str:
-        return self.value
 
 
 def residency_of(

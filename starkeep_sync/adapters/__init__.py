@@ -1,6 +1,6 @@
 """Django adapters implementing the core's protocols (ORM records and rows, storage blobs)."""
 
-from .orm import OrmAppSource, OrmApplier, OrmDatabaseAdapter, OrmNamespaceStore
+from .orm import OrmApplier, OrmAppSource, OrmDatabaseAdapter, OrmNamespaceStore
 from .state import OrmSyncStateStore
 from .storage import DjangoObjectStorage
 

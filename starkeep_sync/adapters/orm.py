@@ -20,9 +20,9 @@ from ..approws import EntryRefused, check_entry, next_row, row_to_entry
 from ..constants import DELETED_AT, FILE_RECORDS_TABLE, NODE_ID, UPDATED_AT
 from ..exceptions import SyncError
 from ..hlc import ZERO_HLC, HLCTimestamp, deserialize_hlc, serialize_hlc
+from ..models import AppNamespace, AppRow, FileRecord, NodeCoverage, SharedRecord
 from ..protocols import RecordPage, ScanPage
 from ..records import AppSyncableNamespace, AppSyncableRowEntry, AppSyncableTableInfo, DataRecord
-from ..models import AppNamespace, AppRow, FileRecord, NodeCoverage, SharedRecord
 
 Watermarks = dict[str, HLCTimestamp]
 RECORDS_SCOPE = "records"
