@@ -55,3 +55,17 @@ def select_unseen(
 def is_lower_somewhere(new: Mapping[str, HLCTimestamp], old: Mapping[str, HLCTimestamp]) -> bool:
     """True when ``new`` is below ``old`` for at least one node (the peer lost data)."""
     return any(new.get(node, ZERO_HLC) < hlc for node, hlc in old.items())
+
+
+def node_floor_bound(node: str, floor: HLCTimestamp) -> tuple[str, HLCTimestamp]:
+    """``(op, bound)`` such that a row of ``node`` is above ``floor`` iff ``updated_at op bound``.
+
+    ``floor`` may carry another node's id (a page cut); the bound is rewritten
+    onto ``node`` so the comparison is between two serialized HLCs of the same
+    node, which sort the same under any collation.
+    """
+    if floor[2] == node:
+        return ">", floor
+    same_point = HLCTimestamp(floor[0], floor[1], node)
+    # At equal (wall, counter) the larger node id is the later HLC.
+    return (">=" if node > floor[2] else ">"), same_point

@@ -6,12 +6,24 @@ from tests.harness import Pair, memory_pair
 
 
 @pytest.fixture(
-    params=["memory", pytest.param("http", marks=[pytest.mark.http, pytest.mark.django_db(transaction=True)])]
+    params=[
+        "memory",
+        "sqlite-device",
+        pytest.param("http", marks=[pytest.mark.http, pytest.mark.django_db(transaction=True)]),
+    ]
 )
 def pair(request: pytest.FixtureRequest) -> Pair:
-    """A local requester and a cloud responder; every scenario runs in-process and over HTTP."""
+    """A local requester and a cloud responder.
+
+    Every scenario runs in-process on memory adapters, with a sqlite device store as the
+    requester, and over real HTTP against the Django live server.
+    """
     if request.param == "memory":
         return memory_pair()
+    if request.param == "sqlite-device":
+        from tests.device_harness import sqlite_device_pair
+
+        return sqlite_device_pair(request.getfixturevalue("tmp_path"))
     live_server = request.getfixturevalue("live_server")
     from tests.http_harness import http_pair
 

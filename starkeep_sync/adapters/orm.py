@@ -23,6 +23,7 @@ from ..hlc import ZERO_HLC, HLCTimestamp, deserialize_hlc, serialize_hlc
 from ..models import AppNamespace, AppRow, FileRecord, NodeCoverage, SharedRecord
 from ..protocols import RecordPage, ScanPage
 from ..records import AppSyncableNamespace, AppSyncableRowEntry, AppSyncableTableInfo, DataRecord
+from ..watermarks import node_floor_bound
 
 Watermarks = dict[str, HLCTimestamp]
 RECORDS_SCOPE = "records"
@@ -38,11 +39,8 @@ def _lt(column: str, other: str) -> str:
 
 def node_floor_lookup(node: str, floor: HLCTimestamp) -> dict[str, str]:
     """ORM lookup for rows of ``node`` whose HLC is above ``floor`` (which may name another node)."""
-    if floor[2] == node:
-        return {"updated_at__gt": serialize_hlc(floor)}
-    same_point = serialize_hlc(HLCTimestamp(floor[0], floor[1], node))
-    # At equal (wall, counter) the larger node id is the later HLC.
-    return {"updated_at__gte" if node > floor[2] else "updated_at__gt": same_point}
+    op, bound = node_floor_bound(node, floor)
+    return {"updated_at__gt" if op == ">" else "updated_at__gte": serialize_hlc(bound)}
 
 
 def bump_coverage(owner_id: int, scope: str, hlcs: Iterable[HLCTimestamp]) -> None:

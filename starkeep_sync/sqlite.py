@@ -1,0 +1,426 @@
+"""A plain-Python device store: records, app rows and sync state in one stdlib ``sqlite3`` file,
+blobs in a directory. No Django needed.
+
+    store = SqliteDeviceStore("device.db", blob_dir="blobs")
+    engine = create_sync_engine(local_database=store.database, local_storage=store.storage,
+                                sync_state=store.state("drive@https://cloud"), ...)
+"""
+
+from __future__ import annotations
+
+import heapq
+import json
+import os
+import sqlite3
+import tempfile
+import threading
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import replace
+from pathlib import Path
+from typing import IO, Any
+
+from .approws import check_entry, next_row, row_to_entry
+from .blobs import CHUNK_SIZE
+from .constants import DELETED_AT, NODE_ID, UPDATED_AT
+from .exceptions import SyncError
+from .hlc import ZERO_HLC, HLCTimestamp, deserialize_hlc, serialize_hlc
+from .keys import check_key_syntax
+from .protocols import RecordPage, ScanPage, StoredObject
+from .records import AppSyncableNamespace, AppSyncableRowEntry, AppSyncableTableInfo, DataRecord
+from .state import SqliteSyncStateStore
+from .watermarks import node_floor_bound
+
+Watermarks = dict[str, HLCTimestamp]
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS sk_records (
+    id TEXT PRIMARY KEY, kind TEXT NOT NULL, type TEXT NOT NULL,
+    created_at TEXT NOT NULL, updated_at TEXT NOT NULL, deleted_at TEXT,
+    version INTEGER NOT NULL, content_hash TEXT NOT NULL, object_storage_key TEXT NOT NULL,
+    mime_type TEXT, size_bytes INTEGER NOT NULL, original_filename TEXT, origin_app_id TEXT NOT NULL,
+    parent_id TEXT, label TEXT, node_id TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS sk_records_node ON sk_records (node_id, updated_at);
+CREATE TABLE IF NOT EXISTS sk_app_rows (
+    app_id TEXT NOT NULL, tbl TEXT NOT NULL, pk TEXT NOT NULL, data TEXT NOT NULL,
+    updated_at TEXT NOT NULL, deleted_at TEXT, node_id TEXT NOT NULL,
+    PRIMARY KEY (app_id, tbl, pk)
+);
+CREATE INDEX IF NOT EXISTS sk_app_rows_node ON sk_app_rows (app_id, tbl, node_id, updated_at);
+CREATE TABLE IF NOT EXISTS sk_coverage (
+    scope TEXT NOT NULL, node_id TEXT NOT NULL, hlc TEXT NOT NULL, PRIMARY KEY (scope, node_id)
+);
+CREATE TABLE IF NOT EXISTS sk_namespaces (
+    app_id TEXT PRIMARY KEY, files_enabled INTEGER NOT NULL, tables TEXT NOT NULL
+);
+"""
+
+_RECORD_COLS = (
+    "id", "kind", "type", "created_at", "updated_at", "deleted_at", "version", "content_hash",
+    "object_storage_key", "mime_type", "size_bytes", "original_filename", "origin_app_id",
+    "parent_id", "label", "node_id",
+)
+RECORDS_SCOPE = "records"
+
+
+def _record_row(r: DataRecord) -> tuple[Any, ...]:
+    return (
+        r.id, r.kind, r.type, serialize_hlc(r.created_at), serialize_hlc(r.updated_at),
+        serialize_hlc(r.deleted_at) if r.deleted_at is not None else None, r.version, r.content_hash,
+        r.object_storage_key, r.mime_type, r.size_bytes, r.original_filename, r.origin_app_id,
+        r.parent_id, r.label, r.updated_at[2],
+    )
+
+
+def _record_from(row: sqlite3.Row | tuple[Any, ...]) -> DataRecord:
+    d = dict(zip(_RECORD_COLS, row, strict=True))
+    return DataRecord(
+        id=d["id"], kind=d["kind"], type=d["type"], created_at=deserialize_hlc(d["created_at"]),
+        updated_at=deserialize_hlc(d["updated_at"]),
+        deleted_at=deserialize_hlc(d["deleted_at"]) if d["deleted_at"] else None,
+        version=d["version"], content_hash=d["content_hash"], object_storage_key=d["object_storage_key"],
+        mime_type=d["mime_type"], size_bytes=d["size_bytes"], original_filename=d["original_filename"],
+        origin_app_id=d["origin_app_id"], parent_id=d["parent_id"], label=d["label"],
+    )
+
+
+class _Db:
+    """The connection and its lock, shared by the adapters of one store."""
+
+    def __init__(self, conn: sqlite3.Connection) -> None:
+        self.conn = conn
+        self.lock = threading.RLock()
+        with self.lock, conn:
+            conn.executescript(_SCHEMA)
+
+    def coverage(self, scopes: Sequence[str]) -> Watermarks:
+        out: Watermarks = {}
+        marks = ",".join("?" * len(scopes))
+        with self.lock:
+            rows = self.conn.execute(
+                f"SELECT node_id, hlc FROM sk_coverage WHERE scope IN ({marks})", tuple(scopes)
+            ).fetchall()
+        for node, hlc in rows:
+            h = deserialize_hlc(hlc)
+            if node not in out or h > out[node]:
+                out[node] = h
+        return out
+
+    def bump(self, scope: str, hlcs: Iterable[HLCTimestamp]) -> None:
+        best: dict[str, HLCTimestamp] = {}
+        for h in hlcs:
+            if h[2] not in best or h > best[h[2]]:
+                best[h[2]] = h
+        self.conn.executemany(
+            "INSERT INTO sk_coverage (scope, node_id, hlc) VALUES (?, ?, ?) "
+            "ON CONFLICT (scope, node_id) DO UPDATE SET hlc = excluded.hlc WHERE sk_coverage.hlc < excluded.hlc",
+            [(scope, node, serialize_hlc(h)) for node, h in best.items()],
+        )
+
+    def since(self, sql: str, params: tuple[Any, ...], coverage: Watermarks,
+              watermarks: Mapping[str, HLCTimestamp], limit: int | None,
+              cursor: str | None) -> tuple[list[tuple[Any, ...]], bool]:
+        """Rows above the per-node floors in HLC order; ``sql`` selects rows with updated_at last-but-one."""
+        after = deserialize_hlc(cursor) if cursor else None
+        fetch = -1 if limit is None else limit + 1
+        streams = []
+        with self.lock:
+            for node, top in coverage.items():
+                floor = watermarks.get(node, ZERO_HLC)
+                if after is not None and after > floor:
+                    floor = after
+                if top <= floor:
+                    continue
+                op, bound = node_floor_bound(node, floor)
+                rows = self.conn.execute(
+                    f"{sql} AND node_id = ? AND updated_at {op} ? ORDER BY updated_at LIMIT ?",
+                    (*params, node, serialize_hlc(bound), fetch),
+                ).fetchall()
+                if rows:
+                    streams.append([(deserialize_hlc(r[-1]), i, r) for i, r in enumerate(rows)])
+        merged = [t[2] for t in heapq.merge(*streams, key=lambda t: t[0])]
+        if limit is not None and len(merged) > limit:
+            return merged[:limit], True
+        return merged, False
+
+
+class SqliteDatabaseAdapter:
+    """Shared records in sqlite (the core's ``DatabaseAdapter``)."""
+
+    def __init__(self, db: _Db) -> None:
+        self._db = db
+
+    def get(self, id: str) -> DataRecord | None:
+        with self._db.lock:
+            row = self._db.conn.execute(
+                f"SELECT {', '.join(_RECORD_COLS)} FROM sk_records WHERE id = ?", (id,)
+            ).fetchone()
+        return _record_from(row) if row else None
+
+    def _write(self, records: Sequence[DataRecord], conditional: bool) -> list[bool]:
+        cols = ", ".join(_RECORD_COLS)
+        marks = ", ".join("?" * len(_RECORD_COLS))
+        updates = ", ".join(f"{c} = excluded.{c}" for c in _RECORD_COLS[1:])
+        where = " WHERE sk_records.updated_at < excluded.updated_at" if conditional else ""
+        sql = (f"INSERT INTO sk_records ({cols}) VALUES ({marks}) ON CONFLICT (id) DO UPDATE SET {updates}"
+               f"{where} RETURNING id")
+        out = []
+        with self._db.lock, self._db.conn:
+            for r in records:
+                out.append(self._db.conn.execute(sql, _record_row(r)).fetchone() is not None)
+            self._db.bump(RECORDS_SCOPE, (r.updated_at for r in records))
+        return out
+
+    def put(self, record: DataRecord) -> None:
+        self._write([record], conditional=False)
+
+    def delete(self, id: str, hlc: HLCTimestamp) -> DataRecord | None:
+        with self._db.lock:
+            r = self.get(id)
+            if r is None:
+                return None
+            new = replace(r, deleted_at=hlc, updated_at=hlc, version=r.version + 1)
+            self.put(new)
+            return new
+
+    def merge(self, records: Sequence[DataRecord]) -> list[bool]:
+        return self._write(records, conditional=True)
+
+    def query(self, limit: int, cursor: str | None = None) -> RecordPage:
+        return self.query_since({}, limit, cursor)
+
+    def query_since(self, watermarks: Mapping[str, HLCTimestamp], limit: int,
+                    cursor: str | None = None) -> RecordPage:
+        rows, more = self._db.since(
+            f"SELECT {', '.join(_RECORD_COLS)}, updated_at FROM sk_records WHERE 1 = 1", (),
+            self.get_node_watermarks(), watermarks, limit, cursor,
+        )
+        records = [_record_from(r[:-1]) for r in rows]
+        return RecordPage(records, serialize_hlc(records[-1].updated_at) if more and records else None, more)
+
+    def get_node_watermarks(self) -> Watermarks:
+        return self._db.coverage([RECORDS_SCOPE])
+
+    def clear(self) -> None:
+        """Forget every record and its coverage (a wipe)."""
+        with self._db.lock, self._db.conn:
+            self._db.conn.execute("DELETE FROM sk_records")
+            self._db.conn.execute("DELETE FROM sk_coverage WHERE scope = ?", (RECORDS_SCOPE,))
+
+    def all(self) -> list[DataRecord]:
+        with self._db.lock:
+            rows = self._db.conn.execute(f"SELECT {', '.join(_RECORD_COLS)} FROM sk_records").fetchall()
+        return [_record_from(r) for r in rows]
+
+
+class SqliteNamespaceStore:
+    def __init__(self, db: _Db) -> None:
+        self._db = db
+
+    def register(self, namespace: AppSyncableNamespace) -> None:
+        tables = json.dumps([[t.name, list(t.pk_columns)] for t in namespace.tables])
+        with self._db.lock, self._db.conn:
+            self._db.conn.execute(
+                "INSERT INTO sk_namespaces (app_id, files_enabled, tables) VALUES (?, ?, ?) "
+                "ON CONFLICT (app_id) DO UPDATE SET files_enabled = excluded.files_enabled, tables = excluded.tables",
+                (namespace.app_id, int(namespace.files_enabled), tables),
+            )
+
+    @staticmethod
+    def _build(row: tuple[Any, ...]) -> AppSyncableNamespace:
+        return AppSyncableNamespace(
+            row[0], [AppSyncableTableInfo(n, pk) for n, pk in json.loads(row[2])], files_enabled=bool(row[1])
+        )
+
+    def get(self, app_id: str) -> AppSyncableNamespace | None:
+        with self._db.lock:
+            row = self._db.conn.execute(
+                "SELECT app_id, files_enabled, tables FROM sk_namespaces WHERE app_id = ?", (app_id,)
+            ).fetchone()
+        return self._build(row) if row else None
+
+    def list(self) -> list[AppSyncableNamespace]:
+        with self._db.lock:
+            rows = self._db.conn.execute("SELECT app_id, files_enabled, tables FROM sk_namespaces").fetchall()
+        return [self._build(r) for r in rows]
+
+
+def _pk_text(pk: Sequence[Any]) -> str:
+    return json.dumps(list(pk), separators=(",", ":"))
+
+
+class SqliteApplier:
+    def __init__(self, db: _Db, namespaces: SqliteNamespaceStore) -> None:
+        self._db = db
+        self._namespaces = namespaces
+
+    @staticmethod
+    def _to_row(data: str, updated_at: str, deleted_at: str | None, node_id: str) -> dict[str, Any]:
+        row = json.loads(data)
+        row[UPDATED_AT], row[DELETED_AT], row[NODE_ID] = updated_at, deleted_at, node_id
+        return row
+
+    def apply(self, entry: AppSyncableRowEntry) -> bool:
+        ns = self._namespaces.get(entry.app_id)
+        if ns is None:
+            raise SyncError(f"unknown app {entry.app_id!r}", code="unknown_app")
+        info = ns.table(entry.table)
+        if info is None:
+            raise SyncError(f"unknown table {entry.app_id}.{entry.table}", code="unknown_table")
+        pk = check_entry(entry, info)
+        key = (entry.app_id, entry.table, _pk_text(pk))
+        with self._db.lock, self._db.conn:
+            found = self._db.conn.execute(
+                "SELECT data, updated_at, deleted_at, node_id FROM sk_app_rows WHERE app_id = ? AND tbl = ? AND pk = ?",
+                key,
+            ).fetchone()
+            stored = self._to_row(*found) if found else None
+            new = next_row(stored, entry, info, pk)
+            self._db.bump(f"{entry.app_id}/{entry.table}", [entry.timestamp])
+            if new is None:
+                return False
+            data = {k: v for k, v in new.items() if k not in (UPDATED_AT, DELETED_AT, NODE_ID)}
+            self._db.conn.execute(
+                "INSERT INTO sk_app_rows (app_id, tbl, pk, data, updated_at, deleted_at, node_id) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (app_id, tbl, pk) DO UPDATE SET data = excluded.data, "
+                "updated_at = excluded.updated_at, deleted_at = excluded.deleted_at, node_id = excluded.node_id",
+                (*key, json.dumps(data), new[UPDATED_AT], new.get(DELETED_AT), new[NODE_ID]),
+            )
+            return True
+
+    def scan_since(self, app_id: str, table: str, since: Mapping[str, HLCTimestamp],
+                   limit: int | None = None, cursor: str | None = None) -> ScanPage:
+        rows, more = self._db.since(
+            "SELECT data, updated_at, deleted_at, node_id, updated_at FROM sk_app_rows WHERE app_id = ? AND tbl = ?",
+            (app_id, table), self.get_node_watermarks(app_id, table), since, limit, cursor,
+        )
+        entries = [row_to_entry(app_id, table, self._to_row(*r[:4])) for r in rows]
+        return ScanPage(entries, serialize_hlc(entries[-1].timestamp) if more and entries else None, more)
+
+    def get_node_watermarks(self, app_id: str, table: str) -> Watermarks:
+        return self._db.coverage([f"{app_id}/{table}"])
+
+    def get_row(self, app_id: str, table: str, pk: Sequence[Any]) -> dict[str, Any] | None:
+        with self._db.lock:
+            found = self._db.conn.execute(
+                "SELECT data, updated_at, deleted_at, node_id FROM sk_app_rows WHERE app_id = ? AND tbl = ? AND pk = ?",
+                (app_id, table, _pk_text(pk)),
+            ).fetchone()
+        return self._to_row(*found) if found else None
+
+    def rows(self, app_id: str, table: str) -> list[dict[str, Any]]:
+        with self._db.lock:
+            found = self._db.conn.execute(
+                "SELECT data, updated_at, deleted_at, node_id FROM sk_app_rows WHERE app_id = ? AND tbl = ?",
+                (app_id, table),
+            ).fetchall()
+        return [self._to_row(*f) for f in found]
+
+
+class SqliteAppSource:
+    def __init__(self, db: _Db) -> None:
+        self.namespaces = SqliteNamespaceStore(db)
+        self.applier = SqliteApplier(db, self.namespaces)
+
+    def rows(self, app_id: str, table: str) -> list[dict[str, Any]]:
+        return self.applier.rows(app_id, table)
+
+    def get_row(self, app_id: str, table: str, pk: Sequence[Any]) -> dict[str, Any] | None:
+        return self.applier.get_row(app_id, table, pk)
+
+    def clear(self) -> None:
+        """Forget every app row and its coverage (namespaces stay registered)."""
+        with self.applier._db.lock, self.applier._db.conn:
+            self.applier._db.conn.execute("DELETE FROM sk_app_rows")
+            self.applier._db.conn.execute("DELETE FROM sk_coverage WHERE scope != ?", (RECORDS_SCOPE,))
+
+
+class FileSystemObjectStorage:
+    """Blobs as files under ``root`` (key = relative path); writes land by atomic rename."""
+
+    def __init__(self, root: str | os.PathLike[str]) -> None:
+        self.root = Path(root)
+        self.root.mkdir(parents=True, exist_ok=True)
+
+    def _path(self, key: str) -> Path:
+        check_key_syntax(key)
+        return self.root / key
+
+    def put(self, key: str, data: bytes | IO[bytes], content_type: str | None = None) -> None:
+        path = self._path(key)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".part-")
+        try:
+            with os.fdopen(fd, "wb") as out:
+                if isinstance(data, (bytes, bytearray, memoryview)):
+                    out.write(data)
+                else:
+                    while chunk := data.read(CHUNK_SIZE):
+                        out.write(chunk)
+            os.replace(tmp, path)
+        except BaseException:
+            os.unlink(tmp)
+            raise
+        if content_type:
+            path.with_name(path.name + ".content-type").write_text(content_type)
+
+    def _content_type(self, path: Path) -> str | None:
+        ct = path.with_name(path.name + ".content-type")
+        return ct.read_text() if ct.exists() else None
+
+    def get(self, key: str) -> StoredObject | None:
+        path = self._path(key)
+        if not path.is_file():
+            return None
+        data = path.read_bytes()
+        return StoredObject(data, self._content_type(path), len(data))
+
+    def open(self, key: str) -> IO[bytes] | None:
+        path = self._path(key)
+        try:
+            return open(path, "rb")
+        except FileNotFoundError:
+            return None
+
+    def has(self, key: str) -> bool:
+        return self._path(key).is_file()
+
+    def delete(self, key: str) -> None:
+        path = self._path(key)
+        path.unlink(missing_ok=True)
+        path.with_name(path.name + ".content-type").unlink(missing_ok=True)
+
+    def keys(self) -> list[str]:
+        return sorted(
+            p.relative_to(self.root).as_posix() for p in self.root.rglob("*")
+            if p.is_file() and not p.name.endswith(".content-type") and not p.name.startswith(".part-")
+        )
+
+    def clear(self) -> None:
+        for key in self.keys():
+            self.delete(key)
+
+
+class SqliteDeviceStore:
+    """Everything a Python device needs on disk: ``database``, ``app_source``, ``storage``, ``state()``."""
+
+    def __init__(self, path: str | os.PathLike[str], blob_dir: str | os.PathLike[str] | None = None,
+                 namespaces: Iterable[AppSyncableNamespace] = ()) -> None:
+        self.conn = sqlite3.connect(str(path), check_same_thread=False)
+        self.conn.execute("PRAGMA journal_mode=WAL")
+        # WAL + NORMAL: a crash of the process loses nothing committed; only
+        # power loss can drop the last transactions, which a re-sync restores.
+        self.conn.execute("PRAGMA synchronous=NORMAL")
+        self._db = _Db(self.conn)
+        self.database = SqliteDatabaseAdapter(self._db)
+        self.app_source = SqliteAppSource(self._db)
+        for ns in namespaces:
+            self.app_source.namespaces.register(ns)
+        self.storage = FileSystemObjectStorage(blob_dir if blob_dir is not None else f"{path}-blobs")
+
+    def state(self, namespace: str = "default") -> SqliteSyncStateStore:
+        """Requester state for one (peer, channel) pair, in the same file."""
+        return SqliteSyncStateStore(self.conn, namespace)
+
+    def close(self) -> None:
+        self.conn.close()
