@@ -12,6 +12,7 @@ MAX_KEY_LENGTH = 1024
 _SEGMENT = re.compile(r"[A-Za-z0-9_-]+")
 _CATEGORY = re.compile(r"[a-z0-9_-]+")
 _HEX64 = re.compile(r"[0-9a-f]{64}")
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
 
 def check_key_syntax(key: str) -> None:
@@ -22,7 +23,7 @@ def check_key_syntax(key: str) -> None:
         raise InvalidKeyError(f"object key is longer than {MAX_KEY_LENGTH} characters")
     if key.startswith("/") or key.startswith("\\"):
         raise InvalidKeyError("object key must be relative, not an absolute path")
-    if any(ord(c) < 0x20 or ord(c) == 0x7F for c in key):
+    if _CONTROL.search(key):
         raise InvalidKeyError("object key must not contain control characters")
     if "\\" in key:
         raise InvalidKeyError("object key must not contain backslashes")

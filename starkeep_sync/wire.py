@@ -7,6 +7,7 @@ plain dicts ready for ``json.dumps``. Unknown fields are ignored.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -17,6 +18,7 @@ from .hlc import HLCTimestamp
 from .records import OPS, AppSyncableRowEntry, DataRecord
 
 MAX_ID_LENGTH = 256
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 MAX_TEXT_LENGTH = 4096
 
 
@@ -112,7 +114,7 @@ def _bad_node_id(node: str) -> str | None:
         return f"must be at most {MAX_NODE_ID_LENGTH} characters"
     if ":" in node:
         return "must not contain ':'"
-    if any(ord(c) < 0x20 or ord(c) == 0x7F for c in node):
+    if _CONTROL.search(node):
         return "must not contain control characters"
     return None
 

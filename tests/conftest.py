@@ -1,8 +1,23 @@
 from __future__ import annotations
 
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
 import pytest
 
 from tests.harness import Pair, memory_pair
+
+
+@pytest.fixture
+def fast_tmp() -> Iterator[Path]:
+    """A scratch directory in RAM where there is one: thousands of small blob files are slow on disk."""
+    base = "/dev/shm" if os.access("/dev/shm", os.W_OK) else None
+    path = Path(tempfile.mkdtemp(prefix="starkeep-", dir=base))
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
 
 
 @pytest.fixture(
@@ -23,7 +38,7 @@ def pair(request: pytest.FixtureRequest) -> Pair:
     if request.param == "sqlite-device":
         from tests.device_harness import sqlite_device_pair
 
-        return sqlite_device_pair(request.getfixturevalue("tmp_path"))
+        return sqlite_device_pair(request.getfixturevalue("fast_tmp"))
     live_server = request.getfixturevalue("live_server")
     from tests.http_harness import http_pair
 
