@@ -76,7 +76,9 @@ def next_row(
     LWW: only an entry strictly newer than the stored ``updated_at`` writes.
     An update for a row not held is dropped (the full row arrives as an insert).
     A delete for a row not held stores the tombstone so an older write cannot
-    resurrect it.
+    resurrect it. Both sides of a round end with the same tombstone: a scanned
+    delete (full row, no ``where``) carries the sender's row, and a tombstone
+    always has ``deleted_at == updated_at``.
     """
     ts = entry.timestamp
     if stored is not None and stored_hlc(stored) >= ts:
@@ -90,10 +92,19 @@ def next_row(
             return None
         new = dict(stored)
         new.update({k: v for k, v in (entry.row or {}).items() if k not in BOOKKEEPING})
+        if new.get(DELETED_AT):
+            # A patched tombstone stays one, re-stamped: scans emit it as a delete,
+            # which every receiver applies as deleted_at = updated_at = its HLC.
+            new[DELETED_AT] = stamp
     else:  # delete
-        new = dict(stored) if stored is not None else {
-            k: v for k, v in (entry.row or {}).items() if k not in BOOKKEEPING
-        }
+        if entry.row and not entry.where:
+            # A scanned tombstone carries the sender's whole row: store that row, so
+            # both sides hold the same tombstone (not the receiver's older content).
+            new = {k: v for k, v in entry.row.items() if k not in BOOKKEEPING}
+        else:
+            new = dict(stored) if stored is not None else {
+                k: v for k, v in (entry.row or {}).items() if k not in BOOKKEEPING
+            }
         new[DELETED_AT] = stamp
     for c, v in zip(table.pk_columns, pk, strict=True):
         new[c] = v

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 
 from .blobs import FileSyncEngine, TransferFailure
 from .channel import ChannelView, Item, group_by_node
-from .constants import LOCAL_DATA_SYNCED, LOGGER_NAME
+from .constants import LOCAL_DATA_SYNCED, LOGGER_NAME, MAX_COUNTER, MAX_WALL_TIME
 from .exceptions import SyncError
 from .hlc import HLCClock, HLCTimestamp, serialize_hlc
 from .memory import MemorySyncStateStore
@@ -101,8 +101,7 @@ class SyncEngine:
         peer = self.sync_state.get_peer_watermarks()
         result = ExchangeResult(0, 0, False)
 
-        candidates, left_behind = self.channel.changes_since(peer, self.page_limit, self.scan_page_size)
-        shipped = self._push_blobs(candidates, result)
+        shipped, left_behind = self._gather_outbound(peer, result)
         request = SyncExchangeRequest(
             watermarks=own,
             records=[i.record for i in shipped if i.record is not None],
@@ -130,12 +129,22 @@ class SyncEngine:
         # Nodes that fully landed: we now hold all the peer covers up to the cut
         # (what it did not send, we sent it: no echo).
         theirs = response.responder_watermarks
+        me = self.clock.node_id
         for node, hlc in theirs.items():
             if node in failed_nodes:
                 continue
-            # The bound may carry another node's id when the page was cut: it is
-            # still a correct HLC-order bound for this node's items.
-            bound = hlc if cut is None or hlc < cut else cut
+            if node == me:
+                # No echo (§7a): our own writes are held here by construction, so a
+                # page cut does not bound them; only the highest one we still hold does
+                # (otherwise what we pushed this round comes back in the next one).
+                held = self.channel.coverage().get(me)
+                if held is None:
+                    continue
+                bound = hlc if hlc < held else held
+            else:
+                # The bound may carry another node's id when the page was cut: it is
+                # still a correct HLC-order bound for this node's items.
+                bound = hlc if cut is None or hlc < cut else cut
             if node not in new_own or bound > new_own[node]:
                 new_own[node] = bound
 
@@ -145,7 +154,12 @@ class SyncEngine:
 
         result.applied = len(applied_ids)
         result.pending = response.pending
-        result.has_more = bool(response.has_more or left_behind or is_lower_somewhere(theirs, peer))
+        # "An immediate next round would move something" (§5.7b). A response page
+        # that moved no watermark (each node on it stopped at a failed pull or a
+        # refusal) would come back identical: failures wait for the next scheduled
+        # round. ``left_behind`` only counts nodes that did not halt on a push.
+        more_inbound = response.has_more and new_own != own
+        result.has_more = bool(more_inbound or left_behind or is_lower_somewhere(theirs, peer))
         if applied_ids:
             self.change_notifier.emit(
                 ChangeEvent(LOCAL_DATA_SYNCED, applied_ids, self.clock.now(), self.channel.app_id)
@@ -154,9 +168,30 @@ class SyncEngine:
 
     # -- outbound ----------------------------------------------------------------
 
-    def _push_blobs(self, candidates: list[Item], result: ExchangeResult) -> list[Item]:
-        """Push blobs node by node; a node stops shipping at its first failed push."""
+    def _gather_outbound(self, peer: Watermarks, result: ExchangeResult) -> tuple[list[Item], bool]:
+        """Up to ``page_limit`` items above ``peer`` whose blobs are pushed; and whether more remain.
+
+        A node whose push failed is left out of the rest of the round, and the page
+        room its later items took goes to other nodes: a stuck node with more than a
+        page of later items must not block every node written after it.
+        """
+        floor = dict(peer)
         halted: set[str] = set()
+        shipped: list[Item] = []
+        while True:
+            room = self.page_limit - len(shipped)
+            candidates, left_behind = self.channel.changes_since(floor, room, self.scan_page_size)
+            halted_before = len(halted)
+            shipped.extend(self._push_blobs(candidates, result, halted))
+            if not left_behind or len(halted) == halted_before:
+                return shipped, left_behind
+            # Refill past what this pass considered; halted nodes sit above everything.
+            for item in candidates:
+                node = item.node
+                floor[node] = HLCTimestamp(MAX_WALL_TIME, MAX_COUNTER, node) if node in halted else item.hlc
+
+    def _push_blobs(self, candidates: list[Item], result: ExchangeResult, halted: set[str]) -> list[Item]:
+        """Push blobs node by node; a node stops shipping at its first failed push."""
         shipped: list[Item] = []
         for item in candidates:  # HLC order; per node that is the node's order
             if item.node in halted:

@@ -87,10 +87,12 @@ class SyncResponder:
             limit = min(limit, self.max_limit)
         # Fetch past the limit by the number of echoes we may drop, plus one to
         # learn hasMore exactly.
-        candidates, _ = self.channel.changes_since(request.watermarks, limit + len(received))
+        candidates, beyond = self.channel.changes_since(request.watermarks, limit + len(received))
         if received:
             candidates = [i for i in candidates if (i.identity, i.hlc) not in received]
-        has_more = len(candidates) > limit
+        # Items past the fetch are never echoes when fewer than limit + 1 survived
+        # the filter (every echo was among the fetched), so ``beyond`` still counts.
+        has_more = len(candidates) > limit or beyond
         out = candidates[:limit]
         report.sent = len(out)
         response = SyncExchangeResponse(
