@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from .constants import DELETED_AT, FILE_RECORDS_TABLE, NODE_ID, UPDATED_AT
+from .constants import DELETED_AT, FILE_RECORDS_COLUMNS, FILE_RECORDS_TABLE, NODE_ID, UPDATED_AT
 from .exceptions import SyncError
 from .hlc import HLCTimestamp, deserialize_hlc, serialize_hlc
 from .records import AppSyncableRowEntry, AppSyncableTableInfo
@@ -108,6 +108,11 @@ def next_row(
         new[DELETED_AT] = stamp
     for c, v in zip(table.pk_columns, pk, strict=True):
         new[c] = v
+    if table.name == FILE_RECORDS_TABLE:
+        # The reserved table has fixed columns: every applier stores them all,
+        # null when an entry (e.g. a tombstone for a row not held) leaves them out.
+        for c in FILE_RECORDS_COLUMNS:
+            new.setdefault(c, None)
     new[UPDATED_AT] = stamp
     new[NODE_ID] = ts.node_id
     return new

@@ -114,6 +114,12 @@ class FileSyncEngine:
         with self._lock:
             return dict(self._failures)
 
+    def restore_failures(self, failures: Iterable[TransferFailure]) -> None:
+        """Seed the failure history, e.g. from what an earlier process persisted."""
+        with self._lock:
+            for f in failures:
+                self._failures[f.key] = f
+
     def _record_failure(self, key: str, direction: str, error: str) -> None:
         now = self._now()
         with self._lock:

@@ -1,7 +1,7 @@
 from .credentials import AppSecret, DeviceToken
 from .namespaces import AppNamespace, AppTable
 from .records import AppRow, Blob, FileRecord, NodeCoverage, SharedRecord
-from .state import PeerSyncState
+from .state import ChannelActivity, PeerSyncState
 
 __all__ = [
     "AppNamespace",
@@ -9,6 +9,7 @@ __all__ = [
     "AppSecret",
     "AppTable",
     "Blob",
+    "ChannelActivity",
     "DeviceToken",
     "FileRecord",
     "NodeCoverage",

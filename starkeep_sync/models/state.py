@@ -29,3 +29,23 @@ class PeerSyncState(models.Model):
 
     def __str__(self) -> str:
         return f"{self.peer_url} [{self.channel}]"
+
+
+class ChannelActivity(models.Model):
+    """Server side: how often an owner's devices exchanged on a channel, and the last refusal."""
+
+    owner = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="+")
+    channel = models.CharField(max_length=255)
+    exchanges = models.BigIntegerField(default=0)
+    last_exchange_at = models.DateTimeField(null=True, blank=True)
+    last_error = models.TextField(blank=True)
+    last_error_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["owner", "channel"], name="starkeep_activity_unique"),
+        ]
+        verbose_name_plural = "channel activity"
+
+    def __str__(self) -> str:
+        return f"{self.owner} [{self.channel}]"

@@ -1,0 +1,145 @@
+"""Sync this instance's data for one user with a remote Starkeep server, as the requester."""
+
+from __future__ import annotations
+
+import os
+import sys
+from typing import Any
+
+from django.contrib.auth import get_user_model
+from django.core.management.base import BaseCommand, CommandError, CommandParser
+
+from starkeep_sync.conf import sync_settings
+from starkeep_sync.constants import DRIVE_APP_ID
+from starkeep_sync.exceptions import SyncError
+from starkeep_sync.supervisor import Backoff, RoundReport, SyncSupervisor, sync_until_done
+from starkeep_sync.syncing import build_requester
+
+TOKEN_ENV = "STARKEEP_SYNC_TOKEN"
+
+
+def human_bytes(n: int) -> str:
+    size = float(n)
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if size < 1024 or unit == "GiB":
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1024
+    return f"{n} B"
+
+
+class Progress:
+    """Items and bytes moved so far; a bar when the server reports ``pending``."""
+
+    def __init__(self, out: Any, tty: bool) -> None:
+        self.out, self.tty = out, tty
+        self.items = self.bytes = self.rounds = self.errors = 0
+        self.pending: int | None = None
+
+    def update(self, report: RoundReport) -> None:
+        self.rounds += 1
+        if report.result is not None:
+            r = report.result
+            self.items += r.applied + r.shipped
+            self.bytes += r.bytes_moved
+            self.pending = r.pending
+            self.errors += len(r.errors)
+        else:
+            self.errors += 1
+        self.out.write(self.line(), ending="\r" if self.tty else "\n")
+        if self.tty:
+            self.out.flush()
+
+    def line(self) -> str:
+        moved = f"{self.items} items, {human_bytes(self.bytes)}"
+        if self.pending is not None:
+            total = self.items + self.pending
+            width = 24
+            filled = width if total == 0 else int(width * self.items / total)
+            return f"[{'#' * filled}{'.' * (width - filled)}] {self.items}/{total} items, {human_bytes(self.bytes)}"
+        return f"round {self.rounds}: {moved}"
+
+
+class Command(BaseCommand):
+    help = (
+        "Sync one user's records and blobs on this instance with a remote Starkeep server. "
+        "Runs one round by default; --until-done runs rounds until nothing is left, "
+        "--watch keeps syncing every --interval seconds. State is kept per (URL, channel), "
+        "so an interrupted run resumes where it stopped."
+    )
+
+    def add_arguments(self, parser: CommandParser) -> None:
+        parser.add_argument("--url", required=True, help="Base URL of the remote server, e.g. https://cloud.example.")
+        parser.add_argument("--user", required=True, help="Username whose data on this instance is synced.")
+        parser.add_argument("--channel", default=DRIVE_APP_ID,
+                            help=f"'{DRIVE_APP_ID}' (shared records, the default) or a registered app id.")
+        parser.add_argument("--token", default=None,
+                            help=f"Device token for the remote server (default: the {TOKEN_ENV} environment "
+                                 "variable). Prefer the variable: arguments show up in process lists.")
+        parser.add_argument("--node-id", default=None,
+                            help="This instance's node id in the sync (default: STARKEEP_SYNC['NODE_ID']). "
+                                 "Must differ from the remote's.")
+        parser.add_argument("--until-done", action="store_true", help="Run rounds until nothing is left.")
+        parser.add_argument("--watch", action="store_true", help="Keep syncing; stop with Ctrl-C.")
+        parser.add_argument("--interval", type=float, default=30.0, help="Seconds between cycles with --watch.")
+        parser.add_argument("--page-limit", type=int, default=1000, help="Most items per round in each direction.")
+        parser.add_argument("--timeout", type=float, default=30.0, help="HTTP timeout in seconds.")
+        parser.add_argument("--max-cycles", type=int, default=None,
+                            help="With --watch, stop after this many cycles (for scripts and tests).")
+
+    def handle(self, *args: Any, **options: Any) -> None:
+        token = options["token"] or os.environ.get(TOKEN_ENV)
+        if not token:
+            raise CommandError(f"No credentials: pass --token or set {TOKEN_ENV}.")
+        if options["page_limit"] < 1:
+            raise CommandError("--page-limit must be at least 1.")
+        if options["interval"] <= 0:
+            raise CommandError("--interval must be positive.")
+        model = get_user_model()
+        try:
+            owner = model.objects.get(**{model.USERNAME_FIELD: options["user"]})
+        except model.DoesNotExist:
+            raise CommandError(f"No user {options['user']!r} on this instance.") from None
+        try:
+            requester = build_requester(
+                owner=owner, url=options["url"], channel=options["channel"], token=token,
+                node_id=options["node_id"] or sync_settings.NODE_ID, page_limit=options["page_limit"],
+                timeout=options["timeout"],
+            )
+        except (SyncError, ValueError) as err:
+            raise CommandError(str(err)) from err
+
+        progress = Progress(self.stdout, tty=self.stdout.isatty() if hasattr(self.stdout, "isatty") else False)
+        on_round = progress.update
+        try:
+            if options["watch"]:
+                supervisor = SyncSupervisor(requester.engine, interval=options["interval"], backoff=Backoff(),
+                                            on_round=lambda r: (requester.record(r), on_round(r)))
+                try:
+                    supervisor.run(max_cycles=options["max_cycles"])
+                except KeyboardInterrupt:
+                    supervisor.stop()
+            elif options["until_done"]:
+                sync_until_done(requester.engine, on_round=lambda r: (requester.record(r), on_round(r)))
+            else:
+                result = requester.engine.exchange()
+                report = RoundReport(1, result, None, 0.0)
+                requester.record(report)
+                on_round(report)
+        except (SyncError, OSError, RuntimeError) as err:
+            requester.record(RoundReport(progress.rounds + 1, None, err, 0.0))
+            if progress.tty:
+                self.stdout.write("")
+            raise CommandError(f"Sync with {options['url']} failed: {err}") from err
+        finally:
+            requester.close()
+        if progress.tty:
+            self.stdout.write("")
+        failures = requester.engine.blob_failures
+        summary = (f"Synced {options['channel']} with {options['url']}: {progress.rounds} round(s), "
+                   f"{progress.items} items, {human_bytes(progress.bytes)} moved")
+        self.stdout.write(self.style.SUCCESS(summary))
+        if failures:
+            self.stdout.write(self.style.WARNING(
+                f"{len(failures)} blob transfer(s) failing; they are retried next run "
+                "(see manage.py starkeep_status)."))
+        sys.stdout.flush()

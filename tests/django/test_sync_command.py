@@ -1,0 +1,153 @@
+"""``manage.py starkeep_sync`` against a live server (same database, another owner), and ``starkeep_status``."""
+
+from __future__ import annotations
+
+import hashlib
+import socket
+from io import StringIO
+from typing import Any
+
+import pytest
+from django.core.management import CommandError, call_command
+
+from starkeep_sync import HLCClock, create_data_record, shared_object_key
+from starkeep_sync.adapters import DjangoObjectStorage, OrmAppSource, OrmDatabaseAdapter
+from starkeep_sync.models import PeerSyncState
+from tests.factories import make_token, make_user, register_app
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+def seed(owner: Any, node: str, n: int, prefix: str) -> None:
+    clock = HLCClock(node)
+    db, storage = OrmDatabaseAdapter(owner), DjangoObjectStorage(owner)
+    for i in range(n):
+        data = f"{prefix}-{i}".encode()
+        digest = hashlib.sha256(data).hexdigest()
+        key = shared_object_key("image/png", digest)
+        storage.put(key, data, "image/png")
+        db.put(create_data_record(clock, type="image/png", origin_app_id="t", content_hash=digest,
+                                  object_storage_key=key, size_bytes=len(data), id=f"{prefix}{i}"))
+
+
+def sync(*args: str) -> str:
+    out = StringIO()
+    call_command("starkeep_sync", *args, stdout=out, stderr=StringIO())
+    return out.getvalue()
+
+
+@pytest.fixture
+def setup(live_server: Any) -> dict[str, Any]:
+    edge, cloud = make_user("edge-alice"), make_user("alice")
+    token = make_token(cloud)
+    seed(edge, "edge", 5, "e")
+    seed(cloud, "phone", 3, "c")
+    return {"url": live_server.url, "edge": edge, "cloud": cloud, "token": token}
+
+
+def base_args(s: dict[str, Any]) -> list[str]:
+    return ["--url", s["url"], "--user", "edge-alice", "--token", s["token"], "--node-id", "edge"]
+
+
+def held(owner: Any) -> dict[str, bool]:
+    storage = DjangoObjectStorage(owner)
+    return {r.id: storage.has(r.object_storage_key) for r in OrmDatabaseAdapter(owner).all()}
+
+
+def test_until_done_syncs_records_and_blobs_both_ways(setup: dict[str, Any]) -> None:
+    out = sync(*base_args(setup), "--until-done", "--page-limit", "2")
+    assert held(setup["edge"]) == held(setup["cloud"]) == {k: True for k in
+                                                           [f"e{i}" for i in range(5)] + [f"c{i}" for i in range(3)]}
+    assert "Synced starkeep-drive" in out and "8 items" in out
+    assert setup["token"] not in out
+    assert "/" in out.splitlines()[0]  # pending from the server gives a done/total bar
+    again = sync(*base_args(setup), "--until-done")
+    assert "0 items" in again
+
+
+def test_interrupted_run_resumes_without_duplicates(setup: dict[str, Any]) -> None:
+    first = sync(*base_args(setup), "--page-limit", "2")  # one round only
+    assert "1 round(s)" in first
+    state = PeerSyncState.objects.get(owner=setup["edge"])
+    assert state.peer_watermarks  # progress persisted per (url, channel)
+    assert len(held(setup["cloud"])) < 8 or len(held(setup["edge"])) < 8
+    rest = sync(*base_args(setup), "--until-done", "--page-limit", "2")
+    total = int(first.split("round(s), ")[1].split(" items")[0]) + int(rest.split("round(s), ")[1].split(" items")[0])
+    assert total == 8  # every record moved exactly once across both runs
+    assert held(setup["edge"]) == held(setup["cloud"])
+
+
+def test_watch_runs_cycles(setup: dict[str, Any]) -> None:
+    out = sync(*base_args(setup), "--watch", "--interval", "0.01", "--max-cycles", "2")
+    assert "Synced" in out and len(held(setup["cloud"])) == 8
+
+
+def test_per_app_channel(setup: dict[str, Any]) -> None:
+    register_app("notes", {"notes": ["id"]})
+    from starkeep_sync import AppSyncableRowEntry
+
+    clock = HLCClock("edge")
+    OrmAppSource(setup["edge"]).applier.apply(
+        AppSyncableRowEntry(clock.now(), "notes", "notes", "insert", {"id": "n1", "body": "hi"}))
+    sync(*base_args(setup), "--channel", "notes", "--until-done")
+    rows = OrmAppSource(setup["cloud"]).rows("notes", "notes")
+    assert [(r["id"], r["body"]) for r in rows] == [("n1", "hi")]
+
+
+def test_token_from_environment(setup: dict[str, Any], monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("STARKEEP_SYNC_TOKEN", setup["token"])
+    out = sync("--url", setup["url"], "--user", "edge-alice", "--node-id", "edge")
+    assert "Synced" in out
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--user", "edge-alice", "--node-id", "edge"], "No credentials"),
+    (["--user", "nobody", "--token", "t"], "No user 'nobody'"),
+    (["--user", "edge-alice", "--token", "t", "--page-limit", "0"], "--page-limit"),
+    (["--user", "edge-alice", "--token", "t", "--channel", "unregistered"], "not registered"),
+])
+def test_bad_arguments(setup: dict[str, Any], args: list[str], message: str) -> None:
+    with pytest.raises(CommandError, match=message):
+        sync("--url", setup["url"], *args)
+
+
+def test_bad_url_scheme(setup: dict[str, Any]) -> None:
+    with pytest.raises(CommandError, match="http"):
+        sync("--url", "ftp://x", "--user", "edge-alice", "--token", "t")
+
+
+def test_wrong_token_fails_with_server_message(setup: dict[str, Any]) -> None:
+    with pytest.raises(CommandError, match="401|Invalid or revoked token"):
+        sync("--url", setup["url"], "--user", "edge-alice", "--token", "skt_wrong", "--node-id", "edge")
+    assert "Invalid or revoked token" in PeerSyncState.objects.get(owner=setup["edge"]).last_error
+
+
+def test_unreachable_server_fails_cleanly(setup: dict[str, Any]) -> None:
+    url = f"http://127.0.0.1:{free_port()}"
+    with pytest.raises(CommandError, match="failed"):
+        sync("--url", url, "--user", "edge-alice", "--token", "t", "--node-id", "edge", "--timeout", "2")
+
+
+def test_status_shows_counts_coverage_staged_and_peers(setup: dict[str, Any]) -> None:
+    sync(*base_args(setup), "--until-done")
+    # A record whose blob is gone here is staged.
+    rec = OrmDatabaseAdapter(setup["edge"]).get("c0")
+    assert rec is not None
+    DjangoObjectStorage(setup["edge"]).delete(rec.object_storage_key)
+    out = StringIO()
+    call_command("starkeep_status", "--user", "edge-alice", stdout=out)
+    text = out.getvalue()
+    assert "8 records (0 deleted), 1 staged" in text
+    assert "edge@" in text and "phone@" in text
+    assert f"peer {setup['url']} [starkeep-drive] as edge" in text
+    out = StringIO()
+    call_command("starkeep_status", "--user", "alice", stdout=out)
+    assert "served: " in out.getvalue()
+    with pytest.raises(CommandError):
+        call_command("starkeep_status", "--user", "ghost", stdout=StringIO())
