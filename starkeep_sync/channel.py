@@ -181,6 +181,18 @@ class ChannelView:
             cursor = page.next_cursor
         return out
 
+    def count_since(self, watermarks: Mapping[str, HLCTimestamp]) -> int | None:
+        """How many items are above ``watermarks`` (an index count), ``None`` if the adapters cannot say."""
+        if self.shared:
+            count = getattr(self.database, "count_since", None)
+            return count(watermarks) if count is not None else None
+        if self.app_source is None:
+            return 0
+        count = getattr(self.app_source.applier, "count_since", None)
+        if count is None:
+            return None
+        return sum(count(ns.app_id, t.name, watermarks) for ns in self.namespaces() for t in ns.tables)
+
     def coverage(self) -> Watermarks:
         """Per node, the highest HLC this side has taken in on the channel."""
         if self.shared:

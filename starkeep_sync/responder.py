@@ -95,11 +95,21 @@ class SyncResponder:
         has_more = len(candidates) > limit or beyond
         out = candidates[:limit]
         report.sent = len(out)
+        pending: int | None = None
+        if not has_more:
+            pending = 0
+        elif self.count_pending:
+            total = self.channel.count_since(request.watermarks)
+            if total is not None:
+                # What is above the vector, less this page and what this request
+                # itself stored (it will never be sent back).
+                pending = max(0, total - len(out) - report.applied)
         response = SyncExchangeResponse(
             records=[i.record for i in out if i.record is not None],
             app_syncable_rows=[i.entry for i in out if i.entry is not None],
             responder_watermarks=self.channel.coverage(),
             has_more=has_more,
+            pending=pending if self.count_pending else None,
         )
         return response, report
 
