@@ -1,0 +1,66 @@
+"""The plain-Python device example and the one-command demo actually sync."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from starkeep_sync.adapters import DjangoObjectStorage, OrmDatabaseAdapter
+from tests.factories import make_token, make_user
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def run_device(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, str(ROOT / "examples" / "device.py"), *args],
+                          capture_output=True, text=True, timeout=120, cwd=ROOT)
+
+
+@pytest.mark.django_db(transaction=True)
+def test_device_example_pushes_and_a_second_device_pulls(live_server: Any, tmp_path: Path) -> None:
+    owner = make_user("devices")
+    token = make_token(owner)
+    first = run_device("--url", live_server.url, "--token", token, "--db", str(tmp_path / "a.db"), "--add", "2")
+    assert first.returncode == 0, first.stderr
+    assert "shipped 2" in first.stdout
+    records = OrmDatabaseAdapter(owner).all()
+    assert len(records) == 2
+    assert all(DjangoObjectStorage(owner).has(r.object_storage_key) for r in records)
+    second = run_device("--url", live_server.url, "--token", token, "--db", str(tmp_path / "b.db"))
+    assert second.returncode == 0, second.stderr
+    assert "received 2" in second.stdout and "2 records held" in second.stdout
+    blobs = [p for p in (tmp_path / "b.db-blobs").rglob("*") if p.is_file() and "." not in p.name]
+    assert len(blobs) == 2
+
+
+def test_device_example_needs_a_token(tmp_path: Path) -> None:
+    env_token = os.environ.pop("STARKEEP_SYNC_TOKEN", None)
+    try:
+        done = run_device("--url", "http://127.0.0.1:9", "--db", str(tmp_path / "x.db"))
+    finally:
+        if env_token is not None:
+            os.environ["STARKEEP_SYNC_TOKEN"] = env_token
+    assert done.returncode == 2 and "no token" in done.stderr
+
+
+def test_demo_command_starts_the_server_and_shows_a_sync(tmp_path: Path) -> None:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {**os.environ, "DATABASE_URL": f"sqlite:///{tmp_path / 'db.sqlite3'}",
+           "STARKEEP_MEDIA": str(tmp_path / "media")}
+    env.pop("DJANGO_SETTINGS_MODULE", None)
+    done = subprocess.run([sys.executable, str(ROOT / "examples" / "demo.py"), "--exit", "--port", str(port),
+                           "--workdir", str(tmp_path / "work")],
+                          capture_output=True, text=True, timeout=180, env=env, cwd=ROOT)
+    assert done.returncode == 0, done.stdout + done.stderr
+    lines = done.stdout.splitlines()
+    assert any(line.startswith("py-phone: 1 round(s), shipped 3") for line in lines)
+    assert any(line.startswith("py-laptop:") and "received 3" in line for line in lines)
+    assert sum(line.startswith("py-phone") and "shipped 0, received 0" in line for line in lines) == 1
