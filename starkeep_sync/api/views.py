@@ -11,6 +11,7 @@ import hashlib
 import hmac as _hmac
 import json
 import logging
+import tempfile
 from typing import Any
 
 from django.core import signing
@@ -164,9 +165,43 @@ def store_stream(request: Request, storage: DjangoObjectStorage, key: str, strea
         raise PayloadTooLarge(f"Blob of {length} bytes exceeds the limit of {limit} bytes.")
     source: Any = stream
     macs: list[Any] = []
+    spool: Any = None
     if principal is not None and principal.pending_body:
         macs = [factory() for factory, _ in principal.pending_body]
         source = _SignedBodyReader(stream, macs)
+        if len({s.owner_id for s in principal.candidates}) > 1:  # type: ignore[attr-defined]
+            # Secrets of several owners match the app id and no key id was sent: the
+            # owner, and so the storage prefix, is known only once the signature is.
+            spool = _spool_verified(source, principal, macs, limit)
+            storage = DjangoObjectStorage(principal.owner)
+            source, macs = spool, []
+    try:
+        _store_verified(storage, key, source, macs, content_type, principal, limit)
+    finally:
+        if spool is not None:
+            spool.close()
+
+
+def _spool_verified(source: Any, principal: Principal, macs: list[Any], limit: int) -> Any:
+    """Read a signed body into a temporary file; check its signature; set the principal's owner."""
+    spool = tempfile.TemporaryFile()
+    try:
+        size = 0
+        while chunk := source.read(CHUNK_SIZE):
+            size += len(chunk)
+            if size > limit:
+                raise PayloadTooLarge(f"Blob exceeds the limit of {limit} bytes.")
+            spool.write(chunk)
+        principal.owner = verify_streamed_signature(principal, macs)
+    except BaseException:
+        spool.close()
+        raise
+    spool.seek(0)
+    return spool
+
+
+def _store_verified(storage: DjangoObjectStorage, key: str, source: Any, macs: list[Any],
+                    content_type: str | None, principal: Principal | None, limit: int) -> None:
     reader = HashingReader(source, expected_sha256(None, key), max_bytes=limit)
 
     class _Verified:
