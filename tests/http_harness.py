@@ -73,4 +73,6 @@ def http_pair(live_server_url: str, username: str = "alice") -> Pair:
         app = "starkeep-drive" if channel == "drive" else channel
         return create_http_sync_transport(base_url=f"{live_server_url}/apps/{app}", auth=token)
 
-    return Pair(local, cloud, make_transport, remote)
+    pair = Pair(local, cloud, make_transport, remote)
+    pair.scale_divisor = 10  # type: ignore[attr-defined]  # see test_s6_pagination
+    return pair

@@ -25,16 +25,32 @@ from tests.scenarios.support import (
     synced_ids,
 )
 
-N = 2001
-PAGING = {"page_limit": 1000, "scan_page_size": 100}
 types = pytest.mark.parametrize("dt", DATA_TYPES, ids=str)
 
+# In process: 2,001 items in pages of 1,000. Over HTTP every blob is two real
+# requests, so the same shape (two full pages and one more item, a scan page
+# a tenth of the page) runs at a tenth of the size: 201 items in pages of 100.
+N = 2001
+PAGING = {"page_limit": 1000, "scan_page_size": 100}
 
-def populate(side, dt: DataType, prefix: str, third_node: str, n: int = N) -> list[str]:
+
+@pytest.fixture(autouse=True)
+def _scale(pair) -> None:
+    global N, PAGING
+    divisor = getattr(pair, "scale_divisor", 1)
+    N = 2 * (1000 // divisor) + 1
+    PAGING = {"page_limit": 1000 // divisor, "scan_page_size": max(1, 100 // divisor)}
+
+
+def page() -> int:
+    return PAGING["page_limit"]
+
+
+def populate(side, dt: DataType, prefix: str, third_node: str, n: int | None = None) -> list[str]:
     """``n`` items on ``side``; every third one first written on ``third_node`` and carried here."""
     third = side.node_clock(third_node)
     ids = []
-    for i in range(n):
+    for i in range(N if n is None else n):
         rid = f"{prefix}{i:05d}"
         dt.insert(side, rid, rid, clock=third if i % 3 == 0 else None)
         ids.append(rid)
@@ -56,7 +72,7 @@ def test_S6_001_pagination_push(pair, dt: DataType):
 
     results = pair.sync_until_done(dt.channel, **PAGING)
 
-    assert [r.shipped for r in results] == [1000, 1000, 1]
+    assert [r.shipped for r in results] == [page(), page(), 1]
     assert [r.has_more for r in results] == [True, True, False]  # exact: no trailing empty round
     assert sum(r.applied for r in results) == 0
     assert sum(r.received for r in results) == 0
@@ -72,8 +88,8 @@ def test_S6_002_pagination_pull(pair, dt: DataType):
 
     results = pair.sync_until_done(dt.channel, **PAGING)
 
-    assert [r.applied for r in results] == [1000, 1000, 1]
-    assert [r.received for r in results] == [1000, 1000, 1]
+    assert [r.applied for r in results] == [page(), page(), 1]
+    assert [r.received for r in results] == [page(), page(), 1]
     assert [r.has_more for r in results] == [True, True, False]
     assert sum(r.shipped for r in results) == 0
     announced = [i for batch in synced for i in batch]
@@ -125,7 +141,7 @@ def test_S6_004_pagination_push_with_a_mid_run_blob_failure_that_clears(pair, dt
     ids = populate(pair.local, dt, "l", "nodeX")
     # An item in the second page, of the chosen node.
     victim = next(
-        rid for rid in ids[1400:]
+        rid for rid in ids[N * 7 // 10:]
         if dt.hlc(dt.get(pair.local, rid)).node_id == failing_node
     )
     key = dt.blob_key(dt.get(pair.local, victim))
@@ -151,7 +167,7 @@ def test_S6_004_pagination_push_with_a_mid_run_blob_failure_that_clears(pair, dt
 def test_S6_005_pagination_pull_with_a_mid_run_blob_failure_that_clears(pair, dt: DataType, failing_node: str):
     ids = populate(pair.cloud, dt, "c", "nodeY")
     victim = next(
-        rid for rid in ids[1400:]
+        rid for rid in ids[N * 7 // 10:]
         if dt.hlc(dt.get(pair.cloud, rid)).node_id == failing_node
     )
     key = dt.blob_key(dt.get(pair.cloud, victim))
@@ -176,7 +192,7 @@ def test_S6_006_pagination_push_with_a_persistent_blob_failure_settles(pair, dt:
     """A blob that never uploads holds back its node's later items, and only those; the run
     still ends (has_more goes false) instead of re-offering the same stuck page forever."""
     ids = populate(pair.local, dt, "l", "nodeX")
-    victim = next(rid for rid in ids[300:] if dt.hlc(dt.get(pair.local, rid)).node_id == "local")
+    victim = next(rid for rid in ids[N * 3 // 20:] if dt.hlc(dt.get(pair.local, rid)).node_id == "local")
     stuck = dt.get(pair.local, victim)
     pair.remote_storage.fail_always.add(dt.blob_key(stuck))
 
@@ -201,7 +217,7 @@ def test_S6_007_pagination_pull_with_a_persistent_blob_failure_settles(pair, dt:
     (Fewer than a page of that node's items follow it; see S6_008 for more.)
     """
     ids = populate(pair.cloud, dt, "c", "nodeY")
-    victim = next(rid for rid in ids[1400:] if dt.hlc(dt.get(pair.cloud, rid)).node_id == "cloud")
+    victim = next(rid for rid in ids[N * 7 // 10:] if dt.hlc(dt.get(pair.cloud, rid)).node_id == "cloud")
     stuck = dt.get(pair.cloud, victim)
     flaky = FlakyStorage(pair.local.storage)
     flaky.fail_always.add(dt.blob_key(stuck))
@@ -228,7 +244,7 @@ def test_S6_007_pagination_pull_with_a_persistent_blob_failure_settles(pair, dt:
 def test_S6_008_pagination_pull_stuck_node_does_not_block_other_nodes(pair):
     dt = SR
     ids = populate(pair.cloud, dt, "c", "nodeY")
-    victim = next(rid for rid in ids[300:] if dt.hlc(dt.get(pair.cloud, rid)).node_id == "cloud")
+    victim = next(rid for rid in ids[N * 3 // 20:] if dt.hlc(dt.get(pair.cloud, rid)).node_id == "cloud")
     flaky = FlakyStorage(pair.local.storage)
     flaky.fail_always.add(dt.blob_key(dt.get(pair.cloud, victim)))
 
