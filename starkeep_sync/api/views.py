@@ -15,9 +15,11 @@ import tempfile
 from typing import Any
 
 from django.core import signing
-from django.db import connection
+from django.db import IntegrityError, connection, transaction
+from django.db.models import F
 from django.http import FileResponse, HttpResponse
 from django.urls import reverse
+from django.utils import timezone
 from rest_framework import status
 from rest_framework.request import Request
 from rest_framework.response import Response
@@ -31,8 +33,8 @@ from ..constants import DRIVE_APP_ID, LOGGER_NAME
 from ..exceptions import BlobIntegrityError, SyncError, WireFormatError
 from ..hlc import HLCClock
 from ..keys import expected_sha256, validate_key
-from ..models import AppNamespace
-from ..responder import SyncResponder
+from ..models import AppNamespace, ChannelActivity
+from ..responder import ExchangeReport, SyncResponder
 from ..wire import SyncExchangeRequest
 from .authentication import Principal, channel_of, read_body, verify_streamed_signature
 from .exceptions import (
@@ -120,7 +122,24 @@ class ExchangeView(SyncAPIView):
         if report.refused:
             logger.info("exchange for owner %s on %s: %d item(s) refused", self.owner().pk,
                         self.channel(), len(report.refused))
+        record_activity(self.owner(), self.channel(), report)
         return json_response(response.to_wire())
+
+
+def record_activity(owner: Any, channel: str, report: ExchangeReport) -> None:
+    """Count the exchange and keep the last refusal, for ``starkeep_status`` (one UPDATE normally)."""
+    now = timezone.now()
+    changes: dict[str, Any] = {"exchanges": F("exchanges") + 1, "last_exchange_at": now}
+    if report.refused:
+        first = report.refused[0]
+        changes.update(last_error=f"{first.item} from node {first.node}: {first.reason}"[:2000], last_error_at=now)
+    if not ChannelActivity.objects.filter(owner=owner, channel=channel).update(**changes):
+        try:
+            with transaction.atomic():
+                ChannelActivity.objects.create(owner=owner, channel=channel)
+        except IntegrityError:
+            pass  # another worker created it first
+        ChannelActivity.objects.filter(owner=owner, channel=channel).update(**changes)
 
 
 def build_responder(owner: Any, channel: str) -> SyncResponder:

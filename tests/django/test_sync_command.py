@@ -123,7 +123,7 @@ def test_bad_url_scheme(setup: dict[str, Any]) -> None:
 
 
 def test_wrong_token_fails_with_server_message(setup: dict[str, Any]) -> None:
-    with pytest.raises(CommandError, match="401|Invalid or revoked token"):
+    with pytest.raises(CommandError, match=r"401|Invalid or revoked token"):
         sync("--url", setup["url"], "--user", "edge-alice", "--token", "skt_wrong", "--node-id", "edge")
     assert "Invalid or revoked token" in PeerSyncState.objects.get(owner=setup["edge"]).last_error
 
