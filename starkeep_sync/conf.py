@@ -44,6 +44,12 @@ DEFAULTS: dict[str, Any] = {
     ],
     # Count pending items for the progress extension field "pending".
     "COUNT_PENDING": True,
+    # DRF rate strings per scope ("<n>/<sec|min|hour|day>"), per owner; None disables a scope.
+    # "health" is per client address.
+    "THROTTLE_RATES": {"exchange": "1200/min", "files": "12000/min", "health": "120/min"},
+    # Per-owner quotas: total blob bytes and number of synced items (records + app rows); None = unlimited.
+    "QUOTA_BLOB_BYTES": None,
+    "QUOTA_RECORDS": None,
 }
 
 IMPORT_STRINGS = {"AUTHENTICATION_CLASSES"}

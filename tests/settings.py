@@ -60,5 +60,6 @@ STORAGES = {
     "staticfiles": {"BACKEND": "django.contrib.staticfiles.storage.StaticFilesStorage"},
 }
 CACHES = {"default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"}}
-STARKEEP_SYNC = {"NODE_ID": "cloud"}
+# Rate limits are on by default; tests that are not about them turn them off.
+STARKEEP_SYNC = {"NODE_ID": "cloud", "THROTTLE_RATES": {"exchange": None, "files": None, "health": None}}
 PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
