@@ -45,6 +45,8 @@ from .exceptions import (
     exception_handler,
 )
 from .permissions import ChannelAllowed, HasPrincipal
+from .quotas import QuotaExceeded, blob_bytes_remaining, check_record_quota
+from .throttling import ExchangeRateThrottle, FilesRateThrottle, HealthRateThrottle
 
 logger = logging.getLogger(LOGGER_NAME)
 
@@ -73,6 +75,7 @@ class SyncAPIView(APIView):
 
     permission_classes = [HasPrincipal, ChannelAllowed]
     parser_classes: list[Any] = []  # bodies are read raw, with our own size limit
+    throttle_classes = [FilesRateThrottle]
 
     def get_authenticators(self) -> list[Any]:
         return [cls() for cls in sync_settings.AUTHENTICATION_CLASSES]
@@ -101,6 +104,8 @@ def json_response(data: Any, status_code: int = 200) -> HttpResponse:
 class ExchangeView(SyncAPIView):
     """``POST sync/exchange``: one exchange round, answered by the core responder."""
 
+    throttle_classes = [ExchangeRateThrottle]
+
     def post(self, request: Request, app_id: str | None = None) -> HttpResponse:
         self.ensure_channel_exists()
         body = read_body(request)
@@ -117,6 +122,7 @@ class ExchangeView(SyncAPIView):
             )
         if exchange.limit is not None and exchange.limit > sync_settings.MAX_PAGE_LIMIT:
             raise WireFormatError("limit", f"must be at most {sync_settings.MAX_PAGE_LIMIT} on this server")
+        check_record_quota(self.owner().pk, self.channel() == DRIVE_APP_ID, self.channel(), exchange)
         responder = build_responder(self.owner(), self.channel())
         response, report = responder.handle(exchange)
         if report.refused:
@@ -195,7 +201,7 @@ def store_stream(request: Request, storage: DjangoObjectStorage, key: str, strea
             storage = DjangoObjectStorage(principal.owner)
             source, macs = spool, []
     try:
-        _store_verified(storage, key, source, macs, content_type, principal, limit)
+        _store_verified(storage, key, source, macs, content_type, principal, limit, length)
     finally:
         if spool is not None:
             spool.close()
@@ -220,7 +226,13 @@ def _spool_verified(source: Any, principal: Principal, macs: list[Any], limit: i
 
 
 def _store_verified(storage: DjangoObjectStorage, key: str, source: Any, macs: list[Any],
-                    content_type: str | None, principal: Principal | None, limit: int) -> None:
+                    content_type: str | None, principal: Principal | None, limit: int, length: int = 0) -> None:
+    remaining = blob_bytes_remaining(storage.owner_id, key)
+    quota_bound = remaining is not None and remaining < limit
+    if quota_bound:
+        limit = remaining  # type: ignore[assignment]
+        if length > limit:
+            raise QuotaExceeded(f"A blob of {length} bytes exceeds this owner's remaining quota of {limit} bytes.")
     reader = HashingReader(source, expected_sha256(None, key), max_bytes=limit)
 
     class _Verified:
@@ -236,6 +248,8 @@ def _store_verified(storage: DjangoObjectStorage, key: str, source: Any, macs: l
         storage.put(key, _Verified(), content_type or None, max_bytes=limit)  # type: ignore[arg-type]
     except BlobIntegrityError as err:
         if "larger than" in str(err):
+            if quota_bound:
+                raise QuotaExceeded(f"The blob exceeds this owner's remaining quota of {limit} bytes.") from None
             raise PayloadTooLarge(str(err)) from None
         raise
 
@@ -359,6 +373,7 @@ class DirectBlobView(APIView):
     authentication_classes: list[Any] = []
     permission_classes: list[Any] = []
     parser_classes: list[Any] = []
+    throttle_classes = [FilesRateThrottle]
 
     def get_exception_handler(self) -> Any:
         return exception_handler
@@ -398,6 +413,10 @@ class HealthView(APIView):
 
     authentication_classes: list[Any] = []
     permission_classes: list[Any] = []
+    throttle_classes = [HealthRateThrottle]
+
+    def get_exception_handler(self) -> Any:
+        return exception_handler
 
     def get(self, request: Request, app_id: str | None = None) -> HttpResponse:
         db_ok = storage_ok = True
