@@ -112,7 +112,33 @@ class DjangoObjectStorage:
         return StoredObject(data, self.content_type(key), len(data))
 
     def open(self, key: str) -> IO[bytes] | None:
+        """A binary stream of the blob (caller closes it), or ``None`` when absent.
+
+        On S3 the stream is the object's HTTP body, and carries the object's
+        ``content_type``.
+        """
         name = self.name_for(key)
+        s3 = self._s3_location(name)
+        if s3 is not None:
+            # S3Storage.open() downloads the whole object into a SpooledTemporaryFile
+            # whose default max_memory_size (0) never rolls over to disk: a large blob
+            # would sit in memory whole before its first byte is served. Stream the
+            # GetObject body instead.
+            from s3transfer.constants import ALLOWED_DOWNLOAD_ARGS  # installed with boto3
+
+            client, params = s3
+            # SSE-C keys and the like, as S3Storage.open() sends them.
+            extra = {k: v for k, v in self.storage.get_object_parameters(params["Key"]).items()  # type: ignore[attr-defined]
+                     if k in ALLOWED_DOWNLOAD_ARGS}
+            try:
+                response = client.get_object(**params, **extra)
+            except Exception as err:
+                if _is_s3_not_found(err):
+                    return None
+                raise
+            body = response["Body"]
+            body.content_type = response.get("ContentType")
+            return body  # type: ignore[no-any-return]
         try:
             return self.storage.open(name, "rb")  # type: ignore[return-value]
         except (FileNotFoundError, OSError):
@@ -131,18 +157,43 @@ class DjangoObjectStorage:
             self.storage.delete(name)
         Blob.objects.filter(owner_id=self.owner_id, key=key).delete()
 
-    def url(self, key: str, *, method: str = "GET", expire: int | None = None) -> str | None:
-        """A direct URL for ``method`` when the backend can presign (S3), else ``None``."""
-        name = self.name_for(key)
+    def url(self, key: str, *, method: str = "GET", expire: int | None = None,
+            content_type: str | None = None) -> str | None:
+        """A direct URL for ``method`` when the backend can presign (S3), else ``None``.
+
+        A PUT URL signs ``content_type`` when given, so S3 keeps it on the object
+        (the uploader must send that same ``Content-Type``).
+        """
+        s3 = self._s3_location(self.name_for(key))
+        if s3 is None:
+            return None
+        client, params = s3
         expire = expire or sync_settings.PRESIGN_EXPIRES_SECONDS
-        if hasattr(self.storage, "bucket") and hasattr(self.storage, "connection"):
-            client = self.storage.connection.meta.client
-            op = "put_object" if method == "PUT" else "get_object"
-            params = {"Bucket": self.storage.bucket_name, "Key": self.storage._normalize_name(name)}  # type: ignore[attr-defined]
-            return client.generate_presigned_url(op, Params=params, ExpiresIn=expire, HttpMethod=method)
-        return None
+        op = "put_object" if method == "PUT" else "get_object"
+        if method == "PUT" and content_type:
+            params["ContentType"] = content_type
+        return client.generate_presigned_url(op, Params=params, ExpiresIn=expire, HttpMethod=method)
+
+    def _s3_location(self, name: str) -> tuple[Any, dict[str, Any]] | None:
+        """``(boto3 client, {"Bucket", "Key"})`` of ``name`` on an S3 backend, else ``None``."""
+        if not (hasattr(self.storage, "bucket") and hasattr(self.storage, "connection")):
+            return None
+        from storages.utils import clean_name
+
+        # The object key exactly as S3Storage.save() wrote it (clean_name, then location).
+        object_key = self.storage._normalize_name(clean_name(name))  # type: ignore[attr-defined]
+        return self.storage.connection.meta.client, {"Bucket": self.storage.bucket_name, "Key": object_key}
 
     def clear(self) -> None:
         """Delete every blob of this owner (a wipe)."""
         for key in list(Blob.objects.filter(owner_id=self.owner_id).values_list("key", flat=True)):
             self.delete(key)
+
+
+def _is_s3_not_found(err: Exception) -> bool:
+    response = getattr(err, "response", None)
+    if not isinstance(response, dict):
+        return False
+    code = str(response.get("Error", {}).get("Code", ""))
+    status = response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+    return code in ("404", "NoSuchKey", "NotFound") or status == 404

@@ -321,7 +321,8 @@ class PresignPutView(SyncAPIView):
         validate_key(key, self.channel())
         content_type = data.get("contentType")
         storage = DjangoObjectStorage(self.owner())
-        url = storage.url(key, method="PUT") or direct_url(request, self.owner(), key, "PUT", content_type)
+        url = (storage.url(key, method="PUT", content_type=content_type if isinstance(content_type, str) else None)
+               or direct_url(request, self.owner(), key, "PUT", content_type))
         return json_response({"url": url})
 
 
@@ -361,9 +362,13 @@ class ConfirmView(SyncAPIView):
             raise BlobIntegrityError(f"blob at {key!r} does not hash to its key; removed")
         from ..models import Blob
 
-        Blob.objects.update_or_create(
-            owner_id=storage.owner_id, key=key, defaults={"size_bytes": size, "sha256": digest.hexdigest()}
-        )
+        defaults: dict[str, Any] = {"size_bytes": size, "sha256": digest.hexdigest()}
+        # Bytes PUT straight to S3 never passed through put(): the Content-Type is on the
+        # object (signed into the presigned URL), so keep it, or GET/HEAD would lose it.
+        stored_type = getattr(stream, "content_type", None)
+        if stored_type:
+            defaults["content_type"] = stored_type
+        Blob.objects.update_or_create(owner_id=storage.owner_id, key=key, defaults=defaults)
         return json_response({"ok": True})
 
 
