@@ -1,0 +1,88 @@
+"""Structural problems inside exchange items are refused whole (400 naming the field), nothing applied."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from rest_framework.test import APIClient
+
+from starkeep_sync.models import AppRow, FileRecord, SharedRecord
+from tests.django.support import BASE_MS, assert_error, bearer, body, entry, exchange, record, ser
+
+pytestmark = pytest.mark.django_db
+
+BAD_DRIVE_KEYS = [
+    "shared/image/../etc/passwd",
+    "/shared/image/ab/abc",
+    "shared//ab/abc",
+    "shared/image/ab/a\x00b",
+    "shared/image/ab/" + "a" * 2000,
+    "apps/notes/syncable/abc",  # another channel's namespace
+    "shared/IMAGE/ab/abc",
+]
+
+
+@pytest.mark.parametrize("key", BAD_DRIVE_KEYS)
+def test_record_with_bad_key_refuses_the_whole_request(api: APIClient, alice_token: str, key: str) -> None:
+    good = record("ok", BASE_MS)
+    bad = {**record("bad", BASE_MS + 1), "objectStorageKey": key}
+    response = exchange(api, "/sync/exchange", body(records=[good, bad]), bearer(alice_token))
+    # An over-long key is already refused by the wire shape (invalid_request).
+    code = "invalid_request" if len(key) > 1024 else "invalid_key"
+    err = assert_error(response, 400, code, "records[1].objectStorageKey")
+    assert "records[1].objectStorageKey" in err["message"]
+    assert SharedRecord.objects.count() == 0
+
+
+def file_row(rid: str, wall: int, key: str) -> dict[str, Any]:
+    return entry("notes", "_starkeep_sync_records", rid, wall, object_storage_key=key, content_hash="h",
+                 size_bytes=1)
+
+
+@pytest.mark.parametrize("key, status, code", [
+    ("apps/notes/syncable/../../x", 400, "invalid_key"),
+    ("apps/todo/syncable/abc", 403, "forbidden_key"),
+    ("shared/image/ab/abc", 400, "invalid_key"),
+])
+def test_file_row_with_bad_key_refuses_the_whole_request(api: APIClient, alice_token: str, notes_app: Any,
+                                                         key: str, status: int, code: str) -> None:
+    rows = [entry("notes", "notes", "n1", BASE_MS), file_row("f1", BASE_MS + 1, key)]
+    response = exchange(api, "/apps/notes/sync/exchange", body(rows=rows), bearer(alice_token))
+    assert_error(response, status, code, "appSyncableRows[1].row.object_storage_key")
+    assert AppRow.objects.count() == 0 and FileRecord.objects.count() == 0
+
+
+def test_row_missing_primary_key_refuses_the_whole_request(api: APIClient, alice_token: str, notes_app: Any) -> None:
+    good = entry("notes", "notes", "n1", BASE_MS)
+    bad = entry("notes", "notes", "n2", BASE_MS + 1)
+    del bad["row"]["id"]
+    response = exchange(api, "/apps/notes/sync/exchange", body(rows=[good, bad]), bearer(alice_token))
+    err = assert_error(response, 400, "invalid_request", "appSyncableRows[1].row")
+    assert "primary-key column 'id' missing" in err["message"]
+    assert AppRow.objects.count() == 0
+
+
+def test_row_missing_updated_at_refuses_the_whole_request(api: APIClient, alice_token: str, notes_app: Any) -> None:
+    bad = entry("notes", "notes", "n1", BASE_MS)
+    del bad["row"]["updated_at"]
+    response = exchange(api, "/apps/notes/sync/exchange", body(rows=[bad]), bearer(alice_token))
+    assert_error(response, 400, "invalid_request", "appSyncableRows[0].row.updated_at")
+    assert AppRow.objects.count() == 0
+
+
+def test_row_whose_updated_at_disagrees_refuses_the_whole_request(api: APIClient, alice_token: str,
+                                                                  notes_app: Any) -> None:
+    bad = entry("notes", "notes", "n1", BASE_MS)
+    bad["row"]["updated_at"] = ser(BASE_MS + 5)
+    response = exchange(api, "/apps/notes/sync/exchange", body(rows=[bad]), bearer(alice_token))
+    err = assert_error(response, 400, "invalid_request", "appSyncableRows[0].row")
+    assert "disagrees" in err["message"]
+    assert AppRow.objects.count() == 0
+
+
+def test_server_keeps_serving_after_bad_input(api: APIClient, alice_token: str) -> None:
+    bad = {**record("bad", BASE_MS), "objectStorageKey": "../x"}
+    assert exchange(api, "/sync/exchange", body(records=[bad]), bearer(alice_token)).status_code == 400
+    ok = exchange(api, "/sync/exchange", body(records=[record("ok", BASE_MS)]), bearer(alice_token))
+    assert ok.status_code == 200 and SharedRecord.objects.count() == 1
