@@ -25,7 +25,7 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from ..adapters.orm import OrmAppSource, OrmDatabaseAdapter
+from ..adapters.orm import OrmAppSource, OrmDatabaseAdapter, OrmNamespaceStore
 from ..adapters.storage import DjangoObjectStorage, get_blob_storage
 from ..blobs import CHUNK_SIZE, HashingReader
 from ..conf import sync_settings
@@ -47,6 +47,7 @@ from .exceptions import (
 from .permissions import ChannelAllowed, HasPrincipal
 from .quotas import QuotaExceeded, blob_bytes_remaining, check_record_quota
 from .throttling import ExchangeRateThrottle, FilesRateThrottle, HealthRateThrottle
+from .validation import validate_exchange
 
 logger = logging.getLogger(LOGGER_NAME)
 
@@ -122,8 +123,10 @@ class ExchangeView(SyncAPIView):
             )
         if exchange.limit is not None and exchange.limit > sync_settings.MAX_PAGE_LIMIT:
             raise WireFormatError("limit", f"must be at most {sync_settings.MAX_PAGE_LIMIT} on this server")
-        check_record_quota(self.owner().pk, self.channel() == DRIVE_APP_ID, self.channel(), exchange)
         responder = build_responder(self.owner(), self.channel())
+        app_source = responder.channel.app_source
+        validate_exchange(exchange, self.channel(), app_source.namespaces if app_source else OrmNamespaceStore())
+        check_record_quota(self.owner().pk, self.channel() == DRIVE_APP_ID, self.channel(), exchange)
         response, report = responder.handle(exchange)
         if report.refused:
             logger.info("exchange for owner %s on %s: %d item(s) refused", self.owner().pk,
