@@ -77,9 +77,12 @@ class DjangoObjectStorage:
                         tmp.write(chunk)
             upload = _SpooledUpload(path, content_type)
             try:
-                if self.storage.exists(name):
-                    self.storage.delete(name)
-                saved = self.storage.save(name, upload)
+                if self._s3_stream_location(name) is not None:
+                    saved = self._upload_to_s3(name, upload)
+                else:
+                    if self.storage.exists(name):
+                        self.storage.delete(name)
+                    saved = self.storage.save(name, upload)
             finally:
                 upload.close()
             if saved != name:  # a backend that renamed instead of overwriting
@@ -118,7 +121,7 @@ class DjangoObjectStorage:
         ``content_type``.
         """
         name = self.name_for(key)
-        s3 = self._s3_location(name)
+        s3 = self._s3_stream_location(name)
         if s3 is not None:
             # S3Storage.open() downloads the whole object into a SpooledTemporaryFile
             # whose default max_memory_size (0) never rolls over to disk: a large blob
@@ -183,6 +186,29 @@ class DjangoObjectStorage:
         # The object key exactly as S3Storage.save() wrote it (clean_name, then location).
         object_key = self.storage._normalize_name(clean_name(name))  # type: ignore[attr-defined]
         return self.storage.connection.meta.client, {"Bucket": self.storage.bucket_name, "Key": object_key}
+
+    def _s3_stream_location(self, name: str) -> tuple[Any, dict[str, Any]] | None:
+        """Like :meth:`_s3_location`, but ``None`` where S3Storage gzips objects: those
+        go through its own save/open, which compress and decompress them."""
+        if getattr(self.storage, "gzip", False):
+            return None
+        return self._s3_location(name)
+
+    def _upload_to_s3(self, name: str, upload: _SpooledUpload) -> str:
+        """Upload the spooled file by path, with the parameters S3Storage.save() would send.
+
+        S3Storage.save() hands boto3 a file object, and s3transfer reads each part of a
+        file object into memory (10 threads x 8 MiB by default: ~110 MiB per upload);
+        given a path it reads the parts from disk as it sends them. A PUT replaces the
+        object in place, so there is no delete first (no moment without the old blob).
+        """
+        location = self._s3_location(name)
+        assert location is not None
+        client, target = location
+        params = self.storage._get_write_parameters(target["Key"], upload)  # type: ignore[attr-defined]
+        client.upload_file(upload.temporary_file_path(), target["Bucket"], target["Key"],
+                           ExtraArgs=params, Config=self.storage.transfer_config)  # type: ignore[attr-defined]
+        return name
 
     def clear(self) -> None:
         """Delete every blob of this owner (a wipe)."""
