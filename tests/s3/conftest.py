@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import itertools
 import logging
+import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,19 +31,19 @@ _bucket_numbers = itertools.count(1)
 
 
 class LoopbackMotoServer(ThreadedMotoServer):
-    """``ThreadedMotoServer`` whose start fails loudly instead of waiting forever."""
+    """``ThreadedMotoServer`` whose start fails loudly instead of waiting forever.
+
+    ``ThreadedMotoServer.start()`` waits, without a timeout, for a server thread
+    that may have died binding its socket; here it runs on a helper thread that
+    is given ``timeout`` seconds.
+    """
 
     def start(self, timeout: float = 30.0) -> None:  # type: ignore[override]
-        super_start = super().start
-        # ThreadedMotoServer.start() waits without a timeout for a thread that may
-        # have died binding the socket; run it in a helper thread and give up loudly.
-        import threading
-
         errors: list[BaseException] = []
 
         def run() -> None:
             try:
-                super_start()
+                super(LoopbackMotoServer, self).start()
             except BaseException as err:  # pragma: no cover - only when moto is broken
                 errors.append(err)
 
@@ -64,8 +65,11 @@ class MotoS3:
     bucket: str = SESSION_BUCKET
     buckets: list[str] = field(default_factory=list)
 
-    def storage_options(self, bucket: str | None = None) -> dict[str, Any]:
+    def storage_options(self, bucket: str | None = None, **overrides: Any) -> dict[str, Any]:
         """``OPTIONS`` of a ``storages.backends.s3.S3Storage`` alias on ``bucket``."""
+        return {**self._base_options(bucket), **overrides}
+
+    def _base_options(self, bucket: str | None) -> dict[str, Any]:
         return {
             "bucket_name": bucket or self.bucket,
             "endpoint_url": self.endpoint_url,
@@ -77,14 +81,18 @@ class MotoS3:
             "querystring_auth": True,
         }
 
-    def storages_setting(self, bucket: str | None = None, media_root: str | None = None) -> dict[str, Any]:
+    def storages_setting(self, bucket: str | None = None, media_root: str | None = None,
+                         **overrides: Any) -> dict[str, Any]:
         """A whole ``STORAGES`` setting: file-system ``default``, S3 ``s3``, static files."""
         default: dict[str, Any] = {"BACKEND": "django.core.files.storage.FileSystemStorage"}
         if media_root is not None:
             default["OPTIONS"] = {"location": media_root}
         return {
             "default": default,
-            STORAGE_ALIAS: {"BACKEND": "storages.backends.s3.S3Storage", "OPTIONS": self.storage_options(bucket)},
+            STORAGE_ALIAS: {
+                "BACKEND": "storages.backends.s3.S3Storage",
+                "OPTIONS": self.storage_options(bucket, **overrides),
+            },
             "staticfiles": {"BACKEND": "django.contrib.staticfiles.storage.StaticFilesStorage"},
         }
 

@@ -223,3 +223,44 @@ def test_a_file_system_storage_has_no_presigned_urls(s3_bucket: str, settings: A
     storage = DjangoObjectStorage(make_user("alice"))
     assert storage.url(drive_key(b"x"), method="PUT") is None
     assert storage.url(drive_key(b"x")) is None
+
+
+def test_the_backend_location_prefixes_every_object_key(s3_bucket: str, moto_s3: MotoS3, settings: Any) -> None:
+    """put, open, has and presigned URLs agree on the key S3Storage writes (location + owner prefix)."""
+    settings.STORAGES = moto_s3.storages_setting(s3_bucket, location="tenant-a")
+    alice = make_user("alice")
+    storage = DjangoObjectStorage(alice)
+    data = os.urandom(2000)
+    key = drive_key(data)
+    object_key = f"tenant-a/starkeep/{alice.pk}/{key}"
+    storage.put(key, data, "image/gif")
+    assert moto_s3.object_keys(s3_bucket) == [object_key]
+    assert storage.has(key)
+    stream = storage.open(key)
+    assert stream is not None
+    with stream:
+        assert stream.read() == data
+    get_url = storage.url(key)
+    assert get_url is not None and urlsplit(get_url).path == f"/{s3_bucket}/{object_key}"
+    assert requests.get(get_url, timeout=30).content == data
+    put_url = storage.url(key, method="PUT", content_type="image/gif")
+    assert put_url is not None and urlsplit(put_url).path == f"/{s3_bucket}/{object_key}"
+
+
+def test_gzipped_objects_are_read_back_decompressed(s3_bucket: str, moto_s3: MotoS3, settings: Any) -> None:
+    """With S3Storage's ``gzip`` on, its own save/open compress and decompress: the bytes read are those stored."""
+    settings.STORAGES = moto_s3.storages_setting(s3_bucket, gzip=True)
+    alice = make_user("alice")
+    storage = DjangoObjectStorage(alice)
+    data = b"<svg xmlns='http://www.w3.org/2000/svg'>" + b"<rect/>" * 5000 + b"</svg>"
+    key = drive_key(data)
+    storage.put(key, data, "image/svg+xml")
+    meta = head(moto_s3, s3_bucket, f"starkeep/{alice.pk}/{key}")
+    assert meta is not None and meta.get("ContentEncoding") == "gzip" and meta["ContentLength"] < len(data)
+    stream = storage.open(key)
+    assert stream is not None
+    reader = HashingReader(stream, sha(data))  # type: ignore[arg-type]
+    with stream:
+        assert reader.read() == data
+    got = storage.get(key)
+    assert got is not None and got.data == data and got.content_type == "image/svg+xml"
