@@ -102,6 +102,11 @@ class MotoS3:
         self.buckets.append(name)
         return name
 
+    def empty(self, bucket: str) -> None:
+        """Delete every object of ``bucket`` (moto keeps them in this process)."""
+        for key in self.object_keys(bucket):
+            self.client.delete_object(Bucket=bucket, Key=key)
+
     def object_keys(self, bucket: str) -> list[str]:
         pages = self.client.get_paginator("list_objects_v2").paginate(Bucket=bucket)
         return sorted(obj["Key"] for page in pages for obj in page.get("Contents", []))
@@ -141,7 +146,7 @@ def moto_s3(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MotoS3]:
 
 
 @pytest.fixture
-def s3_bucket(moto_s3: MotoS3, settings: Any, tmp_path: Path) -> str:
+def s3_bucket(moto_s3: MotoS3, settings: Any, tmp_path: Path) -> Iterator[str]:
     """A fresh bucket, made the app's blob storage (``STORAGE_ALIAS = "s3"``) for this test."""
     bucket = moto_s3.new_bucket()
     settings.STORAGES = moto_s3.storages_setting(bucket, media_root=str(tmp_path / "media"))
@@ -150,4 +155,5 @@ def s3_bucket(moto_s3: MotoS3, settings: Any, tmp_path: Path) -> str:
 
     for cache in caches.all():  # no remembered signatures or throttle counts from other tests
         cache.clear()
-    return bucket
+    yield bucket
+    moto_s3.empty(bucket)

@@ -84,6 +84,15 @@ def make_device(workdir: Path, name: str, server: ServerProcess, *, use_presign:
 
 
 @contextmanager
+def emptied(moto_s3: MotoS3, bucket: str) -> Iterator[None]:
+    """Drop the bucket's objects afterwards: moto holds them in this process."""
+    try:
+        yield
+    finally:
+        moto_s3.empty(bucket)
+
+
+@contextmanager
 def traced_peak() -> Iterator[Callable[[], int]]:
     """Peak bytes of Python allocations inside the block (``tracemalloc``)."""
     started = not tracemalloc.is_tracing()
@@ -172,7 +181,8 @@ def test_big_blobs_stream_through_the_server_to_and_from_s3(tmp_path: Path, moto
     """
     bucket = moto_s3.new_bucket()
     env = {"STARKEEP_TEST_S3_ENDPOINT": moto_s3.endpoint_url, "STARKEEP_TEST_S3_BUCKET": bucket}
-    with running_server(tmp_path / "server", settings="tests.s3.server_settings", extra_env=env) as server:
+    with running_server(tmp_path / "server", settings="tests.s3.server_settings", extra_env=env) as server, \
+            emptied(moto_s3, bucket):
         phone = make_device(tmp_path / "phone", "phone", server)
         tablet = make_device(tmp_path / "tablet", "tablet", server, use_presign=True)
         laptop = make_device(tmp_path / "laptop", "laptop", server)
