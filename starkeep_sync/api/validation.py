@@ -4,7 +4,8 @@ The protocol refuses a malformed request whole (400, naming the field). Over
 HTTP that covers, besides the wire shape, what no applier could ever accept
 and what would otherwise only halt one node quietly: object keys that break the
 key rules or the channel's namespace, and app rows of a registered table that
-name no primary key or whose ``updated_at`` contradicts the entry. Rows of
+name no primary key or whose ``updated_at`` contradicts the entry. A row
+without ``updated_at`` is accepted: the entry's timestamp defines it (PROTOCOL §2). Rows of
 apps or tables this server does not know still halt their node (PROTOCOL §6),
 since a newer server may know them.
 """
@@ -12,7 +13,7 @@ since a newer server may know them.
 from __future__ import annotations
 
 from ..approws import check_entry
-from ..constants import DRIVE_APP_ID, FILE_RECORDS_TABLE, UPDATED_AT
+from ..constants import DRIVE_APP_ID, FILE_RECORDS_TABLE
 from ..exceptions import InvalidKeyError, SyncError, WireFormatError
 from ..keys import validate_key
 from ..protocols import AppSyncableNamespaceStore
@@ -38,8 +39,6 @@ def validate_exchange(request: SyncExchangeRequest, channel: str, namespaces: Ap
             check_entry(e, info)
         except SyncError as err:
             raise WireFormatError(f"{where}.row", err.message) from None
-        if e.op in ("insert", "delete") and e.row and not e.where and UPDATED_AT not in e.row:
-            raise WireFormatError(f"{where}.row.updated_at", "is required in a full row")
         if e.table == FILE_RECORDS_TABLE and e.op != "delete" and e.row and e.row.get("object_storage_key"):
             _key(str(e.row["object_storage_key"]), channel, f"{where}.row.object_storage_key")
 

@@ -63,12 +63,12 @@ def test_row_missing_primary_key_refuses_the_whole_request(api: APIClient, alice
     assert AppRow.objects.count() == 0
 
 
-def test_row_missing_updated_at_refuses_the_whole_request(api: APIClient, alice_token: str, notes_app: Any) -> None:
-    bad = entry("notes", "notes", "n1", BASE_MS)
-    del bad["row"]["updated_at"]
-    response = exchange(api, "/apps/notes/sync/exchange", body(rows=[bad]), bearer(alice_token))
-    assert_error(response, 400, "invalid_request", "appSyncableRows[0].row.updated_at")
-    assert AppRow.objects.count() == 0
+def test_row_without_updated_at_takes_the_entry_timestamp(api: APIClient, alice_token: str, notes_app: Any) -> None:
+    row = entry("notes", "notes", "n1", BASE_MS)
+    del row["row"]["updated_at"]
+    response = exchange(api, "/apps/notes/sync/exchange", body(rows=[row]), bearer(alice_token))
+    assert response.status_code == 200
+    assert AppRow.objects.get().updated_at == ser(BASE_MS)
 
 
 def test_row_whose_updated_at_disagrees_refuses_the_whole_request(api: APIClient, alice_token: str,
