@@ -28,8 +28,8 @@ def test_record_with_bad_key_refuses_the_whole_request(api: APIClient, alice_tok
     good = record("ok", BASE_MS)
     bad = {**record("bad", BASE_MS + 1), "objectStorageKey": key}
     response = exchange(api, "/sync/exchange", body(records=[good, bad]), bearer(alice_token))
-    # An over-long key is already refused by the wire shape (invalid_request).
-    code = "invalid_request" if len(key) > 1024 else "invalid_key"
+    # Over-long keys and NUL characters are already refused by the wire shape (invalid_request).
+    code = "invalid_request" if len(key) > 1024 or "\x00" in key else "invalid_key"
     err = assert_error(response, 400, code, "records[1].objectStorageKey")
     assert "records[1].objectStorageKey" in err["message"]
     assert SharedRecord.objects.count() == 0
