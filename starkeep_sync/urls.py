@@ -7,6 +7,7 @@ Mount with ``path("", include("starkeep_sync.urls"))`` so that
 from django.urls import path, re_path
 
 from .api import views
+from .api.schema import SchemaView
 
 app_name = "starkeep_sync"
 
@@ -31,8 +32,13 @@ def _channel_routes(prefix: str, suffix: str) -> list:
 
 urlpatterns = [
     path("health", views.HealthView.as_view(), name="health"),
+    # OpenAPI 3 JSON of these routes; 404 with our error body without the "openapi" extra.
+    path("schema", SchemaView.as_view(), name="schema"),
     re_path(rf"^{APP}health$", views.HealthView.as_view(), name="app-health"),
     path("files-direct/<str:token>", views.DirectBlobView.as_view(), name="direct"),
     *_channel_routes("", ""),
     *_channel_routes(APP, "-app"),
+    # Last: a bad app id, an empty key or token, an unknown sub-route under our prefixes gets
+    # our JSON 404 rather than the project's HTML page.
+    re_path(r"^(?:apps|files|files-direct)(?:/|$)", views.NoRouteView.as_view(), name="no-route"),
 ]

@@ -7,6 +7,7 @@ plain dicts ready for ``json.dumps``. Unknown fields are ignored.
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -20,6 +21,11 @@ from .records import OPS, AppSyncableRowEntry, DataRecord
 MAX_ID_LENGTH = 256
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 MAX_TEXT_LENGTH = 4096
+#: ``version`` is stored in a 32-bit column, ``sizeBytes`` in a 64-bit one.
+MAX_VERSION = 2**31 - 1
+MAX_SIZE_BYTES = 2**63 - 1
+#: Deepest nesting of JSON values inside an app row's ``row`` or ``where``.
+MAX_JSON_DEPTH = 64
 
 
 @dataclass(slots=True)
@@ -198,6 +204,8 @@ def _str(d: dict, key: str, where: str, *, nullable: bool = False, max_len: int 
         raise WireFormatError(f"{where}.{key}", "must be a string")
     if len(v) > max_len:
         raise WireFormatError(f"{where}.{key}", f"must be at most {max_len} characters")
+    if "\x00" in v:  # PostgreSQL text cannot hold NUL: refuse it on every database alike
+        raise WireFormatError(f"{where}.{key}", "must not contain NUL characters")
     return v
 
 
@@ -229,10 +237,10 @@ def record_from_wire(d: Any, where: str) -> DataRecord:
     version = _int(d.get("version", 1), f"{where}.version")
     size = d.get("sizeBytes", 0)
     size = _int(size, f"{where}.sizeBytes")
-    if size < 0:
-        raise WireFormatError(f"{where}.sizeBytes", "must not be negative")
-    if version < 0:
-        raise WireFormatError(f"{where}.version", "must not be negative")
+    if not 0 <= size <= MAX_SIZE_BYTES:
+        raise WireFormatError(f"{where}.sizeBytes", f"must be between 0 and {MAX_SIZE_BYTES}")
+    if not 0 <= version <= MAX_VERSION:
+        raise WireFormatError(f"{where}.version", f"must be between 0 and {MAX_VERSION}")
     return DataRecord(
         id=rid,
         type=rtype,  # type: ignore[arg-type]
@@ -286,6 +294,8 @@ def entry_from_wire(d: Any, where: str) -> AppSyncableRowEntry:
     cond = d.get("where")
     if cond is not None and not isinstance(cond, dict):
         raise WireFormatError(f"{where}.where", "must be an object or null")
+    _check_json(row, f"{where}.row")
+    _check_json(cond, f"{where}.where")
     if op == "insert" and not row:
         raise WireFormatError(f"{where}.row", "is required for op 'insert'")
     if op == "update":
@@ -296,6 +306,27 @@ def entry_from_wire(d: Any, where: str) -> AppSyncableRowEntry:
     if op == "delete" and not row and not cond:
         raise WireFormatError(f"{where}.where", "op 'delete' needs 'where' or 'row'")
     return AppSyncableRowEntry(ts, app_id, table, op, row, cond)  # type: ignore[arg-type]
+
+
+def _check_json(value: Any, where: str) -> None:
+    """Refuse what a JSON column cannot store on every database: NUL in text, NaN/Infinity, deep nesting."""
+    stack: list[tuple[Any, int]] = [(value, 0)]
+    while stack:  # iterative: nesting must not exhaust the Python stack
+        v, depth = stack.pop()
+        if isinstance(v, str):
+            if "\x00" in v:
+                raise WireFormatError(where, "must not contain NUL characters")
+        elif isinstance(v, float):
+            if not math.isfinite(v):
+                raise WireFormatError(where, "must not contain NaN or Infinity")
+        elif isinstance(v, (dict, list)):
+            if depth >= MAX_JSON_DEPTH:
+                raise WireFormatError(where, f"must not nest deeper than {MAX_JSON_DEPTH} levels")
+            if isinstance(v, dict):
+                stack.extend((k, depth + 1) for k in v)  # keys are strings too
+                stack.extend((x, depth + 1) for x in v.values())
+            else:
+                stack.extend((x, depth + 1) for x in v)
 
 
 def _list(value: Any, where: str, parse: Any) -> list:

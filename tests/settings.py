@@ -55,6 +55,9 @@ if DATABASES["default"]["ENGINE"].endswith("postgresql"):
     DATABASES["default"]["TEST"] = {"NAME": f"starkeep_test_{os.getpid()}"}
 
 MEDIA_ROOT = tempfile.mkdtemp(prefix="starkeep-test-media-")
+# Django's live server serves MEDIA_ROOT at MEDIA_URL ahead of the app; with the default ""
+# every request path (e.g. /files/<key>) would first be looked up as a file there.
+MEDIA_URL = "/test-media/"
 STORAGES = {
     "default": {"BACKEND": "django.core.files.storage.FileSystemStorage", "OPTIONS": {"location": MEDIA_ROOT}},
     "staticfiles": {"BACKEND": "django.contrib.staticfiles.storage.StaticFilesStorage"},

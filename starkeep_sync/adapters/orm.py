@@ -13,7 +13,7 @@ import json
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
-from django.db import IntegrityError, connection, transaction
+from django.db import DataError, IntegrityError, connection, transaction
 from django.db.models import Model, QuerySet
 
 from ..approws import EntryRefused, check_entry, next_row, row_to_entry
@@ -351,6 +351,11 @@ class OrmApplier:
             try:
                 with transaction.atomic():
                     return self._apply_locked(entry, info, pk)
+            except (DataError, OverflowError) as err:
+                # A value its column cannot hold (a key too long for PostgreSQL's varchar, an integer
+                # past 64 bits): this entry is refused, like any other bad entry, not a 500.
+                raise EntryRefused(f"{entry.app_id}.{entry.table}: a value does not fit its column "
+                                   f"({str(err).splitlines()[0][:200]})") from None
             except IntegrityError:
                 # Another worker inserted the same key first: the retry finds
                 # and locks its row.

@@ -18,6 +18,7 @@ from django.core.files.storage import Storage, storages
 
 from ..blobs import CHUNK_SIZE
 from ..conf import sync_settings
+from ..exceptions import InvalidKeyError
 from ..keys import check_key_syntax
 from ..models import Blob
 from ..protocols import StoredObject
@@ -52,10 +53,36 @@ class DjangoObjectStorage:
         check_key_syntax(key)
         return self.prefix + key
 
+    def _fs_problem(self, name: str) -> tuple[str, int] | None:
+        """Why ``name`` cannot be a blob on a file-system backend, with the status to answer, else ``None``.
+
+        Object stores hold ``a/b`` and ``a/b/c`` side by side and take long segments; a
+        file system cannot (``b`` would be a file and a directory) nor does it take a
+        segment over 255 bytes, and its errors would otherwise be a 500.
+        """
+        try:
+            path = self.storage.path(name)
+        except NotImplementedError:
+            return None  # no local paths: an object store
+        parts = name.split("/")
+        if any(len(part.encode()) > 255 for part in parts):
+            return "has a segment longer than 255 bytes", 400
+        if os.path.isdir(path):
+            return "is the prefix of other keys", 409
+        for i in range(len(self.prefix.rstrip("/").split("/")) + 1, len(parts)):
+            if os.path.isfile(self.storage.path("/".join(parts[:i]))):
+                return "extends another key", 409
+        return None
+
     def put(self, key: str, data: bytes | IO[bytes], content_type: str | None = None,
             *, max_bytes: int | None = None) -> str:
         """Store ``data``; returns the sha256 of what was stored."""
         name = self.name_for(key)
+        problem = self._fs_problem(name)
+        if problem:
+            reason, status = problem
+            raise InvalidKeyError(f"key {key[:100]!r} {reason} on this server's file storage",
+                                  code="key_conflict" if status == 409 else "invalid_key", status=status)
         digest = hashlib.sha256()
         size = 0
         fd, path = tempfile.mkstemp(prefix="starkeep-")
@@ -152,12 +179,13 @@ class DjangoObjectStorage:
             raise
 
     def has(self, key: str) -> bool:
-        return self.storage.exists(self.name_for(key))
+        name = self.name_for(key)
+        # A directory (the prefix of other keys on a file system) is not a blob.
+        return self.storage.exists(name) and not self._fs_problem(name)
 
     def delete(self, key: str) -> None:
-        name = self.name_for(key)
-        if self.storage.exists(name):
-            self.storage.delete(name)
+        if self.has(key):
+            self.storage.delete(self.name_for(key))
         Blob.objects.filter(owner_id=self.owner_id, key=key).delete()
 
     def url(self, key: str, *, method: str = "GET", expire: int | None = None,

@@ -106,6 +106,10 @@ class AppSignatureAuthentication(authentication.BaseAuthentication):
         key_id = meta.get("HTTP_X_STARKEEP_KEY_ID")
         if not sig or not ts_text:
             raise exceptions.AuthenticationFailed("Signature headers incomplete: need X-Starkeep-App-Sig and -Ts.")
+        if key_id is not None and (len(key_id) > 64 or not key_id.isprintable()):
+            # Key ids are short printable tokens; anything else (a NUL that PostgreSQL
+            # would choke on in the lookup) cannot name a secret.
+            raise exceptions.AuthenticationFailed("Invalid signature.")
         if app_id != channel_of(request):
             raise exceptions.AuthenticationFailed("X-Starkeep-App-Id does not match the app id of the path.")
         try:

@@ -38,6 +38,12 @@ class UnknownChannel(SyncAPIException):
     default_code = "unknown_app"
 
 
+class RouteNotFound(SyncAPIException):
+    status_code = status.HTTP_404_NOT_FOUND
+    default_detail = "No such route on this server."
+    default_code = "not_found"
+
+
 class BlobNotFound(SyncAPIException):
     status_code = status.HTTP_404_NOT_FOUND
     default_detail = "No blob at this key."

@@ -11,6 +11,8 @@ import hashlib
 import hmac as _hmac
 import json
 import logging
+import math
+import re
 import tempfile
 from typing import Any
 
@@ -41,6 +43,7 @@ from .exceptions import (
     BlobNotFound,
     InvalidRequest,
     PayloadTooLarge,
+    RouteNotFound,
     UnknownChannel,
     exception_handler,
 )
@@ -64,11 +67,26 @@ except ImportError:  # pragma: no cover - depends on the environment
     def _dumps(obj: Any) -> bytes:
         return json.dumps(obj, separators=(",", ":")).encode()
 
+    def _reject_constant(name: str) -> Any:
+        raise ValueError(f"{name} is not valid JSON")
+
+    def _finite_float(text: str) -> float:
+        value = float(text)
+        if not math.isfinite(value):  # 1e999: Infinity in disguise, which no database column takes
+            raise ValueError(f"number {text[:40]} is out of range")
+        return value
+
     def _loads(data: bytes) -> Any:
-        return json.loads(data)
+        # Strict JSON like orjson: no NaN/Infinity; too deep a nesting is bad input, not a crash.
+        try:
+            return json.loads(data, parse_constant=_reject_constant, parse_float=_finite_float)
+        except RecursionError:
+            raise ValueError("JSON nests too deeply") from None
 
 
 DIRECT_SALT = "starkeep_sync.direct"
+#: Control characters: never part of a media type (PostgreSQL text cannot even hold NUL).
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
 
 class SyncAPIView(APIView):
@@ -181,9 +199,19 @@ class _SignedBodyReader:
         return chunk
 
 
+def checked_content_type(value: Any, field: str) -> str | None:
+    """A Content-Type to keep with a blob: a string that fits its column, without control characters."""
+    if value is None or value == "":
+        return None
+    if not isinstance(value, str) or len(value) > 255 or _CONTROL.search(value):
+        raise InvalidRequest(f"{field} must be a media type of at most 255 characters.", field=field)
+    return value
+
+
 def store_stream(request: Request, storage: DjangoObjectStorage, key: str, stream: Any,
                  content_type: str | None, principal: Principal | None) -> None:
     """Stream a body into storage: size limit, signature and sha256 checked before it is kept."""
+    content_type = checked_content_type(content_type, "Content-Type")
     limit = sync_settings.MAX_BLOB_BYTES
     try:
         length = int(request.META.get("CONTENT_LENGTH") or 0)
@@ -322,15 +350,19 @@ class PresignPutView(SyncAPIView):
         data = _json_body(request)
         key = data["key"]
         validate_key(key, self.channel())
-        content_type = data.get("contentType")
+        content_type = checked_content_type(data.get("contentType"), "contentType")
         storage = DjangoObjectStorage(self.owner())
         url = (storage.url(key, method="PUT", content_type=content_type if isinstance(content_type, str) else None)
                or direct_url(request, self.owner(), key, "PUT", content_type))
         return json_response({"url": url})
 
 
-class PresignGetView(SyncAPIView):
-    """``GET files/<key>/presign``: a URL to GET the bytes directly; 404 when absent."""
+class PresignGetView(FileView):
+    """``GET files/<key>/presign``: a URL to GET the bytes directly; 404 when absent.
+
+    Its route also matches the file route of a key ending in ``/presign``: PUT and
+    DELETE are that file's (they have no presign meaning), GET and HEAD the presign.
+    """
 
     def get(self, request: Request, key: str, app_id: str | None = None) -> HttpResponse:
         validate_key(key, self.channel())
@@ -339,6 +371,15 @@ class PresignGetView(SyncAPIView):
             raise BlobNotFound()
         url = storage.url(key, method="GET") or direct_url(request, self.owner(), key, "GET")
         return json_response({"url": url})
+
+    def head(self, request: Request, key: str, app_id: str | None = None) -> HttpResponse:
+        return self.get(request, key, app_id)  # HEAD mirrors GET, here the presign
+
+    def put(self, request: Request, key: str, app_id: str | None = None) -> HttpResponse:
+        return super().put(request, f"{key}/presign", app_id)
+
+    def delete(self, request: Request, key: str, app_id: str | None = None) -> HttpResponse:
+        return super().delete(request, f"{key}/presign", app_id)
 
 
 class ConfirmView(SyncAPIView):
@@ -446,12 +487,30 @@ class HealthView(APIView):
         )
 
 
+class NoRouteView(APIView):
+    """Whatever no route matches under our prefixes: a JSON 404 for every method, not the project's HTML page."""
+
+    schema = None  # not an operation of the OpenAPI schema
+    authentication_classes: list[Any] = []
+    permission_classes: list[Any] = []
+    throttle_classes = [HealthRateThrottle]
+
+    def get_exception_handler(self) -> Any:
+        return exception_handler
+
+    def http_method_not_allowed(self, request: Request, *args: Any, **kwargs: Any) -> HttpResponse:
+        raise RouteNotFound()
+
+    options = http_method_not_allowed
+
+
 __all__ = [
     "ConfirmView",
     "DirectBlobView",
     "ExchangeView",
     "FileView",
     "HealthView",
+    "NoRouteView",
     "PresignGetView",
     "PresignPutView",
     "SyncError",
