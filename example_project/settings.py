@@ -5,6 +5,8 @@ Environment:
   REDIS_URL         e.g. redis://127.0.0.1:6379/0 (default: local-memory cache)
   STARKEEP_MEDIA    where blobs go with file-system storage (default: ./media)
   DJANGO_SECRET_KEY, DJANGO_DEBUG, DJANGO_ALLOWED_HOSTS
+  STARKEEP_THROTTLE        "off" disables every rate limit (exchange, files, health), e.g. for benchmarks
+  STARKEEP_MAX_PAGE_LIMIT  the largest page limit a request may name (STARKEEP_SYNC MAX_PAGE_LIMIT)
 """
 
 from __future__ import annotations
@@ -94,9 +96,13 @@ STORAGES = {
     "staticfiles": {"BACKEND": "django.contrib.staticfiles.storage.StaticFilesStorage"},
 }
 
-STARKEEP_SYNC = {
+STARKEEP_SYNC: dict[str, object] = {
     "NODE_ID": os.environ.get("STARKEEP_NODE_ID", "cloud"),
 }
+if os.environ.get("STARKEEP_THROTTLE", "").lower() == "off":
+    STARKEEP_SYNC["THROTTLE_RATES"] = {"exchange": None, "files": None, "health": None}
+if os.environ.get("STARKEEP_MAX_PAGE_LIMIT"):
+    STARKEEP_SYNC["MAX_PAGE_LIMIT"] = int(os.environ["STARKEEP_MAX_PAGE_LIMIT"])
 
 LANGUAGE_CODE = "en-us"
 TIME_ZONE = "UTC"

@@ -1,0 +1,149 @@
+"""``python -m bench``: run the workloads, print the markdown table, write it to a file."""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from bench import workloads
+from bench.machine import ROOT, describe, load_average
+from bench.report import WORKLOADS, Row, render
+from bench.server import PAGE_LIMIT, REDIS_URL, Database, Server, log
+
+WORKERS = {"sqlite": 1, "postgres": 4}
+HTTP = {1, 2, 3, 4, 5, 6}
+
+NOTES = [
+    "ratio = ours / baseline, both measured in this run on this machine; for no-op rows the baseline is a "
+    "latency, so a ratio above 1 means slower than the baseline.",
+    "0: memory adapters on both sides, in-process transport (requests and responses still go through the "
+    "wire codec), page_limit 1000. reference = the TypeScript reference engine (in-process, Node 20, "
+    "pageLimit 1000), from its own published run, not re-measured here.",
+    "1-6: the example project under `gunicorn example_project.wsgi` (1 worker on SQLite, 4 on PostgreSQL), "
+    "fresh database, throttling off (STARKEEP_THROTTLE=off), MAX_PAGE_LIMIT "
+    f"{PAGE_LIMIT:,}, DJANGO_DEBUG=0; the device runs in this process on loopback.",
+    "1: a memory-adapter device pushes N metadata-only shared records (rounds until has_more is false, "
+    "default page_limit 1000). Baseline: the same rows inserted into starkeep_sync_sharedrecord with one "
+    "executemany in one transaction through the same database (psycopg on PostgreSQL, sqlite3 on SQLite), "
+    "rows prepared before the clock starts.",
+    f"2: a new memory-adapter device pulls the N records with page_limit {PAGE_LIMIT:,} (the server's "
+    "MAX_PAGE_LIMIT). Baseline: one plain SELECT of the same rows, fetched whole.",
+    "3: median latency of 20 exchange rounds of a converged device (each checked to move nothing) holding N "
+    "records; baseline: median GET /health (HTTP + one query) on the same server. The rounds at both sizes "
+    "and the /health requests take turns, so they share the same machine load. Gunicorn's sync worker "
+    "closes each connection, so every round pays a TCP connect.",
+    "4: rows of a registered app table (`starkeep_app register bench --table items:id`) on the per-app "
+    "channel; push with page_limit 1000, pull by a new device with page_limit "
+    f"{PAGE_LIMIT:,}. Baselines as in 1 and 2, on starkeep_sync_approw.",
+    "5: SqliteDeviceStore with file-system blobs on both devices; push = rounds of the first device "
+    "(HEAD + PUT per blob, hashes checked on both ends), pull = rounds of an empty second device; "
+    "device -> server -> device = bytes / (push + pull time). MB = 10^6 bytes. Baseline: shutil.copyfile "
+    "of the same files, one copy (median of 3 passes).",
+    "6: PostgreSQL only; each device is its own process with its own owner (pure pushes, no cross-device "
+    "pulls), page_limit 1000; all start at a barrier; records/s = all records / (last finish - first "
+    "start). Devices, server workers and PostgreSQL share the same cores.",
+    "The machine is shared with other test suites: compare ratios within one run, not absolute numbers "
+    "across runs.",
+]
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
+    parser.add_argument("--sizes", choices=sorted(workloads.SIZES), default="full",
+                        help="tiny: every workload at very small N (a smoke run); full: the real sizes")
+    parser.add_argument("--db", default="sqlite,postgres", help="comma list of sqlite, postgres (default: both)")
+    parser.add_argument("--only", default=",".join(str(w) for w in WORKLOADS),
+                        help="comma list of workload numbers 0-6 (default: all)")
+    parser.add_argument("--out", default=str(ROOT / "bench" / "RESULTS.md"), help="where the table is written")
+    parser.add_argument("--workdir", default=None, help="scratch directory (default: a new temporary one, removed)")
+    args = parser.parse_args(argv)
+    args.dbs = [d.strip() for d in args.db.split(",") if d.strip()]
+    for d in args.dbs:
+        if d not in WORKERS:
+            parser.error(f"--db: unknown database {d!r} (sqlite, postgres)")
+    try:
+        args.selected = {int(w) for w in args.only.split(",") if w.strip()}
+    except ValueError:
+        parser.error("--only takes workload numbers, e.g. 0,1,3")
+    if not args.selected or not args.selected <= set(WORKLOADS):
+        parser.error(f"--only: workloads are {', '.join(str(w) for w in WORKLOADS)}")
+    return args
+
+
+def owners_for(kind: str, sizes: workloads.Sizes, selected: set[int]) -> list[str]:
+    owners = ["bench", "bench-baseline"]
+    if selected & {1, 2, 3}:
+        owners += [f"bench-n{n}" for n in sizes.http]
+    if 6 in selected and kind == "postgres":
+        owners += ["bench-c-solo", *(f"bench-c{i}" for i in range(sizes.devices))]
+    return owners
+
+
+def run_database(kind: str, sizes: workloads.Sizes, selected: set[int], workdir: Path,
+                 versions: dict[str, str]) -> list[Row]:
+    db = Database(kind, workdir)
+    server = Server(db, workdir, WORKERS[kind])
+    db.create()
+    try:
+        versions[f"{kind} server"] = db.version() + (f", Redis cache at {REDIS_URL}" if kind == "postgres" else "")
+        log(f"{kind}: migrating and issuing tokens")
+        owners = server.provision(owners_for(kind, sizes, selected))
+        log(f"{kind}: starting gunicorn with {server.workers} worker(s) on {server.url}")
+        server.start()
+        bench = workloads.HttpBench(server, db, owners, sizes, workdir)
+        try:
+            if selected & {1, 2, 3}:
+                bench.records(selected)
+            if 4 in selected:
+                bench.app_rows()
+            if 5 in selected:
+                bench.blobs()
+            if 6 in selected and kind == "postgres":
+                bench.concurrency()
+        except BaseException:
+            log(f"{kind}: workload failed; gunicorn log tail:\n{server.log_tail()}")
+            raise
+        if 6 in selected and kind != "postgres":
+            bench.rows.append(Row(6, "devices push at once", kind, "-", "records/s", None,
+                                  note="PostgreSQL only"))
+        return bench.rows
+    finally:
+        server.stop()
+        db.drop()
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    sizes = workloads.SIZES[args.sizes]
+    own_workdir = args.workdir is None
+    workdir = Path(args.workdir or tempfile.mkdtemp(prefix="starkeep-bench-"))
+    workdir.mkdir(parents=True, exist_ok=True)
+    machine = describe({"sizes": args.sizes, "databases": ", ".join(args.dbs),
+                        "workloads": ", ".join(str(w) for w in sorted(args.selected))})
+    versions: dict[str, str] = {}
+    rows: list[Row] = []
+    started = time.monotonic()
+    try:
+        if 0 in args.selected:
+            rows += workloads.in_process(sizes)
+        if args.selected & HTTP:
+            for kind in args.dbs:
+                rows += run_database(kind, sizes, args.selected, workdir, versions)
+    finally:
+        if own_workdir:
+            shutil.rmtree(workdir, ignore_errors=True)
+    machine.update(versions)
+    machine["load average at end (1/5/15 min)"] = load_average()
+    machine["wall time of the run"] = f"{time.monotonic() - started:.0f} s"
+    rows.sort(key=lambda r: (r.workload, ["memory", "sqlite", "postgres"].index(r.db)))
+    text = render(rows, machine, "starkeep_sync benchmarks", NOTES)
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(text)
+    sys.stdout.write(text)
+    log(f"written to {out}")
+    return 0
