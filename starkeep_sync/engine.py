@@ -125,6 +125,7 @@ class SyncEngine:
                 new_own[node] = last_ok
             if last_ok is None or last_ok != run[-1].hlc:
                 failed_nodes.add(node)
+        self._pull_shipped_staged(shipped, own, new_own, failed_nodes, result)
 
         # Nodes that fully landed: we now hold all the peer covers up to the cut
         # (what it did not send, we sent it: no echo).
@@ -212,6 +213,32 @@ class SyncEngine:
                     continue
             shipped.append(item)
         return shipped
+
+    def _pull_shipped_staged(self, shipped: list[Item], own: Watermarks, new_own: Watermarks,
+                             failed_nodes: set[str], result: ExchangeResult) -> None:
+        """Pull the blobs of shipped items held here only as metadata (staged).
+
+        Such an item ships because the peer already has its blob (e.g. a staged
+        record relayed after a restart lost the peer vector), and the peer never
+        sends it back (no echo), so its blob would never be pulled while the
+        vectors move past it. Pull it now; if that fails, keep the node's own
+        watermark where it was, so the item comes back and the pull is retried.
+        """
+        for item in shipped:
+            manifest = item.manifest
+            if manifest is None or self.local_storage.has(manifest.object_storage_key):
+                continue
+            before = self.file_sync.bytes_moved
+            ok = self.file_sync.transfer_file(manifest, self.remote_storage, self.local_storage, direction="pull")
+            result.pulled_bytes += self.file_sync.bytes_moved - before
+            if ok:
+                continue
+            result.failed_pulls.append(manifest.object_storage_key)
+            failed_nodes.add(item.node)
+            if item.node in own:
+                new_own[item.node] = own[item.node]
+            else:
+                new_own.pop(item.node, None)
 
     # -- inbound -----------------------------------------------------------------
 

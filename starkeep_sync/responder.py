@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 
 from .channel import ChannelView, Item, group_by_node
@@ -85,6 +86,25 @@ class SyncResponder:
         limit = request.limit or self.default_limit
         if self.max_limit is not None:
             limit = min(limit, self.max_limit)
+        with self._read_snapshot():
+            return self._answer(request, limit, received, report), report
+
+    def _read_snapshot(self) -> AbstractContextManager[object]:
+        """One consistent view of the holdings for everything a response reads.
+
+        The requester moves its vector up to ``responderWatermarks`` for every node
+        the response did not cut, so that vector must not cover an item the page
+        missed. With concurrent writers a page read in several queries (per node,
+        per table) and a coverage read afterwards can disagree: an item committed
+        in between would be covered but never sent, and lost for that requester.
+        Adapters that can read from one snapshot offer ``read_snapshot()``.
+        """
+        adapter = self.channel.database if self.channel.shared else self.channel.app_source
+        snapshot = getattr(adapter, "read_snapshot", None)
+        return snapshot() if snapshot is not None else nullcontext()
+
+    def _answer(self, request: SyncExchangeRequest, limit: int, received: set[tuple[object, ...]],
+                report: ExchangeReport) -> SyncExchangeResponse:
         # Fetch past the limit by the number of echoes we may drop, plus one to
         # learn hasMore exactly.
         candidates, beyond = self.channel.changes_since(request.watermarks, limit + len(received))
@@ -104,14 +124,13 @@ class SyncResponder:
                 # What is above the vector, less this page and what this request
                 # itself stored (it will never be sent back).
                 pending = max(0, total - len(out) - report.applied)
-        response = SyncExchangeResponse(
+        return SyncExchangeResponse(
             records=[i.record for i in out if i.record is not None],
             app_syncable_rows=[i.entry for i in out if i.entry is not None],
             responder_watermarks=self.channel.coverage(),
             has_more=has_more,
             pending=pending if self.count_pending else None,
         )
-        return response, report
 
     def _refuse(self, node: str, item: Item, reason: str, report: ExchangeReport) -> None:
         refusal = Refusal(node, item.describe(), reason)

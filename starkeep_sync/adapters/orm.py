@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import heapq
 import json
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from typing import Any
 
 from django.db import DataError, IntegrityError, connection, transaction
@@ -37,6 +38,27 @@ def _lt(column: str, other: str) -> str:
     return f"{column} < {other}"
 
 
+@contextmanager
+def read_snapshot() -> Iterator[None]:
+    """Run the reads of one response (rows above a vector, coverage) in one snapshot.
+
+    PostgreSQL's default READ COMMITTED gives each statement its own snapshot, so
+    rows read per node and per table, and the coverage read after them, could see
+    different sets of concurrently committed writes (see ``SyncResponder``).
+    A read-only REPEATABLE READ transaction sees one set; read-only, it never
+    fails to serialize. SQLite reads inside one transaction from one snapshot.
+    """
+    if connection.in_atomic_block:
+        # An outer transaction (ATOMIC_REQUESTS, a test) already fixes the isolation.
+        yield
+        return
+    with transaction.atomic():
+        if connection.vendor == "postgresql":
+            with connection.cursor() as cur:
+                cur.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY")
+        yield
+
+
 def node_floor_lookup(node: str, floor: HLCTimestamp) -> dict[str, str]:
     """ORM lookup for rows of ``node`` whose HLC is above ``floor`` (which may name another node)."""
     op, bound = node_floor_bound(node, floor)
@@ -54,7 +76,7 @@ def bump_coverage(owner_id: int, scope: str, hlcs: Iterable[HLCTimestamp]) -> No
     table = connection.ops.quote_name(NodeCoverage._meta.db_table)
     placeholders = ", ".join(["(%s, %s, %s, %s)"] * len(best))
     params: list[Any] = []
-    for node, h in best.items():
+    for node, h in sorted(best.items()):  # one lock order for every writer: no deadlock
         params += [owner_id, scope, node, serialize_hlc(h)]
     sql = (
         f"INSERT INTO {table} (owner_id, scope, node_id, hlc) VALUES {placeholders} "
@@ -148,6 +170,8 @@ class OrmDatabaseAdapter:
         self.owner_id = owner.pk if hasattr(owner, "pk") else int(owner)
         self._qs = SharedRecord.objects.filter(owner_id=self.owner_id)
 
+    read_snapshot = staticmethod(read_snapshot)
+
     def get(self, id: str) -> DataRecord | None:
         m = self._qs.filter(record_id=id).first()
         return record_from_model(m) if m is not None else None
@@ -177,7 +201,9 @@ class OrmDatabaseAdapter:
         for r in records:
             if r.id not in latest or r.updated_at > latest[r.id].updated_at:
                 latest[r.id] = r
-        written = self._upsert(list(latest.values()), conditional=True, coverage=records)
+        # Rows are locked in id order: two requests carrying the same ids in another
+        # HLC order (devices writing the same records) would otherwise deadlock.
+        written = self._upsert(sorted(latest.values(), key=lambda r: r.id), conditional=True, coverage=records)
         return [r.id in written and latest[r.id] is r for r in records]
 
     def _upsert(self, records: Sequence[DataRecord], *, conditional: bool,
@@ -409,6 +435,8 @@ class OrmApplier:
 
 class OrmAppSource:
     """``namespaces`` + ``applier`` for one owner (the core's app-source protocol)."""
+
+    read_snapshot = staticmethod(read_snapshot)
 
     def __init__(self, owner: Any) -> None:
         self.namespaces = OrmNamespaceStore()

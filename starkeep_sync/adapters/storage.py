@@ -19,7 +19,7 @@ from django.core.files.storage import Storage, storages
 from ..blobs import CHUNK_SIZE
 from ..conf import sync_settings
 from ..exceptions import InvalidKeyError
-from ..keys import check_key_syntax
+from ..keys import check_key_syntax, expected_sha256
 from ..models import Blob
 from ..protocols import StoredObject
 
@@ -106,6 +106,12 @@ class DjangoObjectStorage:
             try:
                 if self._s3_stream_location(name) is not None:
                     saved = self._upload_to_s3(name, upload)
+                elif self._holds_same(name, key, digest.hexdigest(), size):
+                    # A hash-named key already stored with these very bytes (devices pushing
+                    # the same blob at once, a retry): keep that copy. Replacing it (delete,
+                    # then save) leaves a moment without the blob, in which concurrent
+                    # HEAD/GET requests fail and a concurrent save collides: 500s.
+                    saved = name
                 else:
                     if self.storage.exists(name):
                         self.storage.delete(name)
@@ -114,7 +120,8 @@ class DjangoObjectStorage:
                 upload.close()
             if saved != name:  # a backend that renamed instead of overwriting
                 self.storage.delete(saved)
-                raise OSError(f"storage refused to write {name!r} in place (got {saved!r})")
+                if not self._holds_same(name, key, digest.hexdigest(), size):  # else: the same bytes won a race
+                    raise OSError(f"storage refused to write {name!r} in place (got {saved!r})")
         finally:
             if os.path.exists(path):
                 os.unlink(path)
@@ -123,6 +130,15 @@ class DjangoObjectStorage:
             defaults={"content_type": content_type or "", "size_bytes": size, "sha256": digest.hexdigest()},
         )
         return digest.hexdigest()
+
+    def _holds_same(self, name: str, key: str, sha256: str, size: int) -> bool:
+        """Whether a hash-named key whose name is ``sha256`` is stored already, at full size."""
+        if expected_sha256(None, key) != sha256:
+            return False
+        try:
+            return bool(self.storage.exists(name)) and self.storage.size(name) == size
+        except OSError:
+            return False
 
     def content_type(self, key: str) -> str | None:
         row = Blob.objects.filter(owner_id=self.owner_id, key=key).values_list("content_type", flat=True).first()

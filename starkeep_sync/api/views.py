@@ -271,6 +271,12 @@ def _store_verified(storage: DjangoObjectStorage, key: str, source: Any, macs: l
 
         def read(self, size: int = -1) -> bytes:
             chunk = reader.read(size)
+            if not chunk and reader.bytes_read < length:
+                # The body ended before its Content-Length: the client's connection
+                # dropped mid-upload. Keeping what arrived would store a truncated blob
+                # under its key (for a key that is not its hash, unnoticed), and every
+                # later push would see the key present and skip it.
+                raise BlobIntegrityError(f"body ended after {reader.bytes_read} of {length} bytes; nothing stored")
             if not chunk and macs:
                 verify_streamed_signature(principal, macs)  # type: ignore[arg-type]
             return chunk

@@ -5,7 +5,7 @@ from __future__ import annotations
 import requests
 
 from ..constants import EXCHANGE_PATH
-from ..exceptions import WireFormatError
+from ..exceptions import SyncTransportError, WireFormatError
 from ..wire import SyncExchangeRequest, SyncExchangeResponse
 from .auth import AuthLike, CallableAuth, SignRequest
 from .session import DEFAULT_TIMEOUT, ChannelClient, Timeout, dumps_json, loads_json, raise_for_response, send
@@ -31,8 +31,23 @@ class HttpSyncTransport(ChannelClient):
         try:
             data = loads_json(response.content)
         except (ValueError, requests.RequestException) as err:
+            if _unframed(response):
+                # No Content-Length and not chunked: the body ran until the connection
+                # closed. A connection cut inside the header block looks exactly like
+                # this (the headers end at EOF, the body is empty), so it is a transport
+                # failure to retry, not a server that speaks another protocol.
+                raise SyncTransportError(
+                    f"exchange response broke off ({err})", status=response.status_code, code="truncated_response"
+                ) from err
             raise WireFormatError("body", f"exchange response is not valid JSON ({err})") from err
         return SyncExchangeResponse.from_wire(data)
+
+
+def _unframed(response: requests.Response) -> bool:
+    """Whether the body's end was only marked by the connection closing."""
+    return "Content-Length" not in response.headers and (
+        "chunked" not in response.headers.get("Transfer-Encoding", "").lower()
+    )
 
 
 def create_http_sync_transport(
