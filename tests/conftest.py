@@ -7,8 +7,15 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from django.core.servers.basehttp import WSGIRequestHandler
 
 from tests.harness import Pair, memory_pair
+
+# Django's development server writes a response's headers and body in separate
+# sends; on a kept-alive connection Nagle's algorithm then holds the body until
+# the client's delayed ACK (about 40 ms per request). Real servers set
+# TCP_NODELAY; so does the live server the HTTP tests run against.
+WSGIRequestHandler.disable_nagle_algorithm = True
 
 
 @pytest.fixture
