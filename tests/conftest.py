@@ -8,6 +8,8 @@ from pathlib import Path
 
 import pytest
 from django.core.servers.basehttp import WSGIRequestHandler
+from django.db import connections, transaction
+from django.test import TransactionTestCase
 
 from tests.harness import Pair, memory_pair
 
@@ -16,6 +18,30 @@ from tests.harness import Pair, memory_pair
 # the client's delayed ACK (about 40 ms per request). Real servers set
 # TCP_NODELAY; so does the live server the HTTP tests run against.
 WSGIRequestHandler.disable_nagle_algorithm = True
+
+#: Tables that only migrations fill: emptying them would make every flush re-create them.
+_KEEP_ON_FLUSH = frozenset({"django_content_type", "auth_permission", "django_migrations"})
+
+
+def _fast_fixture_teardown(self: TransactionTestCase) -> None:
+    """Empty the tables a transactional test wrote, with DELETE in one transaction.
+
+    Django's flush TRUNCATEs every table on PostgreSQL (new files per table and
+    index) and then re-creates content types and permissions through
+    post_migrate: about 0.2 s per test, which dominated the PostgreSQL run of
+    the live-server tests. Django creates foreign keys deferred on both
+    databases, so the delete order does not matter.
+    """
+    for alias in self._databases_names(include_mirrors=False):
+        conn = connections[alias]
+        names = [t for t in conn.introspection.django_table_names(only_existing=True, include_views=False)
+                 if t not in _KEEP_ON_FLUSH]
+        with transaction.atomic(using=alias), conn.cursor() as cur:
+            for name in names:
+                cur.execute(f"DELETE FROM {conn.ops.quote_name(name)}")
+
+
+TransactionTestCase._fixture_teardown = _fast_fixture_teardown  # type: ignore[method-assign]
 
 
 @pytest.fixture
