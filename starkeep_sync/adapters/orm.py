@@ -11,13 +11,13 @@ from __future__ import annotations
 import heapq
 import json
 from collections.abc import Iterable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from typing import Any
 
 from django.db import DataError, IntegrityError, connection, transaction
 from django.db.models import Model, QuerySet
 
-from ..approws import EntryRefused, check_entry, next_row, row_to_entry
+from ..approws import EntryRefused, check_entry, next_row
 from ..constants import DELETED_AT, FILE_RECORDS_TABLE, NODE_ID, UPDATED_AT
 from ..exceptions import SyncError
 from ..hlc import ZERO_HLC, HLCTimestamp, deserialize_hlc, serialize_hlc
@@ -59,6 +59,11 @@ def read_snapshot() -> Iterator[None]:
         yield
 
 
+def stored_hlc(value: str) -> HLCTimestamp:
+    """Parse an HLC this adapter wrote with ``serialize_hlc`` (trusted: no validation)."""
+    return HLCTimestamp(int(value[:12], 16), int(value[13:17], 16), value[18:])
+
+
 def node_floor_lookup(node: str, floor: HLCTimestamp) -> dict[str, str]:
     """ORM lookup for rows of ``node`` whose HLC is above ``floor`` (which may name another node)."""
     op, bound = node_floor_bound(node, floor)
@@ -92,20 +97,62 @@ def coverage_of(owner_id: int, scopes: Sequence[str]) -> Watermarks:
     for node, hlc in NodeCoverage.objects.filter(owner_id=owner_id, scope__in=scopes).values_list(
         "node_id", "hlc"
     ):
-        h = deserialize_hlc(hlc)
+        h = stored_hlc(hlc)
         if node not in out or h > out[node]:
             out[node] = h
     return out
 
 
+def coverage_by_scope(owner_id: int) -> dict[str, Watermarks]:
+    """Every coverage summary of an owner, per scope, in one query."""
+    out: dict[str, Watermarks] = {}
+    for scope, node, hlc in NodeCoverage.objects.filter(owner_id=owner_id).values_list("scope", "node_id", "hlc"):
+        out.setdefault(scope, {})[node] = stored_hlc(hlc)
+    return out
+
+
+class SnapshotCoverage:
+    """Coverage read once per response snapshot instead of once per query.
+
+    Inside ``read_snapshot`` nothing this request does writes, and the snapshot
+    fixes what concurrent writers show, so the summary cannot change under us.
+    """
+
+    def __init__(self, owner_id: int) -> None:
+        self.owner_id = owner_id
+        self._cached: dict[str, Watermarks] | None = None
+        self._active = False
+
+    @contextmanager
+    def snapshot(self) -> Iterator[None]:
+        with read_snapshot():
+            self._active, self._cached = True, None
+            try:
+                yield
+            finally:
+                self._active, self._cached = False, None
+
+    def get(self, scope: str) -> Watermarks:
+        if not self._active:
+            return coverage_of(self.owner_id, [scope])
+        if self._cached is None:
+            self._cached = coverage_by_scope(self.owner_id)
+        return dict(self._cached.get(scope, {}))
+
+
 def rows_since(
     queryset: QuerySet,
+    fields: Sequence[str],
     coverage: Watermarks,
     watermarks: Mapping[str, HLCTimestamp],
     limit: int | None,
     cursor: str | None,
-) -> tuple[list[Model], bool]:
-    """Rows above ``watermarks`` (and the cursor) in HLC order: one indexed query per node with news."""
+) -> tuple[list[tuple[Any, ...]], bool]:
+    """Rows (tuples of ``fields``, ``updated_at`` first) above ``watermarks`` and the cursor, in HLC order.
+
+    One indexed query per node with news. Serialized HLCs sort as HLCs do, so
+    the per-node streams merge on the stored strings without parsing them.
+    """
     after = deserialize_hlc(cursor) if cursor else None
     fetch = None if limit is None else limit + 1
     streams = []
@@ -116,10 +163,11 @@ def rows_since(
         if top <= floor:
             continue
         qs = queryset.filter(node_id=node, **node_floor_lookup(node, floor)).order_by("updated_at")
+        qs = qs.values_list("updated_at", *fields)
         rows = list(qs[:fetch] if fetch is not None else qs)
         if rows:
-            streams.append([(deserialize_hlc(r.updated_at), i, r) for i, r in enumerate(rows)])
-    merged = [t[2] for t in heapq.merge(*streams, key=lambda t: t[0])]
+            streams.append(rows)
+    merged = streams[0] if len(streams) == 1 else list(heapq.merge(*streams, key=lambda t: t[0]))
     if limit is not None and len(merged) > limit:
         return merged[:limit], True
     return merged, False
@@ -159,6 +207,25 @@ def record_from_model(m: SharedRecord) -> DataRecord:
     )
 
 
+#: What a page reads of a record, after ``updated_at`` (see ``rows_since``).
+_RECORD_READ = (
+    "record_id", "kind", "type", "created_at", "deleted_at", "version", "content_hash", "object_storage_key",
+    "mime_type", "size_bytes", "original_filename", "origin_app_id", "parent_id", "label",
+)
+
+
+def record_from_row(t: tuple[Any, ...]) -> DataRecord:
+    """A ``DataRecord`` from a ``values_list("updated_at", *_RECORD_READ)`` tuple."""
+    (updated, rid, kind, rtype, created, deleted, version, content_hash, key, mime, size, filename, origin,
+     parent, label) = t
+    return DataRecord(
+        id=rid, kind=kind, type=rtype, created_at=stored_hlc(created), updated_at=stored_hlc(updated),
+        deleted_at=stored_hlc(deleted) if deleted else None, version=version, content_hash=content_hash,
+        object_storage_key=key, mime_type=mime, size_bytes=size, original_filename=filename,
+        origin_app_id=origin, parent_id=parent, label=label,
+    )
+
+
 def _record_values(r: DataRecord) -> list[Any]:
     return [
         r.id, r.kind, r.type, serialize_hlc(r.created_at), serialize_hlc(r.updated_at),
@@ -174,8 +241,10 @@ class OrmDatabaseAdapter:
     def __init__(self, owner: Any) -> None:
         self.owner_id = owner.pk if hasattr(owner, "pk") else int(owner)
         self._qs = SharedRecord.objects.filter(owner_id=self.owner_id)
+        self._coverage = SnapshotCoverage(self.owner_id)
 
-    read_snapshot = staticmethod(read_snapshot)
+    def read_snapshot(self) -> AbstractContextManager[None]:
+        return self._coverage.snapshot()
 
     def get(self, id: str) -> DataRecord | None:
         m = self._qs.filter(record_id=id).first()
@@ -245,9 +314,8 @@ class OrmDatabaseAdapter:
 
     def query_since(self, watermarks: Mapping[str, HLCTimestamp], limit: int,
                     cursor: str | None = None) -> RecordPage:
-        rows, more = rows_since(self._qs, self.get_node_watermarks(), watermarks, limit, cursor)
-        records = [record_from_model(m) for m in rows]  # type: ignore[arg-type]
-        return RecordPage(records, serialize_hlc(records[-1].updated_at) if more and records else None, more)
+        rows, more = rows_since(self._qs, _RECORD_READ, self.get_node_watermarks(), watermarks, limit, cursor)
+        return RecordPage([record_from_row(t) for t in rows], rows[-1][0] if more and rows else None, more)
 
     def count_since(self, watermarks: Mapping[str, HLCTimestamp]) -> int:
         total = 0
@@ -258,7 +326,7 @@ class OrmDatabaseAdapter:
         return total
 
     def get_node_watermarks(self) -> Watermarks:
-        return coverage_of(self.owner_id, [RECORDS_SCOPE])
+        return self._coverage.get(RECORDS_SCOPE)
 
     def all(self) -> list[DataRecord]:
         """Every record of this owner, tombstones included."""
@@ -280,6 +348,10 @@ _FILE_COLUMNS = (
     "object_storage_key", "content_hash", "mime_type", "size_bytes", "original_filename",
     "origin_app_id", "created_at",
 )
+
+
+#: What a scan reads of an AR row, after ``updated_at`` (then ``deleted_at``, ``node_id``).
+_FILE_READ = ("record_id", *_FILE_COLUMNS, "extra")
 
 
 def _pk_text(pk: Sequence[Any]) -> str:
@@ -316,6 +388,7 @@ class OrmApplier:
     def __init__(self, owner: Any, namespaces: OrmNamespaceStore) -> None:
         self.owner_id = owner.pk if hasattr(owner, "pk") else int(owner)
         self.namespaces = namespaces
+        self.coverage = SnapshotCoverage(self.owner_id)
 
     # model mapping
 
@@ -411,10 +484,25 @@ class OrmApplier:
 
     def scan_since(self, app_id: str, table: str, since: Mapping[str, HLCTimestamp],
                    limit: int | None = None, cursor: str | None = None) -> ScanPage:
-        rows, more = rows_since(self._qs(app_id, table), self.get_node_watermarks(app_id, table),
+        file_table = table == FILE_RECORDS_TABLE
+        fields = (*_FILE_READ, "deleted_at", "node_id") if file_table else ("data", "deleted_at", "node_id")
+        rows, more = rows_since(self._qs(app_id, table), fields, self.get_node_watermarks(app_id, table),
                                 since, limit, cursor)
-        entries = [row_to_entry(app_id, table, self.to_row(m)) for m in rows]
-        return ScanPage(entries, serialize_hlc(entries[-1].timestamp) if more and entries else None, more)
+        entries = []
+        for t in rows:
+            if file_table:
+                row: dict[str, Any] = dict(t[-3])  # extra
+                row["id"] = t[1]
+                for c, v in zip(_FILE_COLUMNS, t[2:-3], strict=True):
+                    row[c] = v
+            else:
+                row = dict(t[1])
+            updated, deleted = t[0], t[-2]
+            row[UPDATED_AT] = updated
+            row[DELETED_AT] = deleted
+            entries.append(AppSyncableRowEntry(stored_hlc(updated), app_id, table,
+                                               "delete" if deleted else "insert", row, None))
+        return ScanPage(entries, rows[-1][0] if more and rows else None, more)
 
     def count_since(self, app_id: str, table: str, since: Mapping[str, HLCTimestamp]) -> int:
         total = 0
@@ -426,7 +514,7 @@ class OrmApplier:
         return total
 
     def get_node_watermarks(self, app_id: str, table: str) -> Watermarks:
-        return coverage_of(self.owner_id, [f"{app_id}/{table}"])
+        return self.coverage.get(f"{app_id}/{table}")
 
     def get_row(self, app_id: str, table: str, pk: Sequence[Any]) -> dict[str, Any] | None:
         m = self._qs(app_id, table).filter(**self._lookup(table, pk)).first()
@@ -445,11 +533,12 @@ class OrmApplier:
 class OrmAppSource:
     """``namespaces`` + ``applier`` for one owner (the core's app-source protocol)."""
 
-    read_snapshot = staticmethod(read_snapshot)
-
     def __init__(self, owner: Any) -> None:
         self.namespaces = OrmNamespaceStore()
         self.applier = OrmApplier(owner, self.namespaces)
+
+    def read_snapshot(self) -> AbstractContextManager[None]:
+        return self.applier.coverage.snapshot()
 
     def rows(self, app_id: str, table: str) -> list[dict[str, Any]]:
         return self.applier.rows(app_id, table)
