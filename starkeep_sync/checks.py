@@ -28,6 +28,12 @@ def check_settings(app_configs: Any = None, **kwargs: Any) -> list[Any]:
             hint="Add that alias to STORAGES or point STORAGE_ALIAS at an existing one.",
             id="starkeep_sync.E001",
         ))
+    if sync_settings.UNKNOWN_APP_ROWS not in ("reject", "halt"):
+        errors.append(Error(
+            f"STARKEEP_SYNC['UNKNOWN_APP_ROWS'] is {sync_settings.UNKNOWN_APP_ROWS!r}.",
+            hint="Use 'reject' (refuse the request, the default) or 'halt' (halt that node, PROTOCOL §6).",
+            id="starkeep_sync.E003",
+        ))
     cache_alias = sync_settings.REPLAY_CACHE_ALIAS
     caches = getattr(settings, "CACHES", {})
     backend = caches.get(cache_alias, {}).get("BACKEND", "django.core.cache.backends.locmem.LocMemCache")

@@ -42,6 +42,11 @@ DEFAULTS: dict[str, Any] = {
         "starkeep_sync.api.authentication.DeviceTokenAuthentication",
         "starkeep_sync.api.authentication.AppSignatureAuthentication",
     ],
+    # App rows of an app or table this server does not know, on a per-app channel:
+    # "reject" refuses the whole request (400 unknown_app / unknown_table, nothing
+    # applied); "halt" follows PROTOCOL §6 exactly (that node halts for the round,
+    # the rest applies; for mixed-version fleets where newer devices know more tables).
+    "UNKNOWN_APP_ROWS": "reject",
     # Count pending items for the progress extension field "pending".
     "COUNT_PENDING": True,
     # DRF rate strings per scope ("<n>/<sec|min|hour|day>"), per owner; None disables a scope.

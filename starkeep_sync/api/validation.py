@@ -5,19 +5,24 @@ HTTP that covers, besides the wire shape, what no applier could ever accept
 and what would otherwise only halt one node quietly: object keys that break the
 key rules or the channel's namespace, and app rows of a registered table that
 name no primary key or whose ``updated_at`` contradicts the entry. A row
-without ``updated_at`` is accepted: the entry's timestamp defines it (PROTOCOL §2). Rows of
-apps or tables this server does not know still halt their node (PROTOCOL §6),
-since a newer server may know them.
+without ``updated_at`` is accepted: the entry's timestamp defines it (PROTOCOL §2).
+
+Rows of an app other than the channel's, or of a table this server does not
+know, are refused whole (400 ``unknown_app`` / ``unknown_table``) under the
+default ``UNKNOWN_APP_ROWS = "reject"``; with ``"halt"`` they halt their node
+for the round as PROTOCOL §6 describes, and the rest of the request applies.
 """
 
 from __future__ import annotations
 
 from ..approws import check_entry
+from ..conf import sync_settings
 from ..constants import DRIVE_APP_ID, FILE_RECORDS_TABLE
 from ..exceptions import InvalidKeyError, SyncError, WireFormatError
 from ..keys import validate_key
 from ..protocols import AppSyncableNamespaceStore
 from ..wire import SyncExchangeRequest
+from .exceptions import InvalidRequest
 
 
 def validate_exchange(request: SyncExchangeRequest, channel: str, namespaces: AppSyncableNamespaceStore) -> None:
@@ -28,13 +33,21 @@ def validate_exchange(request: SyncExchangeRequest, channel: str, namespaces: Ap
                 _key(r.object_storage_key, DRIVE_APP_ID, f"records[{i}].objectStorageKey")
         return
     ns = namespaces.get(channel)
+    reject = sync_settings.UNKNOWN_APP_ROWS == "reject"
     for i, e in enumerate(request.app_syncable_rows):
+        where = f"appSyncableRows[{i}]"
         if e.app_id != channel or ns is None:
-            continue  # refused per node by the responder
+            if reject:
+                raise InvalidRequest(f"{where}.appId: app {e.app_id!r} is not this channel's app ({channel!r}).",
+                                     code="unknown_app", field=f"{where}.appId")
+            continue  # halts its node in the responder
         info = ns.table(e.table)
         if info is None:
+            if reject:
+                raise InvalidRequest(f"{where}.table: table {e.table!r} is not registered for app {channel!r} "
+                                     f"(register it with: manage.py starkeep_app register {channel} --table ...).",
+                                     code="unknown_table", field=f"{where}.table")
             continue
-        where = f"appSyncableRows[{i}]"
         try:
             check_entry(e, info)
         except SyncError as err:

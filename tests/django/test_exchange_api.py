@@ -172,8 +172,29 @@ def test_app_channel_ignores_shared_records(api: APIClient, alice_token: str, no
     assert data["records"] == [] and data["responderWatermarks"] == {}
 
 
-def test_app_channel_refuses_rows_of_another_app(
+def test_app_channel_refuses_a_request_with_rows_of_another_app(
     api: APIClient, alice_token: str, notes_app: Any, todo_app: Any
+) -> None:
+    foreign = entry("todo", "items", "t1", BASE_MS, "nodeB")
+    own = entry("notes", "notes", "n1", BASE_MS, "nodeA")
+    response = exchange(api, NOTES_URL, body(rows=[own, foreign]), bearer(alice_token))
+    assert_error(response, 400, "unknown_app")
+    assert response.json()["error"]["field"] == "appSyncableRows[1].appId"
+    assert not AppRow.objects.exists()  # not even the legitimate row before it
+
+
+def test_unknown_table_refuses_the_request(api: APIClient, alice_token: str, notes_app: Any) -> None:
+    rows = [entry("notes", "notes", "n1", BASE_MS, "nodeA"), entry("notes", "nope", "x1", BASE_MS, "nodeB")]
+    response = exchange(api, NOTES_URL, body(rows=rows), bearer(alice_token))
+    assert_error(response, 400, "unknown_table")
+    assert "nope" in response.json()["error"]["message"]
+    assert not AppRow.objects.exists()
+    exchange_ok(exchange(api, NOTES_URL, body(rows=rows[:1]), bearer(alice_token)))  # still serving
+    assert AppRow.objects.count() == 1
+
+
+def test_app_channel_halts_the_node_of_another_apps_rows_under_halt(
+    api: APIClient, alice_token: str, notes_app: Any, todo_app: Any, halt_unknown_rows: None
 ) -> None:
     foreign = entry("todo", "items", "t1", BASE_MS, "nodeB")
     own = entry("notes", "notes", "n1", BASE_MS, "nodeA")
@@ -195,7 +216,9 @@ def test_app_channel_does_not_send_another_apps_rows(
     assert data["appSyncableRows"] == [] and data["responderWatermarks"] == {}
 
 
-def test_unknown_table_halts_that_node_only(api: APIClient, alice_token: str, notes_app: Any) -> None:
+def test_unknown_table_halts_that_node_only_under_halt(
+    api: APIClient, alice_token: str, notes_app: Any, halt_unknown_rows: None
+) -> None:
     rows = [
         entry("notes", "nope", "x1", BASE_MS, "nodeB"),
         entry("notes", "notes", "n2", BASE_MS + 1, "nodeB"),  # after the failure: halted

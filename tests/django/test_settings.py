@@ -85,3 +85,14 @@ def test_authentication_classes_setting_is_used(api: APIClient, alice_token: str
         assert_error(response, 401, "not_authenticated")
         assert response["WWW-Authenticate"].startswith("StarkeepAppSignature")
     exchange_ok(exchange(api, "/sync/exchange", body(), bearer(alice_token)))
+
+
+def test_system_check_names_a_bad_unknown_app_rows_policy() -> None:
+    from starkeep_sync.checks import check_settings
+
+    with override_settings(STARKEEP_SYNC={"NODE_ID": "cloud", "UNKNOWN_APP_ROWS": "ignore"}):
+        ids = [e.id for e in check_settings()]
+    assert "starkeep_sync.E003" in ids
+    for policy in ("reject", "halt"):
+        with override_settings(STARKEEP_SYNC={"NODE_ID": "cloud", "UNKNOWN_APP_ROWS": policy}):
+            assert "starkeep_sync.E003" not in [e.id for e in check_settings()]
