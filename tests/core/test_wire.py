@@ -472,3 +472,17 @@ def test_response_bad_record() -> None:
 def test_wire_format_error_is_a_value_error() -> None:
     with pytest.raises(ValueError):
         SyncExchangeRequest.from_wire({"watermarks": None})
+
+
+def test_node_ids_seen_before_do_not_weaken_the_hlc_checks() -> None:
+    from starkeep_sync.wire import hlc_from_wire
+
+    good = {"wallTime": 1, "counter": 0, "nodeId": "seen-node"}
+    assert hlc_from_wire(good, "h") == (1, 0, "seen-node")
+    assert hlc_from_wire(good, "h") == (1, 0, "seen-node")  # now on the fast path
+    for bad, field in [({**good, "counter": -1}, "h.counter"), ({**good, "wallTime": 1.0}, "h.wallTime"),
+                       ({**good, "counter": 1 << 16}, "h.counter"), ({**good, "nodeId": {"x": 1}}, "h.nodeId"),
+                       ({**good, "nodeId": "seen:node"}, "h.nodeId"), ({**good, "wallTime": True}, "h.wallTime")]:
+        with pytest.raises(WireFormatError) as err:
+            hlc_from_wire(bad, "h")
+        assert err.value.field == field
