@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import base64
+import binascii
 import hashlib
 import io
 import logging
@@ -9,7 +11,7 @@ import threading
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import IO
+from typing import IO, Protocol, runtime_checkable
 
 from .constants import LOGGER_NAME
 from .exceptions import BlobIntegrityError
@@ -19,6 +21,53 @@ from .protocols import ObjectStorage
 logger = logging.getLogger(LOGGER_NAME)
 
 CHUNK_SIZE = 1024 * 1024
+
+#: RFC 9530 header carrying the sha256 of an upload, for the receiver to check.
+CONTENT_DIGEST_HEADER = "Content-Digest"
+
+
+def content_digest(sha256_hex: str) -> str:
+    """``Content-Digest`` value for a sha256 given in hex: ``sha-256=:<base64>:``."""
+    return "sha-256=:" + base64.b64encode(bytes.fromhex(sha256_hex)).decode("ascii") + ":"
+
+
+def parse_content_digest(value: str) -> str | None:
+    """The sha256 (hex) in a ``Content-Digest`` value; ``None`` when it names only other
+    algorithms; ``ValueError`` when malformed."""
+    found = None
+    for member in value.split(","):
+        name, sep, rest = member.strip().partition("=")
+        if not sep:
+            raise ValueError("expected <algorithm>=:<base64>:")
+        if name.strip().lower() != "sha-256":
+            continue
+        rest = rest.strip()
+        if len(rest) < 2 or not (rest.startswith(":") and rest.endswith(":")):
+            raise ValueError("the sha-256 value must be :<base64>:")
+        try:
+            raw = base64.b64decode(rest[1:-1], validate=True)
+        except binascii.Error:
+            raise ValueError("the sha-256 value is not base64") from None
+        if len(raw) != 32:
+            raise ValueError("the sha-256 value must be 32 bytes")
+        found = raw.hex()
+    return found
+
+
+@runtime_checkable
+class ConditionalPut(Protocol):
+    """An optional ``ObjectStorage`` capability: store unless present, in one step.
+
+    A destination that offers it (the HTTP client) checks presence and, when
+    ``sha256`` is given, the received bytes' hash itself, so
+    :meth:`FileSyncEngine.transfer_file` neither asks ``has`` first nor hashes
+    the bytes on the way out.
+    """
+
+    def put_if_absent(self, key: str, data: IO[bytes], content_type: str | None = None, *,
+                      sha256: str | None = None) -> int | None:
+        """Store ``data`` unless ``key`` is present: the bytes stored, or ``None`` when it was.
+        Raises (and stores nothing) when the bytes do not hash to ``sha256``."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -152,16 +201,23 @@ class FileSyncEngine:
             self._in_flight.add(key)
         try:
             try:
-                if destination.has(key):
+                conditional = isinstance(destination, ConditionalPut)
+                if not conditional and destination.has(key):
                     self._clear(key)
                     return True
                 stream = source.open(key)
                 if stream is None:
                     raise FileNotFoundError(f"source has no blob at {key!r}")
                 try:
-                    reader = HashingReader(stream, expected_sha256(manifest.file_hash, key))
-                    destination.put(key, reader, manifest.mime_type)
-                    self.bytes_moved += reader.bytes_read
+                    expected = expected_sha256(manifest.file_hash, key)
+                    if conditional:
+                        # The destination checks presence and the hash itself (one request).
+                        moved = destination.put_if_absent(key, stream, manifest.mime_type, sha256=expected)
+                        self.bytes_moved += moved or 0
+                    else:
+                        reader = HashingReader(stream, expected)
+                        destination.put(key, reader, manifest.mime_type)
+                        self.bytes_moved += reader.bytes_read
                 finally:
                     stream.close()
             except Exception as err:

@@ -1,9 +1,9 @@
 """Blob storage over Django's storage API (file system, django-storages S3, ...).
 
 Every key lives under ``<STORAGE_PREFIX>/<owner pk>/`` so owners never share
-bytes. Writes are spooled to a temporary file first, so a stream that fails
-(integrity mismatch, dropped connection) stores nothing, and memory stays
-bounded whatever the blob size.
+bytes. Writes go to a temporary file first (next to the blob on a file system,
+then renamed over it), so a stream that fails (integrity mismatch, dropped
+connection) stores nothing, and memory stays bounded whatever the blob size.
 """
 
 from __future__ import annotations
@@ -13,12 +13,13 @@ import os
 import tempfile
 from typing import IO, Any
 
+from django.core.exceptions import SuspiciousFileOperation
 from django.core.files import File
-from django.core.files.storage import Storage, storages
+from django.core.files.storage import FileSystemStorage, Storage, storages
 
 from ..blobs import CHUNK_SIZE
 from ..conf import sync_settings
-from ..exceptions import InvalidKeyError
+from ..exceptions import BlobIntegrityError, InvalidKeyError
 from ..keys import check_key_syntax, expected_sha256
 from ..models import Blob
 from ..protocols import StoredObject
@@ -34,6 +35,42 @@ class _SpooledUpload(File):
 
     def temporary_file_path(self) -> str:
         return self._path
+
+
+class BlobTooLarge(BlobIntegrityError):
+    """More bytes arrived than the size limit (or remaining quota) allows; nothing stored."""
+
+    code = "payload_too_large"
+    status = 413
+
+
+def _copy_hashing(data: bytes | IO[bytes], out: IO[bytes], max_bytes: int | None) -> tuple[str, int]:
+    """Write ``data`` to ``out`` in ``CHUNK_SIZE`` pieces, hashing each once; ``(sha256, size)``."""
+    digest = hashlib.sha256()
+    if isinstance(data, (bytes, bytearray, memoryview)):
+        size = len(data)
+        if max_bytes is not None and size > max_bytes:
+            raise BlobTooLarge(f"blob is larger than {max_bytes} bytes")
+        digest.update(data)
+        out.write(data)
+        return digest.hexdigest(), size
+    size = 0
+    while chunk := data.read(CHUNK_SIZE):
+        size += len(chunk)
+        if max_bytes is not None and size > max_bytes:
+            raise BlobTooLarge(f"blob is larger than {max_bytes} bytes")
+        digest.update(chunk)
+        out.write(chunk)
+    return digest.hexdigest(), size
+
+
+def _upsert_blob_row(owner_id: int, key: str, content_type: str, size: int, sha256: str) -> None:
+    """The blob's metadata row, inserted or refreshed in one statement (INSERT ... ON CONFLICT)."""
+    Blob.objects.bulk_create(
+        [Blob(owner_id=owner_id, key=key, content_type=content_type, size_bytes=size, sha256=sha256)],
+        update_conflicts=True, unique_fields=["owner", "key"],
+        update_fields=["content_type", "size_bytes", "sha256", "created"],
+    )
 
 
 def get_blob_storage() -> Storage:
@@ -75,61 +112,92 @@ class DjangoObjectStorage:
         return None
 
     def put(self, key: str, data: bytes | IO[bytes], content_type: str | None = None,
-            *, max_bytes: int | None = None) -> str:
-        """Store ``data``; returns the sha256 of what was stored."""
+            *, max_bytes: int | None = None, sha256: str | None = None) -> str:
+        """Store ``data``; returns the sha256 of what was stored.
+
+        The bytes are hashed once, on their way to a temporary file; with ``sha256``
+        given, a mismatch raises :class:`BlobIntegrityError` and nothing is kept, and
+        more than ``max_bytes`` raises :class:`BlobTooLarge`. On a file-system storage
+        the temporary file sits next to the blob and is renamed over it (atomic, so
+        readers never see the key missing or half written); elsewhere it is uploaded
+        from disk, so memory stays bounded whatever the blob size.
+        """
         name = self.name_for(key)
         problem = self._fs_problem(name)
         if problem:
             reason, status = problem
             raise InvalidKeyError(f"key {key[:100]!r} {reason} on this server's file storage",
                                   code="key_conflict" if status == 409 else "invalid_key", status=status)
-        digest = hashlib.sha256()
-        size = 0
-        fd, path = tempfile.mkstemp(prefix="starkeep-")
+        s3 = self._s3_stream_location(name)
+        final = self._local_path(name) if s3 is None else None
+        if final is not None:
+            self._make_parent(final)
+        fd, path = tempfile.mkstemp(prefix=".upload-" if final else "starkeep-",
+                                    dir=os.path.dirname(final) if final else None)
         try:
             with os.fdopen(fd, "wb") as tmp:
-                if isinstance(data, (bytes, bytearray, memoryview)):
-                    tmp.write(data)
-                    digest.update(data)
-                    size = len(data)
-                else:
-                    while True:
-                        chunk = data.read(CHUNK_SIZE)
-                        if not chunk:
-                            break
-                        size += len(chunk)
-                        if max_bytes is not None and size > max_bytes:
-                            raise ValueError(f"blob is larger than {max_bytes} bytes")
-                        digest.update(chunk)
-                        tmp.write(chunk)
-            upload = _SpooledUpload(path, content_type)
-            try:
-                if self._s3_stream_location(name) is not None:
-                    saved = self._upload_to_s3(name, upload)
-                elif self._holds_same(name, key, digest.hexdigest(), size):
-                    # A hash-named key already stored with these very bytes (devices pushing
-                    # the same blob at once, a retry): keep that copy. Replacing it (delete,
-                    # then save) leaves a moment without the blob, in which concurrent
-                    # HEAD/GET requests fail and a concurrent save collides: 500s.
-                    saved = name
-                else:
-                    if self.storage.exists(name):
-                        self.storage.delete(name)
-                    saved = self.storage.save(name, upload)
-            finally:
-                upload.close()
-            if saved != name:  # a backend that renamed instead of overwriting
-                self.storage.delete(saved)
-                if not self._holds_same(name, key, digest.hexdigest(), size):  # else: the same bytes won a race
-                    raise OSError(f"storage refused to write {name!r} in place (got {saved!r})")
+                hexdigest, size = _copy_hashing(data, tmp, max_bytes)
+            if sha256 is not None and hexdigest != sha256.lower():
+                raise BlobIntegrityError(f"blob bytes hash to {hexdigest}, expected {sha256.lower()}; nothing stored")
+            if final is not None:
+                mode = self.storage.file_permissions_mode  # type: ignore[attr-defined]
+                if mode is not None:
+                    os.chmod(path, mode)
+                os.replace(path, final)
+            else:
+                self._save_spooled(name, key, path, content_type, hexdigest, size)
         finally:
             if os.path.exists(path):
                 os.unlink(path)
-        Blob.objects.update_or_create(
-            owner_id=self.owner_id, key=key,
-            defaults={"content_type": content_type or "", "size_bytes": size, "sha256": digest.hexdigest()},
-        )
-        return digest.hexdigest()
+        _upsert_blob_row(self.owner_id, key, content_type or "", size, hexdigest)
+        return hexdigest
+
+    def _local_path(self, name: str) -> str | None:
+        """The file a plain ``FileSystemStorage`` keeps ``name`` in, else ``None`` (go through ``save``)."""
+        # A subclass that changes how files are written (encryption, ...) goes through save().
+        if not isinstance(self.storage, FileSystemStorage) or type(self.storage)._save is not FileSystemStorage._save:
+            return None
+        try:
+            return self.storage.path(name)
+        except (NotImplementedError, SuspiciousFileOperation):
+            return None
+
+    def _make_parent(self, path: str) -> None:
+        parent = os.path.dirname(path)
+        mode = self.storage.directory_permissions_mode  # type: ignore[attr-defined]
+        if mode is None:
+            os.makedirs(parent, exist_ok=True)
+            return
+        # As FileSystemStorage.save() does: the configured mode, not the umask, decides.
+        old_umask = os.umask(0)
+        try:
+            os.makedirs(parent, mode, exist_ok=True)
+        finally:
+            os.umask(old_umask)
+
+    def _save_spooled(self, name: str, key: str, path: str, content_type: str | None, hexdigest: str,
+                      size: int) -> None:
+        """Hand a finished temporary file to an S3 or other non-local storage."""
+        upload = _SpooledUpload(path, content_type)
+        try:
+            if self._s3_stream_location(name) is not None:
+                saved = self._upload_to_s3(name, upload)
+            elif self._holds_same(name, key, hexdigest, size):
+                # A hash-named key already stored with these very bytes (devices pushing
+                # the same blob at once, a retry): keep that copy. Replacing it (delete,
+                # then save) leaves a moment without the blob, in which concurrent
+                # HEAD/GET requests fail and a concurrent save collides: 500s.
+                saved = name
+            else:
+                if self.storage.exists(name):
+                    self.storage.delete(name)
+                saved = self.storage.save(name, upload)
+        finally:
+            upload.close()
+        if saved != name:  # a backend that renamed instead of overwriting
+            self.storage.delete(saved)
+            if not self._holds_same(name, key, hexdigest, size):  # else: the same bytes won a race
+                raise OSError(f"storage refused to write {name!r} in place (got {saved!r})")
 
     def _holds_same(self, name: str, key: str, sha256: str, size: int) -> bool:
         """Whether a hash-named key whose name is ``sha256`` is stored already, at full size."""

@@ -28,8 +28,8 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from ..adapters.orm import OrmAppSource, OrmDatabaseAdapter, OrmNamespaceStore
-from ..adapters.storage import DjangoObjectStorage, get_blob_storage
-from ..blobs import CHUNK_SIZE, HashingReader
+from ..adapters.storage import BlobTooLarge, DjangoObjectStorage, get_blob_storage
+from ..blobs import CHUNK_SIZE, parse_content_digest
 from ..conf import sync_settings
 from ..constants import DRIVE_APP_ID, LOGGER_NAME
 from ..exceptions import BlobIntegrityError, SyncError, WireFormatError
@@ -44,6 +44,7 @@ from .exceptions import (
     InvalidRequest,
     PayloadTooLarge,
     RouteNotFound,
+    SyncAPIException,
     UnknownChannel,
     exception_handler,
 )
@@ -208,9 +209,46 @@ def checked_content_type(value: Any, field: str) -> str | None:
     return value
 
 
+class AlreadyStored(SyncAPIException):
+    """``PUT`` with ``If-None-Match: *`` of a key that is already stored: nothing written."""
+
+    status_code = status.HTTP_412_PRECONDITION_FAILED
+    default_detail = "A blob is already stored at this key; nothing was written."
+    default_code = "already_exists"
+
+
+def _expected_sha256(request: Request, key: str) -> str | None:
+    """The sha256 the body must have: a hash-named key's, and/or the ``Content-Digest`` header's."""
+    from_key = expected_sha256(None, key)
+    header = request.META.get("HTTP_CONTENT_DIGEST")
+    if not header:
+        return from_key
+    try:
+        from_header = parse_content_digest(header)
+    except ValueError as err:
+        raise InvalidRequest(f"Content-Digest: {err}", field="Content-Digest") from None
+    if from_header is None:
+        return from_key  # only algorithms we do not check
+    if from_key is not None and from_key != from_header:
+        raise BlobIntegrityError(f"Content-Digest sha-256 {from_header} does not match the key's hash; nothing stored")
+    return from_header
+
+
+def _drain(source: Any, limit: int) -> None:
+    """Read a body we will not keep, so the client gets to send it all and read our answer."""
+    seen = 0
+    while (chunk := source.read(CHUNK_SIZE)) and seen <= limit:
+        seen += len(chunk)
+
+
 def store_stream(request: Request, storage: DjangoObjectStorage, key: str, stream: Any,
                  content_type: str | None, principal: Principal | None) -> None:
-    """Stream a body into storage: size limit, signature and sha256 checked before it is kept."""
+    """Stream a body into storage: size limit, signature and sha256 checked before it is kept.
+
+    ``If-None-Match: *`` makes the PUT conditional: a key already present is left
+    alone and answered with 412 (after the body is read and, if signed, verified),
+    which lets a client skip the HEAD it would otherwise send before each upload.
+    """
     content_type = checked_content_type(content_type, "Content-Type")
     limit = sync_settings.MAX_BLOB_BYTES
     try:
@@ -219,6 +257,8 @@ def store_stream(request: Request, storage: DjangoObjectStorage, key: str, strea
         length = 0
     if length > limit:
         raise PayloadTooLarge(f"Blob of {length} bytes exceeds the limit of {limit} bytes.")
+    expected = _expected_sha256(request, key)
+    if_absent = request.META.get("HTTP_IF_NONE_MATCH", "").strip() == "*"
     source: Any = stream
     macs: list[Any] = []
     spool: Any = None
@@ -232,7 +272,12 @@ def store_stream(request: Request, storage: DjangoObjectStorage, key: str, strea
             storage = DjangoObjectStorage(principal.owner)
             source, macs = spool, []
     try:
-        _store_verified(storage, key, source, macs, content_type, principal, limit, length)
+        if if_absent and storage.has(key):
+            _drain(source, limit)
+            if macs:
+                verify_streamed_signature(principal, macs)  # type: ignore[arg-type]
+            raise AlreadyStored()
+        _store_verified(storage, key, source, macs, content_type, principal, limit, length, expected)
     finally:
         if spool is not None:
             spool.close()
@@ -256,39 +301,50 @@ def _spool_verified(source: Any, principal: Principal, macs: list[Any], limit: i
     return spool
 
 
+class _VerifiedBody:
+    """The body as storage reads it: a short body or a bad signature raises at EOF, inside
+    the storage's ``put``, so nothing is kept. The storage itself hashes (once) and checks
+    the size limit."""
+
+    def __init__(self, source: Any, length: int, macs: list[Any], principal: Principal | None) -> None:
+        self._source = source
+        self._length = length
+        self._macs = macs
+        self._principal = principal
+        self.bytes_read = 0
+
+    def read(self, size: int = -1) -> bytes:
+        chunk = self._source.read(size if size and size > 0 else CHUNK_SIZE)
+        if chunk:
+            self.bytes_read += len(chunk)
+            return chunk  # type: ignore[no-any-return]
+        if self.bytes_read < self._length:
+            # The body ended before its Content-Length: the client's connection
+            # dropped mid-upload. Keeping what arrived would store a truncated blob
+            # under its key (for a key that is not its hash, unnoticed), and every
+            # later push would see the key present and skip it.
+            raise BlobIntegrityError(f"body ended after {self.bytes_read} of {self._length} bytes; nothing stored")
+        if self._macs:
+            verify_streamed_signature(self._principal, self._macs)  # type: ignore[arg-type]
+        return b""
+
+
 def _store_verified(storage: DjangoObjectStorage, key: str, source: Any, macs: list[Any],
-                    content_type: str | None, principal: Principal | None, limit: int, length: int = 0) -> None:
+                    content_type: str | None, principal: Principal | None, limit: int, length: int = 0,
+                    expected: str | None = None) -> None:
     remaining = blob_bytes_remaining(storage.owner_id, key)
     quota_bound = remaining is not None and remaining < limit
     if quota_bound:
         limit = remaining  # type: ignore[assignment]
         if length > limit:
             raise QuotaExceeded(f"A blob of {length} bytes exceeds this owner's remaining quota of {limit} bytes.")
-    reader = HashingReader(source, expected_sha256(None, key), max_bytes=limit)
-
-    class _Verified:
-        """Checks the signature at EOF, inside the storage's put, before anything is kept."""
-
-        def read(self, size: int = -1) -> bytes:
-            chunk = reader.read(size)
-            if not chunk and reader.bytes_read < length:
-                # The body ended before its Content-Length: the client's connection
-                # dropped mid-upload. Keeping what arrived would store a truncated blob
-                # under its key (for a key that is not its hash, unnoticed), and every
-                # later push would see the key present and skip it.
-                raise BlobIntegrityError(f"body ended after {reader.bytes_read} of {length} bytes; nothing stored")
-            if not chunk and macs:
-                verify_streamed_signature(principal, macs)  # type: ignore[arg-type]
-            return chunk
-
+    body = _VerifiedBody(source, length, macs, principal)
     try:
-        storage.put(key, _Verified(), content_type or None, max_bytes=limit)  # type: ignore[arg-type]
-    except BlobIntegrityError as err:
-        if "larger than" in str(err):
-            if quota_bound:
-                raise QuotaExceeded(f"The blob exceeds this owner's remaining quota of {limit} bytes.") from None
-            raise PayloadTooLarge(str(err)) from None
-        raise
+        storage.put(key, body, content_type or None, max_bytes=limit, sha256=expected)  # type: ignore[arg-type]
+    except BlobTooLarge as err:
+        if quota_bound:
+            raise QuotaExceeded(f"The blob exceeds this owner's remaining quota of {limit} bytes.") from None
+        raise PayloadTooLarge(str(err)) from None
 
 
 class FileView(SyncAPIView):

@@ -2,7 +2,13 @@
 
 Blobs are streamed both ways. Uploads always carry a ``Content-Length``
 (S3 presigned PUTs and WSGI servers need one; chunked uploads are not used),
-so a stream of unknown length is first spooled to a temporary file.
+so a stream of unknown length is first spooled to a temporary file; a
+seekable file is sent as it is, in ``chunk_size`` blocks.
+
+:meth:`HttpObjectStorage.put_if_absent` is what blob pushes use: one
+conditional ``PUT`` (``If-None-Match: *``, answered 412 when the key is
+present) with the expected sha256 in ``Content-Digest`` for the server to
+check, so the bytes are neither hashed here nor preceded by a ``HEAD``.
 """
 
 from __future__ import annotations
@@ -15,8 +21,9 @@ from typing import IO, Any, cast
 from urllib.parse import urljoin, urlsplit
 
 import requests
+import urllib3
 
-from ..blobs import CHUNK_SIZE
+from ..blobs import CHUNK_SIZE, CONTENT_DIGEST_HEADER, HashingReader, content_digest
 from ..constants import CONFIRM_PATH, FILES_PATH, PRESIGN_PUT_PATH
 from ..exceptions import SyncTransportError, WireFormatError
 from ..keys import check_key_syntax
@@ -35,15 +42,20 @@ from .session import (
 DEFAULT_CONTENT_TYPE = "application/octet-stream"
 #: A spooled upload stays in memory up to this size, then moves to disk.
 DEFAULT_SPOOL_MEMORY = 8 * 1024 * 1024
+#: ``put_if_absent`` asks ``HEAD`` first from this size on: a conditional PUT of a
+#: key the server already holds would send the whole body for nothing.
+DEFAULT_HEAD_FIRST_BYTES = 8 * 1024 * 1024
 
 
 class _UploadBody:
     """A window ``[start, start + length)`` of a seekable stream, as a request body.
 
     ``__len__`` gives requests the Content-Length; ``tell``/``seek`` let
-    urllib3 rewind it before a retry. Deliberately not an ``io.IOBase``:
-    requests would read ``IOBase.tell()`` errors as "length unknown" and
-    fall back to chunked encoding.
+    urllib3 rewind it before a retry; ``__iter__`` hands out ``chunk_size``
+    blocks. Deliberately without ``read``: urllib3 reads such a body 16 KiB at
+    a time (a Python call and a ``send`` per 16 KiB), but sends an iterable's
+    blocks as they come. Not an ``io.IOBase`` either: requests would read
+    ``IOBase.tell()`` errors as "length unknown" and fall back to chunked encoding.
     """
 
     def __init__(self, stream: IO[bytes], start: int, length: int, chunk_size: int) -> None:
@@ -66,12 +78,11 @@ class _UploadBody:
         self._pos = offset
         return offset
 
-    def read(self, size: int = -1) -> bytes:
+    def _read(self, size: int) -> bytes:
         remaining = self._length - self._pos
         if remaining <= 0:
             return b""
-        want = remaining if size is None or size < 0 else min(size, remaining)
-        chunk = self._stream.read(want)
+        chunk = self._stream.read(min(size, remaining))
         if not chunk:
             # Sending fewer bytes than announced would hang the server.
             raise SyncTransportError("upload stream ended before its measured length", code="short_body")
@@ -79,44 +90,49 @@ class _UploadBody:
         return chunk
 
     def __iter__(self) -> Iterator[bytes]:
-        while chunk := self.read(self._chunk_size):
+        while chunk := self._read(self._chunk_size):
             yield chunk
 
 
 class _ResponseStream(io.RawIOBase):
-    """A streamed response body as a binary file; ``close()`` releases the connection."""
+    """A streamed response body as a binary file; ``close()`` releases the connection.
+
+    ``read(n)`` hands over what urllib3 returns, without the copies a
+    ``readinto`` through ``iter_content`` would add (a blob is read 1 MiB at a time).
+    """
 
     def __init__(self, response: requests.Response, chunk_size: int) -> None:
         self._response = response
-        self._chunks = response.iter_content(chunk_size)  # decodes Content-Encoding
-        self._buf = b""
-        self._offset = 0
+        self._raw = response.raw
+        # Content-Encoding is undone by urllib3's read; any other raw body (an
+        # adapter's BytesIO) is read as it is.
+        self._decode = isinstance(self._raw, urllib3.response.BaseHTTPResponse)
+        self._chunk_size = chunk_size
         self.content_type: str | None = response.headers.get("Content-Type")
 
     def readable(self) -> bool:
         return True
 
-    def _next_chunk(self) -> bytes:
+    def read(self, size: int | None = -1) -> bytes:
+        if size is None or size < 0:
+            return self.readall()
         try:
-            return next(self._chunks, b"")
-        except (requests.RequestException, OSError) as err:
+            if self._decode:
+                return self._raw.read(size, decode_content=True)  # type: ignore[no-any-return]
+            return self._raw.read(size)  # type: ignore[no-any-return]
+        except (urllib3.exceptions.HTTPError, requests.RequestException, OSError) as err:
             raise SyncTransportError(f"blob download broke off: {err}", code="connection_error") from err
 
     def readinto(self, b: Any) -> int:
-        if self._offset >= len(self._buf):
-            self._buf, self._offset = self._next_chunk(), 0
-            if not self._buf:
-                return 0
-        n = min(len(b), len(self._buf) - self._offset)
-        b[:n] = self._buf[self._offset : self._offset + n]
-        self._offset += n
+        data = self.read(len(b))
+        n = len(data)
+        b[:n] = data
         return n
 
     def readall(self) -> bytes:
-        # The default reads in 8 KiB steps; hand over whole chunks instead.
-        parts = [self._buf[self._offset :]]
-        self._buf, self._offset = b"", 0
-        while chunk := self._next_chunk():
+        # The default reads in 8 KiB steps; take whole chunks instead.
+        parts = []
+        while chunk := self.read(self._chunk_size):
             parts.append(chunk)
         return b"".join(parts)
 
@@ -144,6 +160,7 @@ class HttpObjectStorage(ChannelClient):
         chunk_size: int = CHUNK_SIZE,
         *,
         spool_memory: int = DEFAULT_SPOOL_MEMORY,
+        head_first_bytes: int = DEFAULT_HEAD_FIRST_BYTES,
     ) -> None:
         super().__init__(base_url, auth=auth, session=session, timeout=timeout)
         if chunk_size <= 0:
@@ -151,6 +168,7 @@ class HttpObjectStorage(ChannelClient):
         self.use_presign = use_presign
         self.chunk_size = chunk_size
         self.spool_memory = spool_memory
+        self.head_first_bytes = head_first_bytes
 
     # -- ObjectStorage -----------------------------------------------------------
 
@@ -209,6 +227,54 @@ class HttpObjectStorage(ChannelClient):
                 self.session, "PUT", self.url_for(route), data=body, headers=headers, timeout=self.timeout
             )
             raise_for_response(response)
+
+    def put_if_absent(self, key: str, data: IO[bytes], content_type: str | None = None, *,
+                      sha256: str | None = None) -> int | None:
+        """Upload ``data`` (from its position to its end) unless the server holds ``key``.
+
+        Returns the bytes sent, or ``None`` when the key was already there. A
+        seekable stream goes out in one conditional ``PUT`` carrying ``sha256``
+        as ``Content-Digest``; the server checks both, so nothing is hashed
+        here. Presigned uploads and streams that cannot seek are checked
+        against ``sha256`` here before any byte is sent.
+        """
+        route = self._file_route(key)
+        window = _seekable_window(data)
+        if window is None or self.use_presign:
+            if self.has(key):
+                return None
+            return self._put_checked_here(key, data, content_type, sha256, window)
+        start, length = window
+        if length >= self.head_first_bytes and self.has(key):
+            return None
+        body: bytes | _UploadBody = _UploadBody(data, start, length, self.chunk_size) if length else b""
+        headers = {"Content-Type": content_type or DEFAULT_CONTENT_TYPE, "If-None-Match": "*"}
+        if sha256 is not None:
+            headers[CONTENT_DIGEST_HEADER] = content_digest(sha256)
+        headers.update(self._auth_headers("PUT", route, body))
+        response = send(self.session, "PUT", self.url_for(route), data=body, headers=headers, timeout=self.timeout)
+        if response.status_code == 412:
+            response.close()
+            return None
+        raise_for_response(response)
+        return length
+
+    def _put_checked_here(self, key: str, data: IO[bytes], content_type: str | None, sha256: str | None,
+                          window: tuple[int, int] | None) -> int:
+        if window is None:
+            # Spooled before sending (see put), so a mismatch raises before the first byte goes out.
+            reader = HashingReader(data, sha256)
+            self.put(key, reader, content_type)
+            return reader.bytes_read
+        start, length = window
+        if sha256 is not None:
+            # One read-only pass over the file (instead of a spooled copy), then the upload.
+            checker = HashingReader(data, sha256)
+            while checker.read(self.chunk_size):
+                pass
+            data.seek(start)
+        self.put(key, data, content_type)
+        return length
 
     def delete(self, key: str) -> None:
         """Remove the blob; an absent key is not an error."""

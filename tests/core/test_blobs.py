@@ -14,7 +14,9 @@ from starkeep_sync.blobs import (
     FileSyncEngine,
     FileSyncManifest,
     HashingReader,
+    content_digest,
     create_file_sync_engine,
+    parse_content_digest,
     sha256_hex,
 )
 from starkeep_sync.exceptions import BlobIntegrityError
@@ -329,3 +331,56 @@ def test_hashing_reader_readinto_and_buffered_wrapping() -> None:
     bad = io.BufferedReader(HashingReader(io.BytesIO(data), "2" * 64))
     with pytest.raises(BlobIntegrityError):
         bad.read()
+
+
+def test_content_digest_round_trip_and_malformed_values() -> None:
+    digest = sha256_hex(b"abc")
+    assert parse_content_digest(content_digest(digest)) == digest
+    assert parse_content_digest(f"md5=:AAAA:,  {content_digest(digest)}") == digest
+    assert parse_content_digest("sha-512=:AAAA:") is None
+    for bad in ("sha-256", "sha-256=abc", "sha-256=:!!:", "sha-256=:AAAA:"):
+        with pytest.raises(ValueError):
+            parse_content_digest(bad)
+
+
+class ConditionalStorage(DictStorage):
+    """A destination that checks presence and the hash itself, like the HTTP client."""
+
+    def __init__(self, objects: dict[str, bytes] | None = None) -> None:
+        super().__init__(objects)
+        self.has_calls = 0
+        self.digests: list[str | None] = []
+
+    def has(self, key: str) -> bool:
+        self.has_calls += 1
+        return super().has(key)
+
+    def put_if_absent(self, key: str, data: IO[bytes], content_type: str | None = None, *,
+                      sha256: str | None = None) -> int | None:
+        self.digests.append(sha256)
+        if key in self.objects:
+            return None
+        body = data.read()
+        if sha256 is not None and sha256_hex(body) != sha256:
+            raise BlobIntegrityError("mismatch")
+        self.put(key, body, content_type)
+        return len(body)
+
+
+def test_transfer_uses_a_conditional_put_without_asking_has_first() -> None:
+    data = b"conditional"
+    key = f"shared/other/aa/{sha256_hex(data)}"
+    source, destination = DictStorage({key: data}), ConditionalStorage()
+    engine = FileSyncEngine()
+    manifest = FileSyncManifest(sha256_hex(data), key)
+    assert engine.transfer_file(manifest, source, destination)
+    assert destination.objects[key] == data and engine.bytes_moved == len(data)
+    assert engine.transfer_file(manifest, source, destination)  # present: nothing moves
+    assert engine.bytes_moved == len(data)
+    assert destination.has_calls == 0 and destination.digests == [sha256_hex(data)] * 2
+
+    bad = FileSyncManifest(sha256_hex(b"other"), "shared/other/bb/not-hash-named")
+    source.objects[bad.object_storage_key] = data
+    assert not engine.transfer_file(bad, source, destination)
+    assert bad.object_storage_key not in destination.objects
+    assert engine.failures[bad.object_storage_key].attempts == 1

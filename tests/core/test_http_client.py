@@ -36,7 +36,7 @@ from starkeep_sync import (
     create_data_record,
     create_http_sync_transport,
 )
-from starkeep_sync.blobs import FileSyncEngine, FileSyncManifest, HashingReader
+from starkeep_sync.blobs import FileSyncEngine, FileSyncManifest, HashingReader, parse_content_digest
 from starkeep_sync.client import AppSignatureAuth, BearerAuth, HttpObjectStorage, resolve_auth
 from starkeep_sync.client.auth import CallableAuth, NoAuth
 from starkeep_sync.client.session import create_session, parse_retry_after
@@ -117,6 +117,8 @@ class FakeServer:
             if req.method in ("GET", "HEAD"):
                 return self._blob(key, head=req.method == "HEAD")
             if req.method == "PUT":
+                if req.header("If-None-Match") == "*" and key in self.blobs:
+                    return _json(412, _err("already_exists"))
                 self.blobs[key] = (req.body, req.header("Content-Type") or "")
                 return 201, {}, b""
             if req.method == "DELETE":
@@ -485,6 +487,49 @@ def test_put_of_a_failing_stream_sends_nothing(server: FakeServer, channel: str)
     with pytest.raises(BlobIntegrityError):
         storage.put(KEY, reader)
     assert server.requests == []
+
+
+def test_put_if_absent_is_one_conditional_put(server: FakeServer, channel: str, tmp_path: Any) -> None:
+    data = bytes(range(256)) * 4096  # 1 MiB
+    digest = hashlib.sha256(data).hexdigest()
+    path = tmp_path / "blob.bin"
+    path.write_bytes(data)
+    storage = HttpObjectStorage(channel, auth=signer())
+    with path.open("rb") as fh:
+        assert storage.put_if_absent(KEY, fh, "text/plain", sha256=digest) == len(data)
+    (sent,) = server.requests  # no HEAD first
+    assert (sent.method, sent.body, sent.header("Content-Length")) == ("PUT", data, str(len(data)))
+    assert sent.header("If-None-Match") == "*"
+    assert parse_content_digest(sent.header("Content-Digest") or "") == digest
+    assert sent.header("X-Starkeep-App-Sig") == expected_sig("PUT", f"/files/{KEY}", TS, data)
+    assert server.blobs[KEY] == (data, "text/plain")
+
+    with path.open("rb") as fh:  # present: the server answers 412, nothing is replaced
+        assert storage.put_if_absent(KEY, fh, "text/other", sha256=digest) is None
+    assert server.last().method == "PUT" and server.blobs[KEY][1] == "text/plain"
+
+    # From head_first_bytes on, a HEAD goes first so a present blob is not sent again.
+    server.requests.clear()
+    big_first = HttpObjectStorage(channel, auth=signer(), head_first_bytes=len(data))
+    with path.open("rb") as fh:
+        assert big_first.put_if_absent(KEY, fh, sha256=digest) is None
+    assert [r.method for r in server.requests] == ["HEAD"]
+
+
+def test_put_if_absent_checks_here_what_the_server_cannot(server: FakeServer, channel: str, tmp_path: Any) -> None:
+    wrong = hashlib.sha256(b"original").hexdigest()
+    storage = HttpObjectStorage(channel, auth="tok")
+    with pytest.raises(BlobIntegrityError):  # cannot seek: spooled and checked before sending
+        storage.put_if_absent(KEY, _OneWayStream(b"tampered"), sha256=wrong)
+    path = tmp_path / "blob.bin"
+    path.write_bytes(b"tampered")
+    presigned = HttpObjectStorage(channel, auth="tok", use_presign=True)
+    with path.open("rb") as fh, pytest.raises(BlobIntegrityError):  # a presigned URL carries no digest
+        presigned.put_if_absent(KEY, fh, sha256=wrong)
+    assert [r.method for r in server.requests] == ["HEAD", "HEAD"]
+    with path.open("rb") as fh:
+        assert presigned.put_if_absent(KEY, fh, sha256=hashlib.sha256(b"tampered").hexdigest()) == 8
+    assert server.blobs[KEY][0] == b"tampered"
 
 
 def test_file_sync_engine_pushes_through_http_storage(server: FakeServer, channel: str) -> None:

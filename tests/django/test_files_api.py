@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -11,6 +12,7 @@ from django.test import override_settings
 from rest_framework.test import APIClient
 
 from starkeep_sync.adapters.storage import DjangoObjectStorage
+from starkeep_sync.blobs import content_digest
 from starkeep_sync.models import Blob
 
 from .support import app_key, assert_error, bearer, drive_key, put_blob, sha
@@ -158,6 +160,48 @@ def test_direct_put_checks_the_hash(api: APIClient, alice_token: str) -> None:
                          headers=bearer(alice_token)))["url"]
     assert_error(APIClient().put(_local(url), data=OTHER, content_type="image/jpeg"), 400, "integrity_mismatch")
     assert api.head(f"/files/{key}", headers=bearer(alice_token)).status_code == 404
+
+
+def test_conditional_put_leaves_a_present_blob_alone(api: APIClient, alice: Any, alice_token: str) -> None:
+    key = drive_key(DATA)
+    url = f"/files/{key}"
+    absent = {**bearer(alice_token), "If-None-Match": "*"}
+    assert put_blob(api, url, DATA, absent, content_type="image/jpeg").status_code == 201
+    # Present now: 412, and the stored bytes and type stay as they were.
+    assert_error(put_blob(api, url, DATA, absent, content_type="text/plain"), 412, "already_exists")
+    assert _body(api.get(url, headers=bearer(alice_token))) == DATA
+    assert Blob.objects.get(owner=alice, key=key).content_type == "image/jpeg"
+    # Without the header a PUT still replaces.
+    assert put_blob(api, url, DATA, bearer(alice_token), content_type="text/plain").status_code == 201
+    assert Blob.objects.get(owner=alice, key=key).content_type == "text/plain"
+
+
+def test_content_digest_is_checked_for_any_key(api: APIClient, alice: Any, alice_token: str, notes_app: Any) -> None:
+    key = "apps/notes/syncable/not-a-hash.bin"
+    url = f"/apps/notes/files/{key}"
+    wrong = {**bearer(alice_token), "Content-Digest": content_digest(sha(OTHER))}
+    assert_error(put_blob(api, url, DATA, wrong), 400, "integrity_mismatch")
+    assert api.head(url, headers=bearer(alice_token)).status_code == 404
+    assert not Blob.objects.filter(owner=alice, key=key).exists()
+    right = {**bearer(alice_token), "Content-Digest": f"md5=:AAAA:, {content_digest(sha(DATA))}"}
+    assert put_blob(api, url, DATA, right).status_code == 201
+    assert Blob.objects.get(owner=alice, key=key).sha256 == sha(DATA)
+    # A digest that contradicts a hash-named key is refused before anything is read.
+    drive = {**bearer(alice_token), "Content-Digest": content_digest(sha(OTHER))}
+    assert_error(put_blob(api, f"/files/{drive_key(DATA)}", DATA, drive), 400, "integrity_mismatch")
+    bad = {**bearer(alice_token), "Content-Digest": "sha-256=:not base64!:"}
+    assert_error(put_blob(api, url, DATA, bad), 400, "invalid_request")
+
+
+def test_put_writes_one_metadata_row_and_replaces_in_place(api: APIClient, alice: Any, alice_token: str) -> None:
+    key = drive_key(DATA)
+    for content_type in ("image/jpeg", "image/png"):
+        assert put_blob(api, f"/files/{key}", DATA, bearer(alice_token), content_type=content_type).status_code == 201
+    row = Blob.objects.get(owner=alice, key=key)
+    assert (row.content_type, row.size_bytes, row.sha256) == ("image/png", len(DATA), sha(DATA))
+    storage = DjangoObjectStorage(alice)
+    folder = os.path.dirname(storage.storage.path(storage.name_for(key)))
+    assert os.listdir(folder) == [key.rsplit("/", 1)[-1]]  # no temporary file left behind
 
 
 def test_confirm_removes_bytes_that_do_not_match_their_key(api: APIClient, alice: Any, alice_token: str) -> None:
