@@ -177,8 +177,23 @@ class SyncResponder:
                 i = j
                 continue
             assert self.channel.app_source is not None and item.entry is not None
+            applier = self.channel.app_source.applier
+            apply_many = getattr(applier, "apply_many", None)
+            if apply_many is not None:
+                # Adapters that can apply a run of entries in one transaction (the ORM) do.
+                j = i
+                while j < len(prefix) and prefix[j].entry is not None:
+                    j += 1
+                took, wrote, error = apply_many([p.entry for p in prefix[i:j]])
+                report.applied += wrote
+                landed = i + took
+                if error is not None:
+                    self._refuse(node, prefix[landed], str(error), report)
+                    return landed
+                i = j
+                continue
             try:
-                if self.channel.app_source.applier.apply(item.entry):
+                if applier.apply(item.entry):
                     report.applied += 1
             except (SyncError, ValueError) as err:
                 self._refuse(node, item, str(err), report)
