@@ -7,11 +7,13 @@ import binascii
 import hashlib
 import io
 import logging
+import queue
 import threading
 import time
+import weakref
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import IO, Protocol, runtime_checkable
+from typing import IO, Any, Protocol, runtime_checkable
 
 from .constants import LOGGER_NAME
 from .exceptions import BlobIntegrityError
@@ -92,6 +94,61 @@ class TransferFailure:
     last_error: str
 
 
+class PipelinedSha256:
+    """A sha256 whose updates run on a helper thread, in order, while the caller goes on
+    receiving and writing the next chunk (hashlib, sockets and files all release the GIL).
+
+    Hashing is the slowest step of a blob transfer; overlapped with the I/O it
+    no longer adds to it. The first chunk is hashed inline, so a small blob
+    never starts a thread; at most ``depth`` chunks wait in the queue, so
+    memory stays bounded. Call :meth:`hexdigest` or :meth:`close` when done.
+    """
+
+    def __init__(self, depth: int = 4) -> None:
+        self._hash = hashlib.sha256()
+        self._depth = depth
+        self._queue: queue.Queue[bytes | None] | None = None
+        self._thread: threading.Thread | None = None
+        self._stop: weakref.finalize | None = None
+        self._updates = 0
+
+    def update(self, data: bytes) -> None:
+        self._updates += 1
+        if self._queue is None:
+            if self._updates == 1:
+                self._hash.update(data)
+                return
+            self._start()
+        assert self._queue is not None
+        self._queue.put(data if isinstance(data, bytes) else bytes(data))
+
+    def _start(self) -> None:
+        q: queue.Queue[bytes | None] = queue.Queue(maxsize=self._depth)
+        thread = threading.Thread(target=_hash_from_queue, args=(self._hash, q), name="starkeep-sha256", daemon=True)
+        thread.start()
+        self._queue, self._thread = q, thread
+        # An abandoned hasher (its transfer raised) must not leave the thread waiting forever.
+        self._stop = weakref.finalize(self, q.put, None)
+
+    def close(self) -> None:
+        """Finish the queued updates and stop the helper thread."""
+        if self._thread is not None:
+            assert self._stop is not None
+            self._stop()
+            self._thread.join()
+            self._thread = self._queue = self._stop = None
+            self._updates = 0  # a later update starts over inline (the hash state carries on)
+
+    def hexdigest(self) -> str:
+        self.close()
+        return self._hash.hexdigest()
+
+
+def _hash_from_queue(digest: Any, chunks: queue.Queue[bytes | None]) -> None:
+    while (chunk := chunks.get()) is not None:
+        digest.update(chunk)
+
+
 class HashingReader(io.RawIOBase):
     """Wraps a binary stream; hashes what passes; raises at EOF on a mismatch.
 
@@ -102,7 +159,7 @@ class HashingReader(io.RawIOBase):
     def __init__(self, stream: IO[bytes], expected: str | None, max_bytes: int | None = None) -> None:
         self._stream = stream
         self._expected = expected
-        self._hash = hashlib.sha256()
+        self._hash = PipelinedSha256()
         self._max = max_bytes
         self.bytes_read = 0
 
@@ -128,9 +185,14 @@ class HashingReader(io.RawIOBase):
             return b""
         self.bytes_read += len(chunk)
         if self._max is not None and self.bytes_read > self._max:
+            self._hash.close()
             raise BlobIntegrityError(f"blob is larger than {self._max} bytes")
         self._hash.update(chunk)
         return chunk
+
+    def close(self) -> None:
+        self._hash.close()
+        super().close()
 
     def readinto(self, b: bytearray) -> int:  # type: ignore[override]
         data = self.read(len(b))

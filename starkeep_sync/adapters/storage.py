@@ -17,7 +17,7 @@ from django.core.exceptions import SuspiciousFileOperation
 from django.core.files import File
 from django.core.files.storage import FileSystemStorage, Storage, storages
 
-from ..blobs import CHUNK_SIZE
+from ..blobs import CHUNK_SIZE, PipelinedSha256
 from ..conf import sync_settings
 from ..exceptions import BlobIntegrityError, InvalidKeyError
 from ..keys import check_key_syntax, expected_sha256
@@ -45,23 +45,30 @@ class BlobTooLarge(BlobIntegrityError):
 
 
 def _copy_hashing(data: bytes | IO[bytes], out: IO[bytes], max_bytes: int | None) -> tuple[str, int]:
-    """Write ``data`` to ``out`` in ``CHUNK_SIZE`` pieces, hashing each once; ``(sha256, size)``."""
-    digest = hashlib.sha256()
+    """Write ``data`` to ``out`` in ``CHUNK_SIZE`` pieces, hashing each once; ``(sha256, size)``.
+
+    The hash runs on a helper thread while the next piece is read and written.
+    """
     if isinstance(data, (bytes, bytearray, memoryview)):
+        digest = hashlib.sha256()
         size = len(data)
         if max_bytes is not None and size > max_bytes:
             raise BlobTooLarge(f"blob is larger than {max_bytes} bytes")
         digest.update(data)
         out.write(data)
         return digest.hexdigest(), size
-    size = 0
-    while chunk := data.read(CHUNK_SIZE):
-        size += len(chunk)
-        if max_bytes is not None and size > max_bytes:
-            raise BlobTooLarge(f"blob is larger than {max_bytes} bytes")
-        digest.update(chunk)
-        out.write(chunk)
-    return digest.hexdigest(), size
+    pipelined = PipelinedSha256()
+    try:
+        size = 0
+        while chunk := data.read(CHUNK_SIZE):
+            size += len(chunk)
+            if max_bytes is not None and size > max_bytes:
+                raise BlobTooLarge(f"blob is larger than {max_bytes} bytes")
+            pipelined.update(chunk)
+            out.write(chunk)
+        return pipelined.hexdigest(), size
+    finally:
+        pipelined.close()
 
 
 def _upsert_blob_row(owner_id: int, key: str, content_type: str, size: int, sha256: str) -> None:

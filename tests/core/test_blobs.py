@@ -14,6 +14,7 @@ from starkeep_sync.blobs import (
     FileSyncEngine,
     FileSyncManifest,
     HashingReader,
+    PipelinedSha256,
     content_digest,
     create_file_sync_engine,
     parse_content_digest,
@@ -384,3 +385,28 @@ def test_transfer_uses_a_conditional_put_without_asking_has_first() -> None:
     assert not engine.transfer_file(bad, source, destination)
     assert bad.object_storage_key not in destination.objects
     assert engine.failures[bad.object_storage_key].attempts == 1
+
+
+def test_pipelined_sha256_matches_hashlib_and_stops_its_thread() -> None:
+    import gc
+
+    chunks = [bytes([i]) * (CHUNK_SIZE // 3 + i) for i in range(7)] + [bytearray(b"tail")]
+    hasher = PipelinedSha256(depth=2)
+    for chunk in chunks:
+        hasher.update(chunk)  # type: ignore[arg-type]
+    assert hasher.hexdigest() == sha256_hex(b"".join(chunks))
+    assert not any(t.name == "starkeep-sha256" for t in threading.enumerate())
+
+    single = PipelinedSha256()
+    single.update(b"one chunk")  # hashed inline: no thread for a small blob
+    assert not any(t.name == "starkeep-sha256" for t in threading.enumerate())
+    assert single.hexdigest() == sha256_hex(b"one chunk")
+
+    abandoned = PipelinedSha256()
+    abandoned.update(b"a" * 10)
+    abandoned.update(b"b" * 10)  # the thread starts here
+    (thread,) = [t for t in threading.enumerate() if t.name == "starkeep-sha256"]
+    del abandoned
+    gc.collect()
+    thread.join(timeout=5)
+    assert not thread.is_alive()
