@@ -11,8 +11,8 @@ from __future__ import annotations
 import hashlib
 import heapq
 import json
-from collections.abc import Iterable, Iterator, Mapping, Sequence
-from contextlib import AbstractContextManager, contextmanager
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from contextlib import AbstractContextManager, ExitStack, contextmanager
 from typing import Any
 
 from django.db import DataError, IntegrityError, connection, transaction
@@ -113,32 +113,56 @@ def coverage_by_scope(owner_id: int) -> dict[str, Watermarks]:
 
 
 class SnapshotCoverage:
-    """Coverage read once per response snapshot instead of once per query.
+    """Coverage read once per response, and a snapshot transaction only when rows will be read.
 
-    Inside ``read_snapshot`` nothing this request does writes, and the snapshot
-    fixes what concurrent writers show, so the summary cannot change under us.
+    The first read takes every scope of the owner in one statement, which is
+    consistent by itself. When nothing of the channel is above the
+    requester's vector (a converged round) that read is the whole answer, so
+    the round runs no transaction at all. Otherwise, before the first data
+    row is read, a read-only snapshot opens and the coverage is read again
+    inside it, so the page, the counts and ``responderWatermarks`` all come
+    from that one snapshot (see ``read_snapshot``).
     """
 
     def __init__(self, owner_id: int) -> None:
         self.owner_id = owner_id
         self._cached: dict[str, Watermarks] | None = None
-        self._active = False
+        self._stack: ExitStack | None = None
+        self._decided = False
 
     @contextmanager
     def snapshot(self) -> Iterator[None]:
-        with read_snapshot():
-            self._active, self._cached = True, None
+        with ExitStack() as stack:
+            self._stack, self._cached, self._decided = stack, None, False
             try:
                 yield
             finally:
-                self._active, self._cached = False, None
+                self._stack, self._cached, self._decided = None, None, False
 
     def get(self, scope: str) -> Watermarks:
-        if not self._active:
+        if self._stack is None:
             return coverage_of(self.owner_id, [scope])
         if self._cached is None:
             self._cached = coverage_by_scope(self.owner_id)
         return dict(self._cached.get(scope, {}))
+
+    def before_scan(self, in_channel: Callable[[str], bool], watermarks: Mapping[str, HLCTimestamp]) -> None:
+        """Called before a response reads data rows; decides once whether it needs the snapshot."""
+        if self._stack is None or self._decided:
+            return
+        self._decided = True
+        if self._cached is None:
+            self._cached = coverage_by_scope(self.owner_id)
+        news = any(top > watermarks.get(node, ZERO_HLC)
+                   for scope, summary in self._cached.items() if in_channel(scope)
+                   for node, top in summary.items())
+        if news:
+            self._stack.enter_context(read_snapshot())
+            self._cached = None  # read again, inside the snapshot
+
+
+def _is_records_scope(scope: str) -> bool:
+    return scope == RECORDS_SCOPE
 
 
 def rows_since(
@@ -315,10 +339,12 @@ class OrmDatabaseAdapter:
 
     def query_since(self, watermarks: Mapping[str, HLCTimestamp], limit: int,
                     cursor: str | None = None) -> RecordPage:
+        self._coverage.before_scan(_is_records_scope, watermarks)
         rows, more = rows_since(self._qs, _RECORD_READ, self.get_node_watermarks(), watermarks, limit, cursor)
         return RecordPage([record_from_row(t) for t in rows], rows[-1][0] if more and rows else None, more)
 
     def count_since(self, watermarks: Mapping[str, HLCTimestamp]) -> int:
+        self._coverage.before_scan(_is_records_scope, watermarks)
         total = 0
         for node, top in self.get_node_watermarks().items():
             floor = watermarks.get(node, ZERO_HLC)
@@ -613,6 +639,8 @@ class OrmApplier:
 
     def scan_since(self, app_id: str, table: str, since: Mapping[str, HLCTimestamp],
                    limit: int | None = None, cursor: str | None = None) -> ScanPage:
+        prefix = f"{app_id}/"
+        self.coverage.before_scan(lambda scope: scope.startswith(prefix), since)
         file_table = table == FILE_RECORDS_TABLE
         fields = (*_FILE_READ, "deleted_at", "node_id") if file_table else ("data", "deleted_at", "node_id")
         rows, more = rows_since(self._qs(app_id, table), fields, self.get_node_watermarks(app_id, table),
@@ -634,6 +662,8 @@ class OrmApplier:
         return ScanPage(entries, rows[-1][0] if more and rows else None, more)
 
     def count_since(self, app_id: str, table: str, since: Mapping[str, HLCTimestamp]) -> int:
+        prefix = f"{app_id}/"
+        self.coverage.before_scan(lambda scope: scope.startswith(prefix), since)
         total = 0
         qs = self._qs(app_id, table)
         for node, top in self.get_node_watermarks(app_id, table).items():

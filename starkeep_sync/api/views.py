@@ -127,7 +127,11 @@ class ExchangeView(SyncAPIView):
     throttle_classes = [ExchangeRateThrottle]
 
     def post(self, request: Request, app_id: str | None = None) -> HttpResponse:
-        self.ensure_channel_exists()
+        responder = build_responder(self.owner(), self.channel())
+        app_source = responder.channel.app_source
+        if app_source is not None and app_source.namespaces.get(self.channel()) is None:
+            # Through the responder's own (caching) namespace store: one lookup per request.
+            raise UnknownChannel(f"App {self.channel()!r} is not registered on this server.")
         body = read_body(request)
         try:
             data = _loads(body)
@@ -142,8 +146,6 @@ class ExchangeView(SyncAPIView):
             )
         if exchange.limit is not None and exchange.limit > sync_settings.MAX_PAGE_LIMIT:
             raise WireFormatError("limit", f"must be at most {sync_settings.MAX_PAGE_LIMIT} on this server")
-        responder = build_responder(self.owner(), self.channel())
-        app_source = responder.channel.app_source
         validate_exchange(exchange, self.channel(), app_source.namespaces if app_source else OrmNamespaceStore())
         check_record_quota(self.owner().pk, self.channel() == DRIVE_APP_ID, self.channel(), exchange)
         response, report = responder.handle(exchange)
@@ -155,28 +157,49 @@ class ExchangeView(SyncAPIView):
 
 
 def record_activity(owner: Any, channel: str, report: ExchangeReport) -> None:
-    """Count the exchange and keep the last refusal, for ``starkeep_status`` (one UPDATE normally)."""
+    """Count the exchange and keep the last refusal, for ``starkeep_status`` (one statement normally)."""
     now = timezone.now()
     changes: dict[str, Any] = {"exchanges": F("exchanges") + 1, "last_exchange_at": now}
     if report.refused:
         first = report.refused[0]
         changes.update(last_error=f"{first.item} from node {first.node}: {first.reason}"[:2000], last_error_at=now)
-    # A status counter need not wait for its WAL flush: losing the last few counts
-    # in a crash is harmless, and the fsync was a third of a no-op round. Only in a
-    # transaction of its own: under ATOMIC_REQUESTS it would cover the synced data.
-    relaxed = connection.vendor == "postgresql" and not connection.in_atomic_block
-    with transaction.atomic():
-        if relaxed:
-            with connection.cursor() as cur:
-                cur.execute("SET LOCAL synchronous_commit TO OFF")
-        if ChannelActivity.objects.filter(owner=owner, channel=channel).update(**changes):
-            return
-        try:
-            with transaction.atomic():
-                ChannelActivity.objects.create(owner=owner, channel=channel)
-        except IntegrityError:
-            pass  # another worker created it first
-        ChannelActivity.objects.filter(owner=owner, channel=channel).update(**changes)
+    if _relaxed_update(owner.pk, channel, changes):
+        return
+    if ChannelActivity.objects.filter(owner=owner, channel=channel).update(**changes):
+        return
+    try:
+        with transaction.atomic():
+            ChannelActivity.objects.create(owner=owner, channel=channel)
+    except IntegrityError:
+        pass  # another worker created it first
+    ChannelActivity.objects.filter(owner=owner, channel=channel).update(**changes)
+
+
+def _relaxed_update(owner_id: int, channel: str, changes: dict[str, Any]) -> bool:
+    """On PostgreSQL, the counter UPDATE in one statement that does not wait for its WAL flush.
+
+    Losing the last few counts in a crash is harmless, and the flush was a
+    large part of a converged round. ``set_config(..., true)`` lasts for this
+    statement's own transaction only, so it is used only outside any
+    transaction (under ATOMIC_REQUESTS it would cover the synced data too).
+    Returns whether a row was updated.
+    """
+    if connection.vendor != "postgresql" or connection.in_atomic_block:
+        return False
+    table = connection.ops.quote_name(ChannelActivity._meta.db_table)
+    sets = ["exchanges = exchanges + 1", "last_exchange_at = %s"]
+    params: list[Any] = [changes["last_exchange_at"]]
+    if "last_error" in changes:
+        sets += ["last_error = %s", "last_error_at = %s"]
+        params += [changes["last_error"], changes["last_error_at"]]
+    with connection.cursor() as cur:
+        cur.execute(
+            f"UPDATE {table} SET {', '.join(sets)} "
+            "FROM (SELECT set_config('synchronous_commit', 'off', true)) AS relaxed "
+            "WHERE owner_id = %s AND channel = %s",
+            [*params, owner_id, channel],
+        )
+        return bool(cur.rowcount)
 
 
 def build_responder(owner: Any, channel: str) -> SyncResponder:

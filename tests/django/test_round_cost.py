@@ -1,0 +1,49 @@
+"""What a round costs the database: a converged round is a handful of statements and no transaction."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from django.db import connection
+from django.test.utils import CaptureQueriesContext
+from rest_framework.test import APIClient
+
+from .support import BASE_MS, bearer, body, entry, exchange, exchange_ok, record
+
+# Outside a test transaction, as under a real server (no ATOMIC_REQUESTS).
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+def _round(api: APIClient, url: str, token: str, request: dict[str, Any]) -> tuple[dict[str, Any], list[str]]:
+    with CaptureQueriesContext(connection) as ctx:
+        data = exchange_ok(exchange(api, url, request, bearer(token)))
+    return data, [q["sql"] for q in ctx.captured_queries]
+
+
+@pytest.mark.parametrize("channel", ["drive", "notes"])
+def test_a_converged_round_reads_coverage_once_and_opens_no_snapshot(
+    api: APIClient, alice_token: str, notes_app: Any, channel: str
+) -> None:
+    url = "/sync/exchange" if channel == "drive" else "/apps/notes/sync/exchange"
+    if channel == "drive":
+        seed = body(records=[record(f"r{i}", BASE_MS + i) for i in range(50)])
+    else:
+        seed = body(rows=[entry("notes", "notes", f"n{i}", BASE_MS + i) for i in range(50)])
+    exchange_ok(exchange(api, url, seed, bearer(alice_token)))
+    exchange_ok(exchange(api, url, body(), bearer(alice_token)))  # creates the activity row
+
+    # Behind: the answer reads rows, inside a read-only snapshot on PostgreSQL.
+    data, behind = _round(api, url, alice_token, body())
+    assert len(data["records"]) + len(data["appSyncableRows"]) == 50
+    if connection.vendor == "postgresql":
+        assert any("REPEATABLE READ" in q for q in behind)
+
+    # Converged: the requester's vector is the responder's.
+    data, queries = _round(api, url, alice_token, body(watermarks=data["responderWatermarks"]))
+    assert data["records"] == [] and data["appSyncableRows"] == [] and data["hasMore"] is False
+    coverage_reads = [q for q in queries if "starkeep_sync_nodecoverage" in q]
+    assert len(coverage_reads) == 1, queries
+    assert not any("REPEATABLE READ" in q for q in queries), queries
+    # The token, the coverage, the activity counter; on a per-app channel also the app and its tables.
+    assert len(queries) <= (3 if channel == "drive" else 5), "\n".join(q[:200] for q in queries)
