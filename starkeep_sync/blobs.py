@@ -11,9 +11,9 @@ import queue
 import threading
 import time
 import weakref
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import IO, Any, Protocol, runtime_checkable
+from typing import IO, Protocol, runtime_checkable
 
 from .constants import LOGGER_NAME
 from .exceptions import BlobIntegrityError
@@ -94,59 +94,89 @@ class TransferFailure:
     last_error: str
 
 
-class PipelinedSha256:
-    """A sha256 whose updates run on a helper thread, in order, while the caller goes on
-    receiving and writing the next chunk (hashlib, sockets and files all release the GIL).
+class ChunkPipe:
+    """Hands chunks, in order, to ``consume`` on a helper thread, so the caller goes on
+    receiving the next one meanwhile (hashlib, sockets and files all release the GIL).
 
-    Hashing is the slowest step of a blob transfer; overlapped with the I/O it
-    no longer adds to it. The first chunk is hashed inline, so a small blob
-    never starts a thread; at most ``depth`` chunks wait in the queue, so
-    memory stays bounded. Call :meth:`hexdigest` or :meth:`close` when done.
+    The first chunk is consumed inline, so a small blob never starts a thread;
+    at most ``depth`` chunks wait in the queue, so memory stays bounded. An
+    error in ``consume`` is raised by the next :meth:`submit` or by :meth:`close`,
+    which waits for the queued chunks. Call :meth:`close` when done.
     """
 
-    def __init__(self, depth: int = 4) -> None:
-        self._hash = hashlib.sha256()
+    def __init__(self, consume: Callable[[bytes], object], depth: int = 4, name: str = "starkeep-pipe") -> None:
+        self._consume = consume
         self._depth = depth
+        self._name = name
         self._queue: queue.Queue[bytes | None] | None = None
         self._thread: threading.Thread | None = None
         self._stop: weakref.finalize | None = None
-        self._updates = 0
+        self._errors: list[BaseException] = []
+        self._submitted = 0
 
-    def update(self, data: bytes) -> None:
-        self._updates += 1
+    def submit(self, chunk: bytes) -> None:
+        if self._errors:
+            self.close()
+        self._submitted += 1
         if self._queue is None:
-            if self._updates == 1:
-                self._hash.update(data)
+            if self._submitted == 1:
+                self._consume(chunk)
                 return
             self._start()
         assert self._queue is not None
-        self._queue.put(data if isinstance(data, bytes) else bytes(data))
+        self._queue.put(chunk if isinstance(chunk, bytes) else bytes(chunk))  # the caller may reuse a buffer
 
     def _start(self) -> None:
         q: queue.Queue[bytes | None] = queue.Queue(maxsize=self._depth)
-        thread = threading.Thread(target=_hash_from_queue, args=(self._hash, q), name="starkeep-sha256", daemon=True)
+        thread = threading.Thread(target=_drain_queue, args=(self._consume, q, self._errors), name=self._name,
+                                  daemon=True)
         thread.start()
         self._queue, self._thread = q, thread
-        # An abandoned hasher (its transfer raised) must not leave the thread waiting forever.
+        # An abandoned pipe (its transfer raised) must not leave the thread waiting forever.
         self._stop = weakref.finalize(self, q.put, None)
 
     def close(self) -> None:
-        """Finish the queued updates and stop the helper thread."""
+        """Wait for the queued chunks, stop the thread; raise what ``consume`` raised."""
         if self._thread is not None:
             assert self._stop is not None
             self._stop()
             self._thread.join()
             self._thread = self._queue = self._stop = None
-            self._updates = 0  # a later update starts over inline (the hash state carries on)
+        if self._errors:
+            raise self._errors[0]
+
+
+def _drain_queue(consume: Callable[[bytes], object], chunks: queue.Queue[bytes | None],
+                 errors: list[BaseException]) -> None:
+    while (chunk := chunks.get()) is not None:
+        if errors:
+            continue  # keep taking chunks so the producer never blocks; it raises on its next submit
+        try:
+            consume(chunk)
+        except BaseException as err:  # handed to the producer thread
+            errors.append(err)
+
+
+class PipelinedSha256:
+    """A sha256 whose updates run on a helper thread (:class:`ChunkPipe`).
+
+    Hashing is the slowest step of a blob transfer; overlapped with receiving
+    and writing it no longer adds to it. Call :meth:`hexdigest` or :meth:`close`.
+    """
+
+    def __init__(self, depth: int = 4) -> None:
+        self._hash = hashlib.sha256()
+        self._pipe = ChunkPipe(self._hash.update, depth, "starkeep-sha256")
+
+    def update(self, data: bytes) -> None:
+        self._pipe.submit(data)
+
+    def close(self) -> None:
+        self._pipe.close()
 
     def hexdigest(self) -> str:
-        self.close()
+        self._pipe.close()
         return self._hash.hexdigest()
-
-
-def _hash_from_queue(digest: Any, chunks: queue.Queue[bytes | None]) -> None:
-    while (chunk := chunks.get()) is not None:
-        digest.update(chunk)
 
 
 class HashingReader(io.RawIOBase):

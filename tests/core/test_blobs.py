@@ -11,6 +11,7 @@ import pytest
 
 from starkeep_sync.blobs import (
     CHUNK_SIZE,
+    ChunkPipe,
     FileSyncEngine,
     FileSyncManifest,
     HashingReader,
@@ -410,3 +411,22 @@ def test_pipelined_sha256_matches_hashlib_and_stops_its_thread() -> None:
     gc.collect()
     thread.join(timeout=5)
     assert not thread.is_alive()
+
+
+def test_chunk_pipe_keeps_order_and_hands_back_the_consumer_error() -> None:
+    seen: list[bytes] = []
+    pipe = ChunkPipe(seen.append, depth=1)
+    for i in range(5):
+        pipe.submit(bytes([i]))
+    pipe.close()
+    assert seen == [bytes([i]) for i in range(5)]
+
+    def fail(chunk: bytes) -> None:
+        if chunk == b"bad":
+            raise OSError("disk full")
+
+    failing = ChunkPipe(fail, depth=1)
+    with pytest.raises(OSError, match="disk full"):
+        for chunk in [b"ok", b"ok", b"bad"] + [b"more"] * 50:  # raised by a later submit or by close
+            failing.submit(chunk)
+        failing.close()
