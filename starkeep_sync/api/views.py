@@ -379,6 +379,13 @@ def _store_verified(storage: DjangoObjectStorage, key: str, source: Any, macs: l
         raise PayloadTooLarge(str(err)) from None
 
 
+def _stream_size(stream: Any, storage: DjangoObjectStorage, key: str) -> int:
+    """The length of an opened blob: from the stream itself (a file's size, an S3 body's
+    ContentLength) when it knows, else from storage (on S3, one more request)."""
+    size = getattr(stream, "size", None)
+    return size if isinstance(size, int) else storage.size(key)
+
+
 class FileView(SyncAPIView):
     """``HEAD/GET/PUT/DELETE files/<key>`` within the caller's owner prefix."""
 
@@ -402,7 +409,7 @@ class FileView(SyncAPIView):
         if stream is None:
             raise BlobNotFound()
         response = FileResponse(stream, content_type=storage.content_type(key) or "application/octet-stream")
-        response["Content-Length"] = str(storage.size(key))
+        response["Content-Length"] = str(_stream_size(stream, storage, key))
         return response
 
     def put(self, request: Request, key: str, app_id: str | None = None) -> HttpResponse:
@@ -540,7 +547,7 @@ class DirectBlobView(APIView):
         if stream is None:
             raise BlobNotFound()
         response = FileResponse(stream, content_type=storage.content_type(claims["k"]) or "application/octet-stream")
-        response["Content-Length"] = str(storage.size(claims["k"]))
+        response["Content-Length"] = str(_stream_size(stream, storage, claims["k"]))
         return response
 
     def put(self, request: Request, token: str) -> HttpResponse:
