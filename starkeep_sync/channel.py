@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import heapq
 import logging
-from collections.abc import Iterable, Mapping
+from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -132,19 +132,48 @@ class ChannelView:
     # -- reading -------------------------------------------------------------
 
     def changes_since(
-        self, watermarks: Mapping[str, HLCTimestamp], limit: int, page_size: int | None = None
+        self, watermarks: Mapping[str, HLCTimestamp], limit: int, page_size: int | None = None,
+        exclude: Collection[tuple[Any, HLCTimestamp]] = (),
     ) -> tuple[list[Item], bool]:
-        """Items above ``watermarks``, earliest first, at most ``limit``; and whether more remain."""
+        """Items above ``watermarks``, earliest first, at most ``limit``; and whether more remain.
+
+        ``exclude`` names items by ``(identity, hlc)`` that must not be returned
+        (a responder's echoes); ``hasMore`` stays exact. Adapters that can leave
+        them out while reading (``excludes_items = True``, the ORM) do; for the
+        others they are read and dropped here.
+        """
+        if not exclude:
+            return self._changes(watermarks, limit, page_size, None)
+        adapter = self.database if self.shared else (self.app_source.applier if self.app_source else None)
+        if getattr(adapter, "excludes_items", False):
+            return self._changes(watermarks, limit, page_size, exclude)
+        # Fetch past the limit by the number of items that may be dropped, plus one
+        # to learn hasMore exactly. When fewer than limit + 1 survive, every excluded
+        # item was among those fetched, so ``beyond`` still tells whether more remain.
+        items, beyond = self._changes(watermarks, limit + len(exclude), page_size, None)
+        drop = set(exclude)
+        items = [i for i in items if (i.identity, i.hlc) not in drop]
+        return items[:limit], len(items) > limit or beyond
+
+    def _changes(
+        self, watermarks: Mapping[str, HLCTimestamp], limit: int, page_size: int | None,
+        exclude: Collection[tuple[Any, HLCTimestamp]] | None,
+    ) -> tuple[list[Item], bool]:
         page_size = max(1, min(page_size or limit + 1, limit + 1))
         streams: list[list[Item]] = []
         if self.shared:
             assert self.database is not None
-            streams.append(self._collect_records(watermarks, limit + 1, page_size))
+            skip = {(ident[1], hlc) for ident, hlc in exclude} if exclude else None
+            streams.append(self._collect_records(watermarks, limit + 1, page_size, skip))
         else:
             for ns in self.namespaces():
                 for table in ns.tables:
+                    skip = None
+                    if exclude:
+                        skip = {(ident[3:], hlc) for ident, hlc in exclude
+                                if ident[1] == ns.app_id and ident[2] == table.name}
                     streams.append(self._collect_rows(ns, table.pk_columns, table.name,
-                                                      watermarks, limit + 1, page_size))
+                                                      watermarks, limit + 1, page_size, skip))
         streams = [s for s in streams if s]
         if not streams:
             return [], False
@@ -153,12 +182,14 @@ class ChannelView:
             return merged[:limit], True
         return merged, False
 
-    def _collect_records(self, watermarks: Mapping[str, HLCTimestamp], want: int, page_size: int) -> list[Item]:
+    def _collect_records(self, watermarks: Mapping[str, HLCTimestamp], want: int, page_size: int,
+                         skip: set[tuple[Any, HLCTimestamp]] | None = None) -> list[Item]:
         assert self.database is not None
+        extra = {"exclude": skip} if skip else {}
         out: list[Item] = []
         cursor = None
         while len(out) < want:
-            page = self.database.query_since(watermarks, min(page_size, want - len(out)), cursor)
+            page = self.database.query_since(watermarks, min(page_size, want - len(out)), cursor, **extra)
             out.extend(record_item(r) for r in page.records)
             if not page.has_more or not page.next_cursor:
                 break
@@ -166,13 +197,16 @@ class ChannelView:
         return out
 
     def _collect_rows(self, ns: AppSyncableNamespace, pk_columns: tuple[str, ...], table: str,
-                      watermarks: Mapping[str, HLCTimestamp], want: int, page_size: int) -> list[Item]:
+                      watermarks: Mapping[str, HLCTimestamp], want: int, page_size: int,
+                      skip: set[tuple[Any, HLCTimestamp]] | None = None) -> list[Item]:
         assert self.app_source is not None
         applier = self.app_source.applier
+        extra = {"exclude": skip} if skip else {}
         out: list[Item] = []
         cursor = None
         while len(out) < want:
-            page = applier.scan_since(ns.app_id, table, watermarks, min(page_size, want - len(out)), cursor)
+            page = applier.scan_since(ns.app_id, table, watermarks, min(page_size, want - len(out)), cursor,
+                                      **extra)
             for e in page.rows:
                 row = e.row or {}
                 out.append(entry_item(e, tuple(row.get(c) for c in pk_columns)))

@@ -105,15 +105,8 @@ class SyncResponder:
 
     def _answer(self, request: SyncExchangeRequest, limit: int, received: set[tuple[object, ...]],
                 report: ExchangeReport) -> SyncExchangeResponse:
-        # Fetch past the limit by the number of echoes we may drop, plus one to
-        # learn hasMore exactly.
-        candidates, beyond = self.channel.changes_since(request.watermarks, limit + len(received))
-        if received:
-            candidates = [i for i in candidates if (i.identity, i.hlc) not in received]
-        # Items past the fetch are never echoes when fewer than limit + 1 survived
-        # the filter (every echo was among the fetched), so ``beyond`` still counts.
-        has_more = len(candidates) > limit or beyond
-        out = candidates[:limit]
+        # No echo (PROTOCOL §5.7a): what this request stored is left out, and hasMore stays exact.
+        out, has_more = self.channel.changes_since(request.watermarks, limit, exclude=received)
         report.sent = len(out)
         pending: int | None = None
         if not has_more:

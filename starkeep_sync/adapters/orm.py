@@ -11,7 +11,7 @@ from __future__ import annotations
 import hashlib
 import heapq
 import json
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager, ExitStack, contextmanager
 from typing import Any
 
@@ -172,14 +172,17 @@ def rows_since(
     watermarks: Mapping[str, HLCTimestamp],
     limit: int | None,
     cursor: str | None,
+    skip: set[tuple[Any, str]] | None = None,
 ) -> tuple[list[tuple[Any, ...]], bool]:
     """Rows (tuples of ``fields``, ``updated_at`` first) above ``watermarks`` and the cursor, in HLC order.
 
     One indexed query per node with news. Serialized HLCs sort as HLCs do, so
     the per-node streams merge on the stored strings without parsing them.
+    Rows whose ``(first field, updated_at)`` is in ``skip`` are left out before
+    anything is built from them.
     """
     after = deserialize_hlc(cursor) if cursor else None
-    fetch = None if limit is None else limit + 1
+    fetch = None if limit is None else limit + 1 + len(skip or ())
     streams = []
     for node, top in coverage.items():
         floor = watermarks.get(node, ZERO_HLC)
@@ -190,6 +193,8 @@ def rows_since(
         qs = queryset.filter(node_id=node, **node_floor_lookup(node, floor)).order_by("updated_at")
         qs = qs.values_list("updated_at", *fields)
         rows = list(qs[:fetch] if fetch is not None else qs)
+        if skip:
+            rows = [t for t in rows if (t[1], t[0]) not in skip]
         if rows:
             streams.append(rows)
     merged = streams[0] if len(streams) == 1 else list(heapq.merge(*streams, key=lambda t: t[0]))
@@ -337,10 +342,16 @@ class OrmDatabaseAdapter:
     def query(self, limit: int, cursor: str | None = None) -> RecordPage:
         return self.query_since({}, limit, cursor)
 
-    def query_since(self, watermarks: Mapping[str, HLCTimestamp], limit: int,
-                    cursor: str | None = None) -> RecordPage:
+    #: ``query_since`` takes ``exclude`` (see ``ChannelView.changes_since``).
+    excludes_items = True
+
+    def query_since(self, watermarks: Mapping[str, HLCTimestamp], limit: int, cursor: str | None = None,
+                    exclude: Collection[tuple[str, HLCTimestamp]] | None = None) -> RecordPage:
+        """Records above ``watermarks``; ``exclude`` holds ``(id, hlc)`` of records to leave out."""
         self._coverage.before_scan(_is_records_scope, watermarks)
-        rows, more = rows_since(self._qs, _RECORD_READ, self.get_node_watermarks(), watermarks, limit, cursor)
+        skip = {(rid, serialize_hlc(h)) for rid, h in exclude} if exclude else None
+        rows, more = rows_since(self._qs, _RECORD_READ, self.get_node_watermarks(), watermarks, limit, cursor,
+                                skip)
         return RecordPage([record_from_row(t) for t in rows], rows[-1][0] if more and rows else None, more)
 
     def count_since(self, watermarks: Mapping[str, HLCTimestamp]) -> int:
@@ -637,14 +648,21 @@ class OrmApplier:
                 rows, update_conflicts=True, unique_fields=["owner", "app_id", "table", "row_key"],
                 update_fields=["data", "updated_at", "deleted_at", "node_id"])
 
+    #: ``scan_since`` takes ``exclude`` (see ``ChannelView.changes_since``).
+    excludes_items = True
+
     def scan_since(self, app_id: str, table: str, since: Mapping[str, HLCTimestamp],
-                   limit: int | None = None, cursor: str | None = None) -> ScanPage:
+                   limit: int | None = None, cursor: str | None = None,
+                   exclude: Collection[tuple[tuple[Any, ...], HLCTimestamp]] | None = None) -> ScanPage:
+        """Rows above ``since``; ``exclude`` holds ``(primary key, hlc)`` of rows to leave out."""
         prefix = f"{app_id}/"
         self.coverage.before_scan(lambda scope: scope.startswith(prefix), since)
         file_table = table == FILE_RECORDS_TABLE
-        fields = (*_FILE_READ, "deleted_at", "node_id") if file_table else ("data", "deleted_at", "node_id")
+        fields = (*_FILE_READ, "deleted_at", "node_id") if file_table else ("row_key", "data", "deleted_at",
+                                                                             "node_id")
+        skip = {(self._key_text(table, pk), serialize_hlc(h)) for pk, h in exclude} if exclude else None
         rows, more = rows_since(self._qs(app_id, table), fields, self.get_node_watermarks(app_id, table),
-                                since, limit, cursor)
+                                since, limit, cursor, skip)
         entries = []
         for t in rows:
             if file_table:
@@ -653,7 +671,7 @@ class OrmApplier:
                 for c, v in zip(_FILE_COLUMNS, t[2:-3], strict=True):
                     row[c] = v
             else:
-                row = dict(t[1])
+                row = dict(t[2])
             updated, deleted = t[0], t[-2]
             row[UPDATED_AT] = updated
             row[DELETED_AT] = deleted

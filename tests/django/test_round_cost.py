@@ -47,3 +47,23 @@ def test_a_converged_round_reads_coverage_once_and_opens_no_snapshot(
     assert not any("REPEATABLE READ" in q for q in queries), queries
     # The token, the coverage, the activity counter; on a per-app channel also the app and its tables.
     assert len(queries) <= (3 if channel == "drive" else 5), "\n".join(q[:200] for q in queries)
+
+
+def test_echoes_are_left_out_while_reading_and_has_more_stays_exact(api: APIClient, alice_token: str) -> None:
+    theirs = [record(f"b{i}", BASE_MS + 1000 + i, "nodeB") for i in range(15)]
+    exchange_ok(exchange(api, "/sync/exchange", body(records=theirs), bearer(alice_token)))
+    # nodeA pushes 100 records, all older than nodeB's, asking for pages of 10.
+    mine = [record(f"a{i}", BASE_MS + i, "nodeA") for i in range(100)]
+    with CaptureQueriesContext(connection) as ctx:
+        data = exchange_ok(exchange(api, "/sync/exchange", body(records=mine, limit=10), bearer(alice_token)))
+    assert [r["id"] for r in data["records"]] == [f"b{i}" for i in range(10)]
+    assert data["hasMore"] is True
+    # One read per node: the channel wants 11 (the page and one to learn hasMore), the adapter one more
+    # for its own hasMore, plus room for the 100 echoes it drops from the tuples it read.
+    page_reads = [q["sql"] for q in ctx.captured_queries if "starkeep_sync_sharedrecord" in q["sql"]
+                  and "ORDER BY" in q["sql"]]
+    assert page_reads and all(q.endswith("LIMIT 112") for q in page_reads), [q[-160:] for q in page_reads]
+    rest = exchange_ok(exchange(api, "/sync/exchange",
+                                body(watermarks={"nodeA": mine[-1]["updatedAt"], "nodeB": theirs[9]["updatedAt"]}),
+                                bearer(alice_token)))
+    assert [r["id"] for r in rest["records"]] == [f"b{i}" for i in range(10, 15)] and rest["hasMore"] is False
