@@ -52,11 +52,19 @@ def max_hlc(a: HLCTimestamp, b: HLCTimestamp) -> HLCTimestamp:
 _BAD_NODE_CHAR = re.compile(r"[\x00-\x1f\x7f:]")
 
 
+#: Node ids already checked by ``serialize_hlc``: a batch stamps thousands of HLCs with a few nodes.
+_SERIALIZABLE_NODES: set[str] = set()
+
+
 def serialize_hlc(hlc: HLCTimestamp) -> str:
     """``<12 hex wall>:<4 hex counter>:<node_id>``; string order equals HLC order."""
     wall, counter, node = hlc
-    if not isinstance(node, str) or _BAD_NODE_CHAR.search(node):
-        raise ValueError(f"HLC node_id {node!r} cannot be serialized (no ':' or control characters)")
+    if type(node) is not str or node not in _SERIALIZABLE_NODES:
+        if not isinstance(node, str) or _BAD_NODE_CHAR.search(node):
+            raise ValueError(f"HLC node_id {node!r} cannot be serialized (no ':' or control characters)")
+        if len(_SERIALIZABLE_NODES) >= 4096:
+            _SERIALIZABLE_NODES.clear()
+        _SERIALIZABLE_NODES.add(node)
     if not (0 <= wall <= MAX_WALL_TIME):
         raise ValueError(f"HLC wall_time {wall!r} does not fit 12 hex digits")
     if not (0 <= counter <= MAX_COUNTER):
