@@ -44,7 +44,7 @@ DEFAULT_CONTENT_TYPE = "application/octet-stream"
 DEFAULT_SPOOL_MEMORY = 8 * 1024 * 1024
 #: ``put_if_absent`` asks ``HEAD`` first from this size on: a conditional PUT of a
 #: key the server already holds would send the whole body for nothing.
-DEFAULT_HEAD_FIRST_BYTES = 8 * 1024 * 1024
+DEFAULT_HEAD_FIRST_BYTES = 4 * 1024 * 1024
 
 
 class _UploadBody:
