@@ -241,8 +241,17 @@ class DjangoObjectStorage:
             return False
 
     def content_type(self, key: str) -> str | None:
-        row = Blob.objects.filter(owner_id=self.owner_id, key=key).values_list("content_type", flat=True).first()
-        return row or None
+        # Once per GET and HEAD: a plain statement, not a queryset compiled each time.
+        connection = connections[router.db_for_read(Blob)]
+        q = connection.ops.quote_name
+        with connection.cursor() as cursor:
+            cursor.execute(
+                f"SELECT {q('content_type')} FROM {q(Blob._meta.db_table)} "
+                f"WHERE {q('owner_id')} = %s AND {q('key')} = %s",
+                [self.owner_id, key],
+            )
+            row = cursor.fetchone()
+        return (row[0] or None) if row else None
 
     def size(self, key: str) -> int:
         return self.storage.size(self.name_for(key))
