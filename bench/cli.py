@@ -40,7 +40,8 @@ NOTES = [
     "channel; push with page_limit 1000, pull by a new device with page_limit "
     f"{PAGE_LIMIT:,}. Baselines as in 1 and 2, on starkeep_sync_approw.",
     "5: SqliteDeviceStore with file-system blobs on both devices; push = rounds of the first device "
-    "(HEAD + PUT per blob, hashes checked on both ends), pull = rounds of an empty second device; "
+    "(one conditional PUT per blob, a HEAD first from 4 MiB up; hashes checked on both ends), "
+    "pull = rounds of an empty second device; "
     "device -> server -> device = bytes / (push + pull time). MB = 10^6 bytes. Baseline: shutil.copyfile "
     "of the same files, one copy (median of 3 passes).",
     "6: PostgreSQL only; each device is its own process with its own owner (pure pushes, no cross-device "

@@ -32,11 +32,13 @@ class WSGIAdapter(BaseAdapter):
 
     def send(self, request: requests.PreparedRequest, **kwargs: Any) -> requests.Response:  # type: ignore[override]
         url = urlsplit(request.url or "")
-        body = request.body or b""
-        if hasattr(body, "read"):
-            body = body.read()
+        body: Any = request.body or b""
         if isinstance(body, str):
             body = body.encode()
+        elif hasattr(body, "read"):
+            body = body.read()
+        elif not isinstance(body, bytes):
+            body = b"".join(body)  # a streamed upload: an iterable of blocks
         environ = {
             "REQUEST_METHOD": request.method, "PATH_INFO": url.path, "QUERY_STRING": url.query,
             "SERVER_NAME": url.hostname or "testserver", "SERVER_PORT": str(url.port or 80),
