@@ -4,8 +4,9 @@ The protocol refuses a malformed request whole (400, naming the field). Over
 HTTP that covers, besides the wire shape, what no applier could ever accept
 and what would otherwise only halt one node quietly: object keys that break the
 key rules or the channel's namespace, and app rows of a registered table that
-name no primary key or whose ``updated_at`` contradicts the entry. A row
-without ``updated_at`` is accepted: the entry's timestamp defines it (PROTOCOL §2).
+name no primary key or whose ``updated_at`` contradicts the entry.
+``insert`` entries must carry the row's ``updated_at`` (a full row always has
+one); an ``update`` patch or a ``delete`` may leave it to the entry's timestamp.
 
 Rows of an app other than the channel's, or of a table this server does not
 know, are refused whole (400 ``unknown_app`` / ``unknown_table``) under the
@@ -17,7 +18,7 @@ from __future__ import annotations
 
 from ..approws import check_entry
 from ..conf import sync_settings
-from ..constants import DRIVE_APP_ID, FILE_RECORDS_TABLE
+from ..constants import DRIVE_APP_ID, FILE_RECORDS_TABLE, UPDATED_AT
 from ..exceptions import InvalidKeyError, SyncError, WireFormatError
 from ..keys import validate_key
 from ..protocols import AppSyncableNamespaceStore
@@ -48,6 +49,10 @@ def validate_exchange(request: SyncExchangeRequest, channel: str, namespaces: Ap
                                      f"(register it with: manage.py starkeep_app register {channel} --table ...).",
                                      code="unknown_table", field=f"{where}.table")
             continue
+        if e.op == "insert" and (not e.row or UPDATED_AT not in e.row):
+            # A full row always carries its stamp (scans emit stored rows, which have one);
+            # patches and deletes by ``where`` may leave it to the entry's timestamp.
+            raise WireFormatError(f"{where}.row.updated_at", "is required on an insert (the full row)")
         try:
             check_entry(e, info)
         except SyncError as err:

@@ -8,7 +8,7 @@ import pytest
 from rest_framework.test import APIClient
 
 from starkeep_sync.models import AppRow, FileRecord, SharedRecord
-from tests.django.support import BASE_MS, assert_error, bearer, body, entry, exchange, record, ser
+from tests.django.support import BASE_MS, assert_error, bearer, body, entry, exchange, exchange_ok, record, ser
 
 pytestmark = pytest.mark.django_db
 
@@ -63,12 +63,27 @@ def test_row_missing_primary_key_refuses_the_whole_request(api: APIClient, alice
     assert AppRow.objects.count() == 0
 
 
-def test_row_without_updated_at_takes_the_entry_timestamp(api: APIClient, alice_token: str, notes_app: Any) -> None:
-    row = entry("notes", "notes", "n1", BASE_MS)
-    del row["row"]["updated_at"]
-    response = exchange(api, "/apps/notes/sync/exchange", body(rows=[row]), bearer(alice_token))
-    assert response.status_code == 200
-    assert AppRow.objects.get().updated_at == ser(BASE_MS)
+def test_insert_row_without_updated_at_refuses_the_whole_request(api: APIClient, alice_token: str,
+                                                                 notes_app: Any) -> None:
+    good = entry("notes", "notes", "n0", BASE_MS)
+    bad = entry("notes", "notes", "n1", BASE_MS + 1)
+    del bad["row"]["updated_at"]
+    response = exchange(api, "/apps/notes/sync/exchange", body(rows=[good, bad]), bearer(alice_token))
+    err = assert_error(response, 400, "invalid_request", "appSyncableRows[1].row.updated_at")
+    assert "required" in err["message"]
+    assert AppRow.objects.count() == 0
+
+
+def test_update_patch_without_updated_at_takes_the_entry_timestamp(api: APIClient, alice_token: str,
+                                                                   notes_app: Any) -> None:
+    exchange_ok(exchange(api, "/apps/notes/sync/exchange", body(rows=[entry("notes", "notes", "n1", BASE_MS)]),
+                         bearer(alice_token)))
+    patch = entry("notes", "notes", "n1", BASE_MS + 5, op="update", body="patched")
+    patch["row"] = {"body": "patched"}
+    patch["where"] = {"id": "n1"}
+    exchange_ok(exchange(api, "/apps/notes/sync/exchange", body(rows=[patch]), bearer(alice_token)))
+    stored = AppRow.objects.get()
+    assert stored.updated_at == ser(BASE_MS + 5) and stored.data["body"] == "patched"
 
 
 def test_row_whose_updated_at_disagrees_refuses_the_whole_request(api: APIClient, alice_token: str,

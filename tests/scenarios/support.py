@@ -8,18 +8,20 @@ over HTTP.
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from starkeep_sync import (
     FILE_RECORDS_TABLE,
     LOCAL_DATA_SYNCED,
+    AppSyncableRowEntry,
     ChangeEvent,
     ExchangeResult,
     HLCClock,
     HLCTimestamp,
     RecordResidency,
     deserialize_hlc,
+    serialize_hlc,
 )
 from tests.harness import NOTES_APP, Pair, Side
 
@@ -285,3 +287,8 @@ def assert_each_returned_once(pair: Pair, channel: str, since: int = 0) -> list[
     dupes = {k for k in items if items.count(k) > 1}
     assert not dupes, f"returned more than once: {sorted(dupes, key=str)[:5]}"
     return items
+
+
+def as_sent(entry: AppSyncableRowEntry) -> AppSyncableRowEntry:
+    """An insert entry as a scan would send it: the full row carries its ``updated_at``."""
+    return replace(entry, row={**(entry.row or {}), "updated_at": serialize_hlc(entry.timestamp)})

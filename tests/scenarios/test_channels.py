@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from starkeep_sync import AppSyncableRowEntry, SyncExchangeRequest
-from tests.scenarios.support import AR, AW, SR, assert_converged_round, assert_same, converge
+from tests.scenarios.support import AR, AW, SR, as_sent, assert_converged_round, assert_same, converge
 
 OTHER = "other"
 
@@ -103,7 +103,8 @@ def test_channel_split_responder_ignores_foreign_items(pair, halt_unknown_rows):
     note = pair.local.write_row("aw-legit", "fine", clock=w)
 
     response = pair.transport("notes").exchange(
-        SyncExchangeRequest(watermarks={}, records=[record], app_syncable_rows=[other_row, note], limit=100)
+        SyncExchangeRequest(watermarks={}, records=[record], app_syncable_rows=[as_sent(other_row), as_sent(note)],
+                            limit=100)
     )
     assert pair.cloud.record("sr-smuggled") is None
     assert pair.cloud.rows("items", OTHER) == []
@@ -112,7 +113,7 @@ def test_channel_split_responder_ignores_foreign_items(pair, halt_unknown_rows):
     assert response.responder_watermarks["nodeW"] == note.timestamp
     assert response.records == [] and response.app_syncable_rows == []
 
-    entry = AppSyncableRowEntry(z.now(), "notes", "notes", "insert", {"id": "aw-smuggled", "body": "x"})
+    entry = as_sent(AppSyncableRowEntry(z.now(), "notes", "notes", "insert", {"id": "aw-smuggled", "body": "x"}))
     response = pair.transport("drive").exchange(
         SyncExchangeRequest(watermarks={}, app_syncable_rows=[entry], limit=100)
     )

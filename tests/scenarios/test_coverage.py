@@ -12,6 +12,7 @@ from tests.scenarios.support import (
     DATA_TYPES,
     SR,
     DataType,
+    as_sent,
     assert_converged_round,
     assert_same,
     assert_sides_equal,
@@ -76,9 +77,9 @@ def test_responder_coverage_halts_a_node_at_its_first_refused_row(pair, halt_unk
     z = pair.local.node_clock("nodeZ")
     t1, t2, t3 = z.now(), z.now(), z.now()
     rows = [
-        AppSyncableRowEntry(t1, "notes", "notes", "insert", {"id": "z1", "body": "ok"}),
-        AppSyncableRowEntry(t2, "notes", "no_such_table", "insert", {"id": "z2"}),
-        AppSyncableRowEntry(t3, "notes", "notes", "insert", {"id": "z3", "body": "after the refusal"}),
+        as_sent(AppSyncableRowEntry(t1, "notes", "notes", "insert", {"id": "z1", "body": "ok"})),
+        as_sent(AppSyncableRowEntry(t2, "notes", "no_such_table", "insert", {"id": "z2"})),
+        as_sent(AppSyncableRowEntry(t3, "notes", "notes", "insert", {"id": "z3", "body": "after the refusal"})),
     ]
 
     response = pair.transport("notes").exchange(SyncExchangeRequest(watermarks={}, app_syncable_rows=rows))
