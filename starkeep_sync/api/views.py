@@ -111,6 +111,14 @@ class SyncAPIView(APIView):
         assert isinstance(principal, Principal)
         return principal.owner
 
+    #: Whether ``initial`` refuses an unregistered app's channel (404 ``unknown_app``).
+    check_channel = True
+
+    def initial(self, request: Request, *args: Any, **kwargs: Any) -> None:
+        super().initial(request, *args, **kwargs)  # authentication, permissions, throttles
+        if self.check_channel:
+            self.ensure_channel_exists()
+
     def ensure_channel_exists(self) -> None:
         channel = self.channel()
         if channel != DRIVE_APP_ID and not AppNamespace.objects.filter(app_id=channel).exists():
@@ -125,6 +133,7 @@ class ExchangeView(SyncAPIView):
     """``POST sync/exchange``: one exchange round, answered by the core responder."""
 
     throttle_classes = [ExchangeRateThrottle]
+    check_channel = False  # checked through the responder's namespace store, which it reuses
 
     def post(self, request: Request, app_id: str | None = None) -> HttpResponse:
         responder = build_responder(self.owner(), self.channel())

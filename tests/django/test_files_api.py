@@ -380,3 +380,17 @@ def test_blob_limit_is_not_the_request_limit(api: APIClient, alice_token: str) -
     url = f"/files/{drive_key(DATA)}"
     with override_settings(STARKEEP_SYNC={"NODE_ID": "cloud", "MAX_REQUEST_BYTES": 10}):
         assert put_blob(api, url, DATA, bearer(alice_token)).status_code == 201
+
+
+def test_file_routes_of_an_unregistered_app_are_404_and_store_nothing(api: APIClient, alice_token: str) -> None:
+    data = b"ghost bytes"
+    key = app_key("ghost", data)
+    base = "/apps/ghost/files"
+    auth = bearer(alice_token)
+    assert_error(put_blob(api, f"{base}/{key}", data, auth), 404, "unknown_app")
+    assert_error(api.get(f"{base}/{key}", headers=auth), 404, "unknown_app")
+    assert api.head(f"{base}/{key}", headers=auth).status_code == 404
+    assert_error(api.post(f"{base}/presign", {"key": key}, format="json", headers=auth), 404, "unknown_app")
+    assert_error(api.get(f"{base}/{key}/presign", headers=auth), 404, "unknown_app")
+    assert_error(api.post(f"{base}/confirm", {"key": key}, format="json", headers=auth), 404, "unknown_app")
+    assert not Blob.objects.exists()
