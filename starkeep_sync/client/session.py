@@ -10,6 +10,7 @@ from __future__ import annotations
 import email.utils
 import json
 import math
+import os
 import re
 import threading
 import time
@@ -74,7 +75,17 @@ def create_session(
     # auth stops requests from filling Authorization from ~/.netrc, which would
     # overwrite our bearer header and break presigned S3 URLs.
     session.auth = _keep_request_as_is
+    # With no proxy or CA-bundle variable set, the environment cannot change a
+    # request, so skip re-reading it on every request (about 0.3 ms each).
+    session.trust_env = _environment_matters()
     return session
+
+
+_ENV_SETTINGS = ("http_proxy", "https_proxy", "all_proxy", "no_proxy", "requests_ca_bundle", "curl_ca_bundle")
+
+
+def _environment_matters() -> bool:
+    return any(name.lower() in _ENV_SETTINGS for name in os.environ)
 
 
 def _keep_request_as_is(request: requests.PreparedRequest) -> requests.PreparedRequest:

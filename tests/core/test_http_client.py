@@ -11,6 +11,7 @@ import hashlib
 import hmac
 import io
 import json
+import os
 import socket
 import threading
 import time
@@ -625,3 +626,17 @@ def test_parse_retry_after() -> None:
     assert parse_retry_after("soon") is None
     assert parse_retry_after(None) is None
     assert parse_retry_after("-5") == 0.0
+
+
+def test_sessions_read_the_environment_only_when_it_sets_a_proxy_or_ca_bundle(monkeypatch: Any) -> None:
+    from starkeep_sync.client.session import create_session
+
+    for name in list(os.environ):
+        if name.lower().endswith("_proxy") or name.lower().endswith("_ca_bundle"):
+            monkeypatch.delenv(name)
+    assert create_session().trust_env is False
+    monkeypatch.setenv("HTTPS_PROXY", "http://127.0.0.1:3128")
+    assert create_session().trust_env is True
+    monkeypatch.delenv("HTTPS_PROXY")
+    monkeypatch.setenv("REQUESTS_CA_BUNDLE", "/etc/ssl/certs/ca-certificates.crt")
+    assert create_session().trust_env is True
