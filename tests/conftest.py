@@ -45,6 +45,21 @@ def _fast_fixture_teardown(self: TransactionTestCase) -> None:
 TransactionTestCase._fixture_teardown = _fast_fixture_teardown  # type: ignore[method-assign]
 
 
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Mark the tests that never open a database connection ``nodb``.
+
+    The protocol core and the scenario runs on memory adapters or a sqlite
+    device store do the same thing whatever Django's database is, so the
+    PostgreSQL pass (``-m "not nodb"``) does not run them a second time.
+    """
+    core = Path(__file__).parent / "core"
+    for item in items:
+        callspec = getattr(item, "callspec", None)
+        in_memory = callspec is not None and callspec.params.get("pair") in ("memory", "sqlite-device")
+        if in_memory or core in Path(str(item.fspath)).parents:
+            item.add_marker(pytest.mark.nodb)
+
+
 @pytest.fixture
 def fast_tmp() -> Iterator[Path]:
     """A scratch directory in RAM where there is one: thousands of small blob files are slow on disk."""
