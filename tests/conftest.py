@@ -3,14 +3,17 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
+import threading
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 import pytest
-from django.core.servers.basehttp import WSGIRequestHandler
+from django.core.servers.basehttp import ThreadedWSGIServer, WSGIRequestHandler
 from django.db import connections, transaction
 from django.test import TransactionTestCase
+from django.test.testcases import LiveServerThread
 
 from tests.harness import Pair, memory_pair
 
@@ -19,6 +22,46 @@ from tests.harness import Pair, memory_pair
 # the client's delayed ACK (about 40 ms per request). Real servers set
 # TCP_NODELAY; so does the live server the HTTP tests run against.
 WSGIRequestHandler.disable_nagle_algorithm = True
+
+
+class PooledLiveServer(ThreadedWSGIServer):
+    """The live server, with request threads from a pool that keep their database connections.
+
+    Django's threaded server starts a thread per request and closes its
+    connections after each one; on PostgreSQL every request then paid a new
+    backend (about 20 ms), which dominated the HTTP scenarios there. The pool's
+    connections are closed when the server stops, before the test database is
+    dropped.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._pool = ThreadPoolExecutor(max_workers=16, thread_name_prefix="live-server")
+        self._opened: set[Any] = set()
+        self._opened_lock = threading.Lock()
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        self._pool.submit(self._handle, request, client_address)
+
+    def _handle(self, request: Any, client_address: Any) -> None:
+        try:
+            self.process_request_thread(request, client_address)
+        finally:
+            with self._opened_lock:
+                self._opened.update(connections.all(initialized_only=True))
+
+    def _close_connections(self) -> None:
+        pass  # kept for the pool thread's next request
+
+    def server_close(self) -> None:
+        super().server_close()
+        self._pool.shutdown(wait=True)
+        for conn in self._opened:
+            conn.inc_thread_sharing()  # closed from the thread that stops the server
+            conn.close()
+
+
+LiveServerThread.server_class = PooledLiveServer
 
 #: Tables that only migrations fill: emptying them would make every flush re-create them.
 _KEEP_ON_FLUSH = frozenset({"django_content_type", "auth_permission", "django_migrations"})

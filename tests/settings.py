@@ -51,7 +51,8 @@ DATABASES = {
     else {"ENGINE": "django.db.backends.sqlite3", "NAME": ":memory:"}
 }
 if DATABASES["default"]["ENGINE"].endswith("postgresql"):
-    DATABASES["default"]["CONN_MAX_AGE"] = 0
+    # Kept across requests: the live server's pooled threads reuse theirs (tests/conftest.py).
+    DATABASES["default"]["CONN_MAX_AGE"] = None
     DATABASES["default"]["TEST"] = {"NAME": f"starkeep_test_{os.getpid()}"}
 
 MEDIA_ROOT = tempfile.mkdtemp(prefix="starkeep-test-media-")
