@@ -115,5 +115,9 @@ LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
     "handlers": {"console": {"class": "logging.StreamHandler"}},
-    "loggers": {"starkeep_sync": {"handlers": ["console"], "level": os.environ.get("STARKEEP_LOG_LEVEL", "INFO")}},
+    "loggers": {
+        "starkeep_sync": {"handlers": ["console"], "level": os.environ.get("STARKEEP_LOG_LEVEL", "INFO")},
+        # Django sends 500 tracebacks only to mail_admins when DEBUG is off; print them too.
+        "django.request": {"handlers": ["console"], "level": "ERROR", "propagate": False},
+    },
 }

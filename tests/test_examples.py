@@ -64,3 +64,28 @@ def test_demo_command_starts_the_server_and_shows_a_sync(tmp_path: Path) -> None
     assert any(line.startswith("py-phone: 1 round(s), shipped 3") for line in lines)
     assert any(line.startswith("py-laptop:") and "received 3" in line for line in lines)
     assert sum(line.startswith("py-phone") and "shipped 0, received 0" in line for line in lines) == 1
+
+
+def test_example_project_prints_500_tracebacks_with_debug_off(tmp_path: Path) -> None:
+    """With DEBUG=0 Django mails 500s to ADMINS only; the example project also prints them."""
+    script = """
+import django
+django.setup()
+from django.test import Client
+from django.urls import path
+import example_project.urls as urls
+
+def boom(request):
+    raise RuntimeError("example failure 1234")
+
+urls.urlpatterns.insert(0, path("boom", boom))
+response = Client(raise_request_exception=False).get("/boom")
+print("status", response.status_code)
+"""
+    env = {**os.environ, "DJANGO_SETTINGS_MODULE": "example_project.settings", "DJANGO_DEBUG": "0",
+           "DATABASE_URL": f"sqlite:///{tmp_path / 'db.sqlite3'}", "STARKEEP_MEDIA": str(tmp_path / "media"),
+           "PYTHONPATH": str(ROOT)}
+    done = subprocess.run([sys.executable, "-c", script], cwd=ROOT, env=env, capture_output=True, text=True,
+                          timeout=120)
+    assert "status 500" in done.stdout, done.stderr[-2000:]
+    assert "RuntimeError: example failure 1234" in done.stderr
