@@ -11,6 +11,7 @@ Environment:
 
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
 from urllib.parse import unquote, urlparse
@@ -111,13 +112,23 @@ USE_TZ = True
 STATIC_URL = "static/"
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
+def _server_fault(record: logging.LogRecord) -> bool:
+    """False for a 500 that only says the client went away mid-request (nothing to fix here)."""
+    exc = record.exc_info[1] if record.exc_info else None
+    return not (isinstance(exc, ConnectionError) or type(exc).__name__ == "UnreadablePostError")
+
+
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
-    "handlers": {"console": {"class": "logging.StreamHandler"}},
+    "filters": {"server_faults": {"()": "django.utils.log.CallbackFilter", "callback": _server_fault}},
+    "handlers": {
+        "console": {"class": "logging.StreamHandler"},
+        "errors": {"class": "logging.StreamHandler", "filters": ["server_faults"]},
+    },
     "loggers": {
         "starkeep_sync": {"handlers": ["console"], "level": os.environ.get("STARKEEP_LOG_LEVEL", "INFO")},
         # Django sends 500 tracebacks only to mail_admins when DEBUG is off; print them too.
-        "django.request": {"handlers": ["console"], "level": "ERROR", "propagate": False},
+        "django.request": {"handlers": ["errors"], "level": "ERROR", "propagate": False},
     },
 }
