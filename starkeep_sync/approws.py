@@ -61,6 +61,20 @@ def check_entry(entry: AppSyncableRowEntry, table: AppSyncableTableInfo) -> tupl
     return pk
 
 
+def resolve_entry(namespaces: Any, entry: AppSyncableRowEntry) -> tuple[AppSyncableTableInfo, tuple[Any, ...]]:
+    """The registered table an entry targets and its primary key; ``SyncError`` naming what is unknown.
+
+    ``namespaces`` is any store with ``get(app_id)`` (the core's namespace-store protocol).
+    """
+    ns = namespaces.get(entry.app_id)
+    if ns is None:
+        raise SyncError(f"unknown app {entry.app_id!r}", code="unknown_app")
+    info = ns.table(entry.table)
+    if info is None:
+        raise SyncError(f"unknown table {entry.app_id}.{entry.table}", code="unknown_table")
+    return info, check_entry(entry, info)
+
+
 def stored_hlc(row: Mapping[str, Any]) -> HLCTimestamp:
     return deserialize_hlc(row[UPDATED_AT])
 

@@ -10,8 +10,7 @@ from collections.abc import Callable, Hashable, Iterable, Iterator, Mapping, Seq
 from dataclasses import replace
 from typing import IO, Any
 
-from .approws import check_entry, next_row, row_to_entry
-from .exceptions import SyncError
+from .approws import next_row, resolve_entry, row_to_entry
 from .hlc import ZERO_HLC, ClockState, HLCTimestamp, deserialize_hlc, serialize_hlc
 from .keys import check_key_syntax
 from .protocols import RecordPage, ScanPage, StoredObject
@@ -274,13 +273,7 @@ class MemoryApplier:
         return t
 
     def apply(self, entry: AppSyncableRowEntry) -> bool:
-        ns = self._namespaces.get(entry.app_id)
-        if ns is None:
-            raise SyncError(f"unknown app {entry.app_id!r}", code="unknown_app")
-        info = ns.table(entry.table)
-        if info is None:
-            raise SyncError(f"unknown table {entry.app_id}.{entry.table}", code="unknown_table")
-        pk = check_entry(entry, info)
+        info, pk = resolve_entry(self._namespaces, entry)
         with self._lock:
             t = self._table(entry.app_id, entry.table)
             new = next_row(t.rows.get(pk), entry, info, pk)

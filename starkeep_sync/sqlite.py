@@ -19,10 +19,9 @@ from dataclasses import replace
 from pathlib import Path
 from typing import IO, Any
 
-from .approws import check_entry, next_row, row_to_entry
+from .approws import next_row, resolve_entry, row_to_entry
 from .blobs import CHUNK_SIZE
 from .constants import DELETED_AT, NODE_ID, UPDATED_AT
-from .exceptions import SyncError
 from .hlc import ZERO_HLC, HLCTimestamp, deserialize_hlc, serialize_hlc
 from .keys import check_key_syntax
 from .protocols import RecordPage, ScanPage, StoredObject
@@ -261,13 +260,7 @@ class SqliteApplier:
         return row
 
     def apply(self, entry: AppSyncableRowEntry) -> bool:
-        ns = self._namespaces.get(entry.app_id)
-        if ns is None:
-            raise SyncError(f"unknown app {entry.app_id!r}", code="unknown_app")
-        info = ns.table(entry.table)
-        if info is None:
-            raise SyncError(f"unknown table {entry.app_id}.{entry.table}", code="unknown_table")
-        pk = check_entry(entry, info)
+        info, pk = resolve_entry(self._namespaces, entry)
         key = (entry.app_id, entry.table, _pk_text(pk))
         with self._db.lock, self._db.conn:
             found = self._db.conn.execute(

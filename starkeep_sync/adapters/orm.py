@@ -18,7 +18,7 @@ from typing import Any
 from django.db import DataError, IntegrityError, connection, transaction
 from django.db.models import Model, QuerySet
 
-from ..approws import EntryRefused, check_entry, next_row
+from ..approws import EntryRefused, next_row, resolve_entry
 from ..constants import DELETED_AT, FILE_RECORDS_TABLE, NODE_ID, UPDATED_AT
 from ..exceptions import SyncError
 from ..hlc import ZERO_HLC, HLCTimestamp, deserialize_hlc, serialize_hlc
@@ -498,13 +498,7 @@ class OrmApplier:
     # protocol
 
     def apply(self, entry: AppSyncableRowEntry) -> bool:
-        ns = self.namespaces.get(entry.app_id)
-        if ns is None:
-            raise SyncError(f"unknown app {entry.app_id!r}", code="unknown_app")
-        info = ns.table(entry.table)
-        if info is None:
-            raise SyncError(f"unknown table {entry.app_id}.{entry.table}", code="unknown_table")
-        pk = check_entry(entry, info)
+        info, pk = resolve_entry(self.namespaces, entry)
         for attempt in range(2):
             try:
                 with transaction.atomic():
@@ -567,13 +561,7 @@ class OrmApplier:
         error: Exception | None = None
         for entry in entries:
             try:
-                ns = self.namespaces.get(entry.app_id)
-                if ns is None:
-                    raise SyncError(f"unknown app {entry.app_id!r}", code="unknown_app")
-                info = ns.table(entry.table)
-                if info is None:
-                    raise SyncError(f"unknown table {entry.app_id}.{entry.table}", code="unknown_table")
-                checked.append((entry, info, check_entry(entry, info)))
+                checked.append((entry, *resolve_entry(self.namespaces, entry)))
             except (SyncError, ValueError) as err:
                 error = err
                 break
