@@ -47,7 +47,7 @@ DEFAULTS: dict[str, Any] = {
     # applied); "halt" follows PROTOCOL §6 exactly (that node halts for the round,
     # the rest applies; for mixed-version fleets where newer devices know more tables).
     "UNKNOWN_APP_ROWS": "reject",
-    # Count pending items for the progress extension field "pending".
+    # Answer a request's "countPending" with the progress extension field "pending" (an index count).
     "COUNT_PENDING": True,
     # DRF rate strings per scope ("<n>/<sec|min|hour|day>"), per owner; None disables a scope.
     # "health" is per client address.

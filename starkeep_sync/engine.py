@@ -14,7 +14,7 @@ from .memory import MemorySyncStateStore
 from .notifier import ChangeEvent, ChangeNotifier
 from .protocols import AppSource, DatabaseAdapter, ObjectStorage, SyncStateStore, SyncTransport
 from .watermarks import is_lower_somewhere
-from .wire import SyncExchangeRequest
+from .wire import SyncExchangeRequest, SyncExchangeResponse
 
 logger = logging.getLogger(LOGGER_NAME)
 
@@ -88,6 +88,8 @@ class SyncEngine:
         self.scan_page_size = scan_page_size
         self.file_sync = file_sync or FileSyncEngine()
         self.change_notifier = change_notifier or ChangeNotifier()
+        #: What the responder still holds for us, while a catch-up runs (see ``_track_pending``).
+        self._pending_estimate: int | None = None
 
     @property
     def blob_failures(self) -> dict[str, TransferFailure]:
@@ -107,6 +109,7 @@ class SyncEngine:
             records=[i.record for i in shipped if i.record is not None],
             app_syncable_rows=[i.entry for i in shipped if i.entry is not None],
             limit=self.page_limit,
+            count_pending=self._pending_estimate is None,
         )
         response = self.transport.exchange(request)
         result.shipped = len(shipped)
@@ -154,7 +157,7 @@ class SyncEngine:
         self.sync_state.set_hlc_clock_state(self.clock.state)
 
         result.applied = len(applied_ids)
-        result.pending = response.pending
+        result.pending = self._track_pending(response, result.received)
         # "An immediate next round would move something" (§5.7b). A response page
         # that moved no watermark (each node on it stopped at a failed pull or a
         # refusal) would come back identical: failures wait for the next scheduled
@@ -166,6 +169,20 @@ class SyncEngine:
                 ChangeEvent(LOCAL_DATA_SYNCED, applied_ids, self.clock.now(), self.channel.app_id)
             )
         return result
+
+    def _track_pending(self, response: SyncExchangeResponse, received: int) -> int | None:
+        """The ``pending`` extension for this round: counted by the responder, or carried forward.
+
+        The responder counts only when asked (a count reads the whole backlog), so
+        the first cut page of a catch-up asks, and each later page takes what it
+        brought off that count. Writes that reach the responder meanwhile make the
+        estimate low; the next catch-up counts afresh.
+        """
+        pending = response.pending
+        if pending is None and self._pending_estimate is not None:
+            pending = max(0, self._pending_estimate - received) if response.has_more else 0
+        self._pending_estimate = pending if response.has_more else None
+        return pending
 
     # -- outbound ----------------------------------------------------------------
 

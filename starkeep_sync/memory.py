@@ -148,6 +148,10 @@ class MemoryDatabaseAdapter:
         next_cursor = serialize_hlc(records[-1].updated_at) if more and records else None
         return RecordPage(records, next_cursor, more)
 
+    def count_since(self, watermarks: Mapping[str, HLCTimestamp]) -> int:
+        with self._lock:
+            return sum(1 for _ in self._index.iter_since(watermarks))
+
     def get_node_watermarks(self) -> Watermarks:
         return dict(self._index.coverage)
 
@@ -302,6 +306,13 @@ class MemoryApplier:
             rows = [row_to_entry(app_id, table, t.rows[pk]) for _, pk in entries]  # type: ignore[index]
         next_cursor = serialize_hlc(rows[-1].timestamp) if more and rows else None
         return ScanPage(rows, next_cursor, more)
+
+    def count_since(self, app_id: str, table: str, since: Mapping[str, HLCTimestamp]) -> int:
+        t = self._tables.get((app_id, table))
+        if t is None:
+            return 0
+        with self._lock:
+            return sum(1 for _ in t.index.iter_since(since))
 
     def get_node_watermarks(self, app_id: str, table: str) -> Watermarks:
         t = self._tables.get((app_id, table))

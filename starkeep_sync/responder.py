@@ -111,7 +111,9 @@ class SyncResponder:
         pending: int | None = None
         if not has_more:
             pending = 0
-        elif self.count_pending:
+        elif self.count_pending and request.count_pending:
+            # Only when asked: a count reads the whole backlog, and a requester that
+            # counted once estimates the next pages from it (see ``SyncEngine``).
             total = self.channel.count_since(request.watermarks)
             if total is not None:
                 # What is above the vector, less this page and what this request

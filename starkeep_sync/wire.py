@@ -34,6 +34,10 @@ class SyncExchangeRequest:
     records: list[DataRecord] = field(default_factory=list)
     app_syncable_rows: list[AppSyncableRowEntry] = field(default_factory=list)
     limit: int | None = None
+    #: Extension (not in the reference): ask the responder for ``pending``, a count
+    #: of what remains. Counting costs the responder a pass over that backlog, so a
+    #: requester asks once per catch-up and estimates the later pages itself.
+    count_pending: bool = False
 
     def to_wire(self) -> dict[str, Any]:
         out: dict[str, Any] = {
@@ -43,6 +47,8 @@ class SyncExchangeRequest:
         }
         if self.limit is not None:
             out["limit"] = self.limit
+        if self.count_pending:
+            out["countPending"] = True
         return out
 
     @classmethod
@@ -56,11 +62,15 @@ class SyncExchangeRequest:
             limit = _int(limit, "limit")
             if limit < 1:
                 raise WireFormatError("limit", "must be at least 1")
+        count_pending = data.get("countPending", False)
+        if not isinstance(count_pending, bool):
+            raise WireFormatError("countPending", "must be a boolean")
         return cls(
             watermarks=watermarks_from_wire(data["watermarks"], "watermarks"),
             records=_list(data.get("records"), "records", record_from_wire),
             app_syncable_rows=_list(data.get("appSyncableRows"), "appSyncableRows", entry_from_wire),
             limit=limit,
+            count_pending=count_pending,
         )
 
 

@@ -219,6 +219,9 @@ def component_schemas() -> dict[str, Any]:
                 "limit": {"type": "integer", "nullable": True, "minimum": 1,
                           "maximum": sync_settings.MAX_PAGE_LIMIT,
                           "description": f"Page size; {sync_settings.DEFAULT_PAGE_LIMIT} when absent."},
+                "countPending": {"type": "boolean",
+                                 "description": "Extension: ask for `pending` in the response (a count of "
+                                                "the backlog; ask once per catch-up)."},
             },
         },
         "ExchangeResponse": {

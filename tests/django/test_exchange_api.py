@@ -290,6 +290,7 @@ MALFORMED = [
     pytest.param(b'{"watermarks": {}, "limit": 1.5}', "limit", id="limit-float"),
     pytest.param(b'{"watermarks": {}, "limit": 0}', "limit", id="limit-zero"),
     pytest.param(b'{"watermarks": {}, "limit": -3}', "limit", id="limit-negative"),
+    pytest.param(b'{"watermarks": {}, "countPending": 1}', "countPending", id="count-pending-int"),
     pytest.param(body(records=[VALID, _without(VALID, "updatedAt")]), "records[1].updatedAt",
                  id="valid-record-then-missing-updatedAt"),
     pytest.param(body(records=[VALID, {**VALID, "id": "01HREC0000000000000000000B", "sizeBytes": "3"}]),
@@ -387,3 +388,32 @@ def test_default_page_limit_applies_without_limit(api: APIClient, alice_token: s
     with _sync_settings(DEFAULT_PAGE_LIMIT=2):
         data = exchange_ok(exchange(api, "/sync/exchange", body(), bearer(alice_token)))
     assert len(data["records"]) == 2 and data["hasMore"] is True
+
+
+def _asking(payload: bytes) -> bytes:
+    return json.dumps({**json.loads(payload), "countPending": True}).encode()
+
+
+@pytest.mark.parametrize("url", ["/sync/exchange", NOTES_URL])
+def test_pending_is_counted_only_when_the_request_asks(
+    api: APIClient, alice_token: str, notes_app: Any, url: str
+) -> None:
+    if url == NOTES_URL:
+        payload = body(rows=[entry("notes", "notes", f"n{i}", BASE_MS + i) for i in range(5)])
+        stream = "appSyncableRows"
+    else:
+        payload = body(records=[record(f"01HREC000000000000000000{i:02d}", BASE_MS + i) for i in range(5)])
+        stream = "records"
+    exchange_ok(exchange(api, url, payload, bearer(alice_token)))
+
+    asked = exchange_ok(exchange(api, url, _asking(body(limit=2)), bearer(alice_token)))
+    assert len(asked[stream]) == 2 and asked["hasMore"] is True and asked["pending"] == 3
+    # Not asked: the backlog is not counted (a requester carries its first count forward).
+    silent = exchange_ok(exchange(api, url, body(limit=2), bearer(alice_token)))
+    assert silent["hasMore"] is True and "pending" not in silent
+    # A page that is not cut has nothing pending, asked or not.
+    last = exchange_ok(exchange(api, url, body(limit=5), bearer(alice_token)))
+    assert last["hasMore"] is False and last["pending"] == 0
+    with _sync_settings(COUNT_PENDING=False):
+        off = exchange_ok(exchange(api, url, _asking(body(limit=2)), bearer(alice_token)))
+    assert off["hasMore"] is True and "pending" not in off
