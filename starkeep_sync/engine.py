@@ -3,18 +3,20 @@
 from __future__ import annotations
 
 import logging
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
+from typing import Any
 
 from .blobs import FileSyncEngine, TransferFailure
 from .channel import ChannelView, Item, group_by_node
-from .constants import LOCAL_DATA_SYNCED, LOGGER_NAME, MAX_COUNTER, MAX_WALL_TIME
-from .exceptions import SyncError
+from .constants import FILE_RECORDS_TABLE, LOCAL_DATA_SYNCED, LOGGER_NAME, MAX_COUNTER, MAX_WALL_TIME
+from .exceptions import SyncError, WireFormatError
 from .hlc import HLCClock, HLCTimestamp, serialize_hlc
 from .memory import MemorySyncStateStore
 from .notifier import ChangeEvent, ChangeNotifier
 from .protocols import AppSource, DatabaseAdapter, ObjectStorage, SyncStateStore, SyncTransport
 from .watermarks import is_lower_somewhere
-from .wire import SyncExchangeRequest, SyncExchangeResponse
+from .wire import SyncExchangeRequest, SyncExchangeResponse, watermarks_from_wire
 
 logger = logging.getLogger(LOGGER_NAME)
 
@@ -90,6 +92,10 @@ class SyncEngine:
         self.change_notifier = change_notifier or ChangeNotifier()
         #: What the responder still holds for us, while a catch-up runs (see ``_track_pending``).
         self._pending_estimate: int | None = None
+        #: The next page asked for while this one was applied (see ``_predict_next``).
+        self._prefetched: tuple[SyncExchangeRequest, Future[Any]] | None = None
+        self._prefetcher: ThreadPoolExecutor | None = None
+        self._can_prefetch = bool(getattr(transport, "prefetch_safe", False)) and hasattr(transport, "exchange_json")
 
     @property
     def blob_failures(self) -> dict[str, TransferFailure]:
@@ -111,14 +117,26 @@ class SyncEngine:
             limit=self.page_limit,
             count_pending=self._pending_estimate is None,
         )
-        response = self.transport.exchange(request)
+        answer = self._take_prefetched(request)
+        if answer is None:
+            answer = self._fetch(request)
+        if not isinstance(answer, SyncExchangeResponse):
+            if not shipped:
+                # Ask for the next page while this one is checked and applied (see ``_predict_next``).
+                following = self._predict_next(own, answer)
+                if following is not None:
+                    self._prefetch(following)
+            answer = SyncExchangeResponse.from_wire(answer)
+        response = answer
         result.shipped = len(shipped)
 
         items = self.channel.inbound_items(response.records, response.app_syncable_rows, side="requester")
         result.received = len(items)
+        result.pending = self._track_pending(response, len(items))
         # Everything at or below ``cut`` (above our vector, not an echo) was in
         # this response; with hasMore the page stopped there.
         cut = max((i.hlc for i in items), default=None) if response.has_more else None
+        theirs = response.responder_watermarks
         applied_ids: list[str] = []
         new_own = dict(own)
         failed_nodes: set[str] = set()
@@ -129,10 +147,32 @@ class SyncEngine:
             if last_ok is None or last_ok != run[-1].hlc:
                 failed_nodes.add(node)
         self._pull_shipped_staged(shipped, own, new_own, failed_nodes, result)
+        self._raise_to_peer(new_own, theirs, failed_nodes, cut)
 
-        # Nodes that fully landed: we now hold all the peer covers up to the cut
-        # (what it did not send, we sent it: no echo).
-        theirs = response.responder_watermarks
+        self.sync_state.set_watermarks(new_own)
+        self.sync_state.set_peer_watermarks(theirs)
+        self.sync_state.set_hlc_clock_state(self.clock.state)
+
+        result.applied = len(applied_ids)
+        # "An immediate next round would move something" (§5.7b). A response page
+        # that moved no watermark (each node on it stopped at a failed pull or a
+        # refusal) would come back identical: failures wait for the next scheduled
+        # round. ``left_behind`` only counts nodes that did not halt on a push.
+        more_inbound = response.has_more and new_own != own
+        result.has_more = bool(more_inbound or left_behind or is_lower_somewhere(theirs, peer))
+        if applied_ids:
+            self.change_notifier.emit(
+                ChangeEvent(LOCAL_DATA_SYNCED, applied_ids, self.clock.now(), self.channel.app_id)
+            )
+        return result
+
+    def _raise_to_peer(self, new_own: Watermarks, theirs: Watermarks, failed_nodes: set[str],
+                       cut: HLCTimestamp | None) -> None:
+        """Raise ``new_own`` to what the responder covers, for every node that fully landed.
+
+        We now hold all the peer covers up to the cut (what it did not send, we
+        sent it: no echo).
+        """
         me = self.clock.node_id
         for node, hlc in theirs.items():
             if node in failed_nodes:
@@ -152,23 +192,74 @@ class SyncEngine:
             if node not in new_own or bound > new_own[node]:
                 new_own[node] = bound
 
-        self.sync_state.set_watermarks(new_own)
-        self.sync_state.set_peer_watermarks(theirs)
-        self.sync_state.set_hlc_clock_state(self.clock.state)
+    # -- prefetch ----------------------------------------------------------------
 
-        result.applied = len(applied_ids)
-        result.pending = self._track_pending(response, result.received)
-        # "An immediate next round would move something" (§5.7b). A response page
-        # that moved no watermark (each node on it stopped at a failed pull or a
-        # refusal) would come back identical: failures wait for the next scheduled
-        # round. ``left_behind`` only counts nodes that did not halt on a push.
-        more_inbound = response.has_more and new_own != own
-        result.has_more = bool(more_inbound or left_behind or is_lower_somewhere(theirs, peer))
-        if applied_ids:
-            self.change_notifier.emit(
-                ChangeEvent(LOCAL_DATA_SYNCED, applied_ids, self.clock.now(), self.channel.app_id)
-            )
-        return result
+    def _fetch(self, request: SyncExchangeRequest) -> Any:
+        """The answer to ``request``: parsed JSON from a transport that can prefetch, else a response."""
+        if self._can_prefetch:
+            return self.transport.exchange_json(request)  # type: ignore[attr-defined]
+        return self.transport.exchange(request)
+
+    def _predict_next(self, own: Watermarks, data: Any) -> SyncExchangeRequest | None:
+        """The request the next round sends if every item of this answer lands; ``None`` if not worth asking.
+
+        Only for a catch-up that pulls metadata: nothing shipped (so the next
+        request is a pure read, and one that goes unused changed nothing on the
+        responder), no blob to pull (applying uses no transport of ours), and no
+        item of our own node (its bound depends on what applying leaves). The
+        next round uses the prefetched answer only if its request is exactly this
+        one, so an item that fails or is refused, or a local write in between,
+        just costs the prefetch.
+        """
+        if not self._can_prefetch or not isinstance(data, dict) or data.get("hasMore") is not True:
+            return None
+        me = self.clock.node_id
+        stream, stamp = ("records", "updatedAt") if self.channel.shared else ("appSyncableRows", "timestamp")
+        tops: dict[str, HLCTimestamp] = {}
+        try:
+            for raw in data.get(stream) or ():
+                if raw.get("objectStorageKey") or raw.get("table") == FILE_RECORDS_TABLE:
+                    return None
+                h = raw[stamp]
+                hlc = HLCTimestamp(h["wallTime"], h["counter"], h["nodeId"])
+                if hlc[2] == me:
+                    return None
+                if hlc[2] not in tops or hlc > tops[hlc[2]]:
+                    tops[hlc[2]] = hlc
+            theirs = watermarks_from_wire(data.get("responderWatermarks", {}), "responderWatermarks")
+        except (AttributeError, KeyError, TypeError, WireFormatError):
+            return None  # malformed: ``from_wire`` names the problem
+        predicted = dict(own)
+        for node, top in tops.items():
+            if node not in predicted or top > predicted[node]:
+                predicted[node] = top
+        self._raise_to_peer(predicted, theirs, set(), max(tops.values(), default=None))
+        # As ``_track_pending`` will leave it: a count in hand (or estimated) is counted down.
+        count = data.get("pending") is None and self._pending_estimate is None
+        return SyncExchangeRequest(watermarks=predicted, limit=self.page_limit, count_pending=count)
+
+    def _prefetch(self, request: SyncExchangeRequest) -> None:
+        if self._prefetcher is None:
+            self._prefetcher = ThreadPoolExecutor(max_workers=1, thread_name_prefix="starkeep-prefetch")
+        fetch = self.transport.exchange_json  # type: ignore[attr-defined]
+        self._prefetched = (request, self._prefetcher.submit(fetch, request))
+
+    def _take_prefetched(self, request: SyncExchangeRequest) -> Any:
+        """The prefetched answer (parsed JSON) if it answers exactly ``request``; otherwise it is dropped.
+
+        Always waits for a prefetch in flight, so the transport is never used by
+        two threads at once.
+        """
+        if self._prefetched is None:
+            return None
+        asked, future = self._prefetched
+        self._prefetched = None
+        try:
+            response = future.result()
+        except Exception as err:  # the round asks again and reports its own failure
+            logger.debug("prefetched page dropped: %s", err)
+            return None
+        return response if asked == request else None
 
     def _track_pending(self, response: SyncExchangeResponse, received: int) -> int | None:
         """The ``pending`` extension for this round: counted by the responder, or carried forward.

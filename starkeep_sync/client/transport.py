@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import requests
 
 from ..constants import EXCHANGE_PATH
@@ -14,6 +16,10 @@ from .session import DEFAULT_TIMEOUT, ChannelClient, Timeout, dumps_json, loads_
 class HttpSyncTransport(ChannelClient):
     """A requester's ``SyncTransport`` to one channel of a remote server."""
 
+    #: The engine may run ``exchange_json`` on its prefetch thread; it waits for
+    #: that call before the next, so the session is never used by two threads at once.
+    prefetch_safe = True
+
     def exchange(self, request: SyncExchangeRequest) -> SyncExchangeResponse:
         """Send one round; the parsed response.
 
@@ -21,6 +27,10 @@ class HttpSyncTransport(ChannelClient):
         non-2xx (``status``, ``code``, ``retry_after`` set), and
         ``WireFormatError`` when a 2xx body is not a valid exchange response.
         """
+        return SyncExchangeResponse.from_wire(self.exchange_json(request))
+
+    def exchange_json(self, request: SyncExchangeRequest) -> Any:
+        """Send one round; the response body as parsed JSON, not yet validated (``exchange`` less ``from_wire``)."""
         body = dumps_json(request.to_wire())
         headers = {"Content-Type": "application/json", "Accept": "application/json"}
         # Signed over the exact bytes sent, so serialise once and reuse.
@@ -40,7 +50,7 @@ class HttpSyncTransport(ChannelClient):
                     f"exchange response broke off ({err})", status=response.status_code, code="truncated_response"
                 ) from err
             raise WireFormatError("body", f"exchange response is not valid JSON ({err})") from err
-        return SyncExchangeResponse.from_wire(data)
+        return data
 
 
 def _unframed(response: requests.Response) -> bool:
