@@ -1,0 +1,161 @@
+"""The engine asks for the next page of a metadata catch-up while it applies this one."""
+
+from __future__ import annotations
+
+import json
+import threading
+from typing import Any
+
+import pytest
+
+from starkeep_sync import HLCClock, HLCTimestamp, SyncTransportError, create_data_record, create_sync_engine
+from starkeep_sync.memory import MemoryDatabaseAdapter, MemoryObjectStorage
+from starkeep_sync.responder import SyncResponder
+from starkeep_sync.wire import SyncExchangeRequest, SyncExchangeResponse
+
+
+class JsonTransport:
+    """Like ``HttpSyncTransport``: JSON through a real responder, and a check that no two calls overlap."""
+
+    prefetch_safe = True
+
+    def __init__(self, server_db: MemoryDatabaseAdapter) -> None:
+        self.responder = SyncResponder(database=server_db, storage=MemoryObjectStorage(), clock=HLCClock("cloud"))
+        self.requests: list[SyncExchangeRequest] = []
+        self.threads: set[str] = set()
+        self.busy = threading.Lock()
+        self.fail_next = False
+
+    def exchange_json(self, request: SyncExchangeRequest) -> Any:
+        assert self.busy.acquire(blocking=False), "two exchanges at once on one transport"
+        try:
+            self.requests.append(request)
+            self.threads.add(threading.current_thread().name)
+            if self.fail_next:
+                self.fail_next = False
+                raise SyncTransportError("connection reset", code="network")
+            decoded = SyncExchangeRequest.from_wire(json.loads(json.dumps(request.to_wire())))
+            return json.loads(json.dumps(self.responder.handle(decoded)[0].to_wire()))
+        finally:
+            self.busy.release()
+
+    def exchange(self, request: SyncExchangeRequest) -> SyncExchangeResponse:
+        return SyncExchangeResponse.from_wire(self.exchange_json(request))
+
+
+def metadata(clock: HLCClock, n: int, start: int = 0) -> list[Any]:
+    return [create_data_record(clock, type="text/plain", origin_app_id="notes", content_hash=f"{i:064x}",
+                               object_storage_key="", size_bytes=0) for i in range(start, start + n)]
+
+
+def device(transport: Any, db: MemoryDatabaseAdapter | None = None) -> Any:
+    return create_sync_engine(local_database=db if db is not None else MemoryDatabaseAdapter(),
+                              local_storage=MemoryObjectStorage(), remote_storage=MemoryObjectStorage(),
+                              transport=transport, clock=HLCClock("laptop"), page_limit=4)
+
+
+def catch_up(engine: Any) -> list[Any]:
+    results = []
+    while True:
+        results.append(engine.exchange())
+        if not results[-1].has_more:
+            return results
+
+
+def test_a_catch_up_pulls_the_next_page_on_another_thread_and_ends_the_same() -> None:
+    server_db = MemoryDatabaseAdapter(metadata(HLCClock("phone"), 9) + metadata(HLCClock("tablet"), 8, 100))
+    transport = JsonTransport(server_db)
+    db = MemoryDatabaseAdapter()
+    results = catch_up(device(transport, db))
+
+    assert sorted(r.id for r in db.all()) == sorted(r.id for r in server_db.all())
+    assert [r.received for r in results] == [4, 4, 4, 4, 1]
+    assert any(name.startswith("starkeep-prefetch") for name in transport.threads)
+    # Every request but the first was a prefetch that the next round took as it was: no page asked twice.
+    assert len(transport.requests) == len(results)
+    watermarks = [tuple(sorted(r.watermarks.items())) for r in transport.requests]
+    assert len(set(watermarks)) == len(watermarks)
+
+
+class RefusingDatabase(MemoryDatabaseAdapter):
+    """A device database that cannot take one record (a local constraint, say)."""
+
+    def __init__(self, refuse: str) -> None:
+        super().__init__()
+        self.refuse = refuse
+
+    def merge(self, records: Any) -> list[bool]:
+        if any(r.id == self.refuse for r in records):
+            raise ValueError("local constraint")
+        return super().merge(records)
+
+
+def test_a_refused_item_drops_the_prefetched_page_and_holds_its_node_back() -> None:
+    phone = metadata(HLCClock("phone"), 6)
+    tablet = metadata(HLCClock("tablet"), 6, 100)
+    server_db = MemoryDatabaseAdapter(sorted(phone + tablet, key=lambda r: r.updated_at))
+    transport = JsonTransport(server_db)
+    first_page = sorted(phone + tablet, key=lambda r: r.updated_at)[:4]
+    bad = next(r for r in first_page if r.updated_at[2] == "phone")
+    db = RefusingDatabase(bad.id)
+    engine = device(transport, db)
+
+    first = engine.exchange()
+    assert first.refused and first.received == 4
+    engine.exchange()
+    # The prefetch assumed the whole first page landed; round two asked from where the phone really stopped.
+    assert transport.requests[1] != transport.requests[2]
+    assert transport.requests[2].watermarks.get("phone", HLCTimestamp(0, 0, "")) < bad.updated_at
+    assert bad.id not in {r.id for r in db.all()}
+    assert engine.sync_state.get_watermarks().get("phone", HLCTimestamp(0, 0, "")) < bad.updated_at
+
+
+def test_a_local_write_between_rounds_drops_the_prefetched_page() -> None:
+    server_db = MemoryDatabaseAdapter(metadata(HLCClock("phone"), 10))
+    transport = JsonTransport(server_db)
+    db = MemoryDatabaseAdapter()
+    engine = device(transport, db)
+    engine.exchange()
+    mine = create_data_record(engine.clock, type="text/plain", origin_app_id="notes", content_hash="f" * 64,
+                              object_storage_key="", size_bytes=0)
+    db.put(mine)
+    engine.exchange()  # ships the local write: its request is not the prefetched one
+    assert transport.requests[2].records == [mine]
+    catch_up(engine)
+    assert {r.id for r in server_db.all()} == {r.id for r in db.all()}
+
+
+def test_a_failed_prefetch_is_forgotten_and_the_round_asks_again() -> None:
+    server_db = MemoryDatabaseAdapter(metadata(HLCClock("phone"), 10))
+    transport = JsonTransport(server_db)
+    db = MemoryDatabaseAdapter()
+    engine = device(transport, db)
+    transport.fail_next = False
+    engine.exchange()  # the prefetch of page two is already running or done
+    engine._prefetched[1].result()  # let it finish (it succeeded), then make the next one fail
+    transport.fail_next = True
+    second = engine.exchange()  # takes page two, prefetches page three, which fails
+    assert second.received == 4
+    third = engine.exchange()  # drops the failure and asks again itself
+    assert third.received == 2 and not third.has_more
+    assert len(db) == 10
+    assert transport.requests[2] == transport.requests[3]
+
+
+def test_no_prefetch_without_a_transport_that_allows_it() -> None:
+    server_db = MemoryDatabaseAdapter(metadata(HLCClock("phone"), 10))
+    transport = JsonTransport(server_db)
+    transport.prefetch_safe = False  # type: ignore[misc]
+    catch_up(device(transport))
+    assert transport.threads == {threading.current_thread().name}
+
+
+@pytest.mark.parametrize("key", ["", "shared/text/00/" + "0" * 64])
+def test_pages_with_blobs_are_not_prefetched(key: str) -> None:
+    clock = HLCClock("phone")
+    records = [create_data_record(clock, type="text/plain", origin_app_id="notes", content_hash="0" * 64,
+                                  object_storage_key=key, size_bytes=0) for _ in range(6)]
+    transport = JsonTransport(MemoryDatabaseAdapter(records))
+    catch_up(device(transport))
+    prefetched = any(name.startswith("starkeep-prefetch") for name in transport.threads)
+    assert prefetched is (key == "")
