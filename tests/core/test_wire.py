@@ -359,11 +359,50 @@ def test_record_missing_required_field(missing: str) -> None:
         ("version", -1),
         ("mimeType", 5),
         ("label", ["x"]),
+        # Every limit and every text field, so the one-pass check of a valid record
+        # (``_good_record``) can be seen to let none of them through.
+        ("id", "i" * 257),
+        ("id", "a\x00b"),
+        ("type", "image/" + "j" * 250),
+        ("type", "image/\x00"),
+        ("contentHash", "h" * 257),
+        ("contentHash", None),
+        ("contentHash", "a\x00"),
+        ("objectStorageKey", "k" * 1025),
+        ("objectStorageKey", 3),
+        ("originAppId", "o" * 256),
+        ("originAppId", None),
+        ("mimeType", "m" * 256),
+        ("mimeType", "text/\x00"),
+        ("originalFilename", "f" * 4097),
+        ("originalFilename", "a\x00.jpg"),
+        ("parentId", "p" * 257),
+        ("parentId", 9),
+        ("label", "l" * 4097),
+        ("label", "\x00"),
+        ("version", 2**31),
+        ("version", True),
+        ("sizeBytes", 2**63),
+        ("createdAt", None),
+        ("deletedAt", "gone"),
     ],
 )
-def test_record_bad_field(key: str, value: Any) -> None:
-    body = request_with(records=[wire_record(**{key: value})])
-    assert field_of(SyncExchangeRequest.from_wire, body) == f"records[0].{key}"
+@pytest.mark.parametrize("parse", [SyncExchangeRequest.from_wire, SyncExchangeResponse.from_wire])
+def test_record_bad_field(key: str, value: Any, parse: Any) -> None:
+    body = request_with(records=[wire_record(), wire_record(**{key: value})])
+    assert field_of(parse, body) == f"records[1].{key}"
+
+
+@pytest.mark.parametrize("overrides", [
+    {}, {"deletedAt": hlc(2000, 0)}, {"mimeType": None, "originalFilename": None, "label": None},
+    {"parentId": "01HZX3Q7J8K9M0N1P2Q3R4S5T7"}, {"version": 0, "sizeBytes": 0},
+    {"id": "i" * 256, "type": "t/" + "x" * 253, "originalFilename": "f" * 4096},
+])
+def test_valid_records_parse_alike_on_both_paths(overrides: dict[str, Any]) -> None:
+    rec = wire_record(**overrides)
+    fast = SyncExchangeResponse.from_wire(response_with(records=[rec])).records[0]
+    checked = record_from_wire(rec, "records[0]")
+    assert fast == checked and record_to_wire(fast) == {**rec, "kind": "data"}
 
 
 def test_record_bad_hlc_names_nested_field() -> None:
