@@ -155,6 +155,22 @@ class ChannelView:
         items = [i for i in items if (i.identity, i.hlc) not in drop]
         return items[:limit], len(items) > limit or beyond
 
+    def wire_records_since(
+        self, watermarks: Mapping[str, HLCTimestamp], limit: int,
+        exclude: Collection[tuple[Any, HLCTimestamp]] = (),
+    ) -> tuple[list[dict[str, Any]], bool] | None:
+        """Like ``changes_since`` on the Drive channel, as wire dicts; ``None`` if the adapter cannot.
+
+        For a responder, which only serialises what it sends: an adapter with
+        ``query_wire_since(watermarks, limit, exclude)`` (the ORM) reads rows
+        straight into wire form, leaving out ``exclude`` and keeping hasMore exact.
+        """
+        read = getattr(self.database, "query_wire_since", None) if self.shared else None
+        if read is None:
+            return None
+        skip = {(ident[1], hlc) for ident, hlc in exclude} if exclude else None
+        return read(watermarks, limit, skip)  # type: ignore[no-any-return]
+
     def _changes(
         self, watermarks: Mapping[str, HLCTimestamp], limit: int, page_size: int | None,
         exclude: Collection[tuple[Any, HLCTimestamp]] | None,

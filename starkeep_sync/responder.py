@@ -10,6 +10,7 @@ import logging
 from collections.abc import Callable
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
+from typing import Any
 
 from .channel import ChannelView, Item, group_by_node
 from .constants import DRIVE_APP_ID, LOGGER_NAME
@@ -106,8 +107,14 @@ class SyncResponder:
     def _answer(self, request: SyncExchangeRequest, limit: int, received: set[tuple[object, ...]],
                 report: ExchangeReport) -> SyncExchangeResponse:
         # No echo (PROTOCOL §5.7a): what this request stored is left out, and hasMore stays exact.
-        out, has_more = self.channel.changes_since(request.watermarks, limit, exclude=received)
-        report.sent = len(out)
+        out: list[Item] = []
+        wire_records: list[dict[str, Any]] = []
+        encoded = self.channel.wire_records_since(request.watermarks, limit, exclude=received)
+        if encoded is not None:
+            wire_records, has_more = encoded
+        else:
+            out, has_more = self.channel.changes_since(request.watermarks, limit, exclude=received)
+        report.sent = len(out) + len(wire_records)
         pending: int | None = None
         if not has_more:
             pending = 0
@@ -118,9 +125,10 @@ class SyncResponder:
             if total is not None:
                 # What is above the vector, less this page and what this request
                 # itself stored (it will never be sent back).
-                pending = max(0, total - len(out) - report.applied)
+                pending = max(0, total - report.sent - report.applied)
         return SyncExchangeResponse(
             records=[i.record for i in out if i.record is not None],
+            wire_records=wire_records,
             app_syncable_rows=[i.entry for i in out if i.entry is not None],
             responder_watermarks=self.channel.coverage(),
             has_more=has_more,

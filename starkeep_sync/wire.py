@@ -83,10 +83,17 @@ class SyncExchangeResponse:
     #: Extension (not in the reference): items above the requester's
     #: watermarks that remain after this page. ``None`` when unknown.
     pending: int | None = None
+    #: Records already in wire form, sent after ``records``: a responder whose
+    #: adapter reads them so (``query_wire_since``) skips building ``DataRecord``s
+    #: it would only serialise. ``from_wire`` never fills it.
+    wire_records: list[dict[str, Any]] = field(default_factory=list)
 
     def to_wire(self) -> dict[str, Any]:
+        records = [record_to_wire(r) for r in self.records]
+        if self.wire_records:
+            records += self.wire_records
         out: dict[str, Any] = {
-            "records": [record_to_wire(r) for r in self.records],
+            "records": records,
             "appSyncableRows": [entry_to_wire(e) for e in self.app_syncable_rows],
             "responderWatermarks": watermarks_to_wire(self.responder_watermarks),
             "hasMore": self.has_more,

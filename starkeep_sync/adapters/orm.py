@@ -256,6 +256,23 @@ def record_from_row(t: tuple[Any, ...]) -> DataRecord:
     )
 
 
+def _wire_hlc(value: str) -> dict[str, Any]:
+    """The wire form of an HLC this adapter wrote with ``serialize_hlc``."""
+    return {"wallTime": int(value[:12], 16), "counter": int(value[13:17], 16), "nodeId": value[18:]}
+
+
+def record_row_to_wire(t: tuple[Any, ...]) -> dict[str, Any]:
+    """What ``record_to_wire(record_from_row(t))`` gives, without building the record."""
+    (updated, rid, kind, rtype, created, deleted, version, content_hash, key, mime, size, filename, origin,
+     parent, label) = t
+    return {
+        "id": rid, "kind": kind, "type": rtype, "createdAt": _wire_hlc(created), "updatedAt": _wire_hlc(updated),
+        "deletedAt": _wire_hlc(deleted) if deleted else None, "version": version, "contentHash": content_hash,
+        "objectStorageKey": key, "mimeType": mime, "sizeBytes": size, "originalFilename": filename,
+        "originAppId": origin, "parentId": parent, "label": label,
+    }
+
+
 def _record_values(r: DataRecord) -> list[Any]:
     return [
         r.id, r.kind, r.type, serialize_hlc(r.created_at), serialize_hlc(r.updated_at),
@@ -353,6 +370,15 @@ class OrmDatabaseAdapter:
         rows, more = rows_since(self._qs, _RECORD_READ, self.get_node_watermarks(), watermarks, limit, cursor,
                                 skip)
         return RecordPage([record_from_row(t) for t in rows], rows[-1][0] if more and rows else None, more)
+
+    def query_wire_since(self, watermarks: Mapping[str, HLCTimestamp], limit: int,
+                         exclude: Collection[tuple[str, HLCTimestamp]] | None = None,
+                         ) -> tuple[list[dict[str, Any]], bool]:
+        """``query_since`` for a responder: one page in wire form, and whether more remain."""
+        self._coverage.before_scan(_is_records_scope, watermarks)
+        skip = {(rid, serialize_hlc(h)) for rid, h in exclude} if exclude else None
+        rows, more = rows_since(self._qs, _RECORD_READ, self.get_node_watermarks(), watermarks, limit, None, skip)
+        return [record_row_to_wire(t) for t in rows], more
 
     def count_since(self, watermarks: Mapping[str, HLCTimestamp]) -> int:
         self._coverage.before_scan(_is_records_scope, watermarks)

@@ -9,6 +9,10 @@ from django.db import connection
 from django.test.utils import CaptureQueriesContext
 from rest_framework.test import APIClient
 
+from starkeep_sync import HLCClock, create_data_record
+from starkeep_sync.adapters.orm import OrmDatabaseAdapter
+from starkeep_sync.wire import record_to_wire
+
 from .support import BASE_MS, bearer, body, entry, exchange, exchange_ok, record
 
 # Outside a test transaction, as under a real server (no ATOMIC_REQUESTS).
@@ -58,12 +62,31 @@ def test_echoes_are_left_out_while_reading_and_has_more_stays_exact(api: APIClie
         data = exchange_ok(exchange(api, "/sync/exchange", body(records=mine, limit=10), bearer(alice_token)))
     assert [r["id"] for r in data["records"]] == [f"b{i}" for i in range(10)]
     assert data["hasMore"] is True
-    # One read per node: the channel wants 11 (the page and one to learn hasMore), the adapter one more
-    # for its own hasMore, plus room for the 100 echoes it drops from the tuples it read.
+    # One read per node, straight into wire form: the page, one more to learn hasMore, and room for
+    # the 100 echoes it drops from the tuples it read.
     page_reads = [q["sql"] for q in ctx.captured_queries if "starkeep_sync_sharedrecord" in q["sql"]
                   and "ORDER BY" in q["sql"]]
-    assert page_reads and all(q.endswith("LIMIT 112") for q in page_reads), [q[-160:] for q in page_reads]
+    assert len(page_reads) == 2 and all(q.endswith("LIMIT 111") for q in page_reads), [q[-160:] for q in page_reads]
     rest = exchange_ok(exchange(api, "/sync/exchange",
                                 body(watermarks={"nodeA": mine[-1]["updatedAt"], "nodeB": theirs[9]["updatedAt"]}),
                                 bearer(alice_token)))
     assert [r["id"] for r in rest["records"]] == [f"b{i}" for i in range(10, 15)] and rest["hasMore"] is False
+
+
+def test_records_read_into_wire_form_equal_the_built_ones(alice: Any) -> None:
+    clock = HLCClock("nodeA")
+    plain = create_data_record(clock, type="text/plain", origin_app_id="notes", content_hash="0" * 64,
+                               object_storage_key="", size_bytes=0)
+    full = create_data_record(clock, type="image/png", origin_app_id="photos", content_hash="a" * 64,
+                              object_storage_key="shared/image/aa/" + "a" * 64, size_bytes=2**40, mime_type="image/png",
+                              original_filename="ü.png", parent_id=plain.id, label="x" * 4096)
+    db = OrmDatabaseAdapter(alice)
+    db.merge([plain, full])
+    db.delete(plain.id, clock.now())
+    page = db.query_since({}, 10)
+    wire, more = db.query_wire_since({}, 10)
+    assert not more and len(page.records) == 2
+    assert wire == [record_to_wire(r) for r in page.records]
+    assert wire[0]["deletedAt"] is None and wire[1]["deletedAt"] is not None  # the tombstone is the later write
+    assert db.query_wire_since({}, 1) == (wire[:1], True)
+    assert db.query_wire_since({}, 10, exclude=[(full.id, full.updated_at)]) == (wire[1:], False)
