@@ -120,7 +120,7 @@ def main(argv: list[str] | None = None) -> None:
         elapsed = time.perf_counter() - started
         if profiler is not None:
             profiler.stop()
-            print(profiler.output_text(unicode=True, color=False, show_all=False))
+            print(profiler.output_text(unicode=True, color=False, show_all=bool(os.environ.get("PROFILE_ALL"))))
             if args.html:
                 with open(args.html, "w") as f:
                     f.write(profiler.output_html())
