@@ -183,6 +183,9 @@ def rows_since(
     """
     after = deserialize_hlc(cursor) if cursor else None
     fetch = None if limit is None else limit + 1 + len(skip or ())
+    echoes: dict[str, list[str]] = {}
+    for _, stamp in skip or ():
+        echoes.setdefault(stamp[18:], []).append(stamp)  # a serialized HLC ends with its node id
     streams = []
     for node, top in coverage.items():
         floor = watermarks.get(node, ZERO_HLC)
@@ -190,6 +193,10 @@ def rows_since(
             floor = after
         if top <= floor:
             continue
+        if node in echoes:
+            floor = _past_echoes(queryset, fields[0], node, floor, echoes[node], skip)  # type: ignore[arg-type]
+            if top <= floor:
+                continue
         qs = queryset.filter(node_id=node, **node_floor_lookup(node, floor)).order_by("updated_at")
         qs = qs.values_list("updated_at", *fields)
         rows = list(qs[:fetch] if fetch is not None else qs)
@@ -201,6 +208,23 @@ def rows_since(
     if limit is not None and len(merged) > limit:
         return merged[:limit], True
     return merged, False
+
+
+def _past_echoes(queryset: QuerySet, ident: str, node: str, floor: HLCTimestamp, stamps: list[str],
+                 skip: set[tuple[Any, str]]) -> HLCTimestamp:
+    """``floor`` raised past this request's own items of ``node`` when nothing else lies among them.
+
+    A device pushing a page finds its own rows right above its vector; reading
+    them whole only to drop them cost a push a quarter of its time. Two columns
+    of at most one row more than there are echoes tell whether every row up to
+    the highest echo is one; if so the page starts after it, else ``floor`` stays.
+    """
+    highest = max(stamps)
+    span = list(queryset.filter(node_id=node, updated_at__lte=highest, **node_floor_lookup(node, floor))
+                .order_by("updated_at").values_list("updated_at", ident)[:len(stamps) + 1])
+    if len(span) <= len(stamps) and all((i, stamp) in skip for stamp, i in span):
+        return stored_hlc(highest)
+    return floor
 
 
 # -- shared records -------------------------------------------------------------

@@ -62,11 +62,15 @@ def test_echoes_are_left_out_while_reading_and_has_more_stays_exact(api: APIClie
         data = exchange_ok(exchange(api, "/sync/exchange", body(records=mine, limit=10), bearer(alice_token)))
     assert [r["id"] for r in data["records"]] == [f"b{i}" for i in range(10)]
     assert data["hasMore"] is True
-    # One read per node, straight into wire form: the page, one more to learn hasMore, and room for
-    # the 100 echoes it drops from the tuples it read.
-    page_reads = [q["sql"] for q in ctx.captured_queries if "starkeep_sync_sharedrecord" in q["sql"]
-                  and "ORDER BY" in q["sql"]]
-    assert len(page_reads) == 2 and all(q.endswith("LIMIT 111") for q in page_reads), [q[-160:] for q in page_reads]
+    # nodeA's rows above the vector are all echoes: two columns of them (at most one more row than there
+    # are echoes) show it, and its page is never read. nodeB's page is read straight into wire form: the
+    # page, one more to learn hasMore, and room for echoes.
+    reads = [q["sql"] for q in ctx.captured_queries if "starkeep_sync_sharedrecord" in q["sql"]
+             and "ORDER BY" in q["sql"]]
+    assert len(reads) == 2, [q[-160:] for q in reads]
+    span, page = sorted(reads, key=lambda q: "'nodeB'" in q)
+    assert "'nodeA'" in span and span.endswith("LIMIT 101") and span.count(" AS ") == 2
+    assert "'nodeB'" in page and page.endswith("LIMIT 111")
     rest = exchange_ok(exchange(api, "/sync/exchange",
                                 body(watermarks={"nodeA": mine[-1]["updatedAt"], "nodeB": theirs[9]["updatedAt"]}),
                                 bearer(alice_token)))
@@ -90,3 +94,20 @@ def test_records_read_into_wire_form_equal_the_built_ones(alice: Any) -> None:
     assert wire[0]["deletedAt"] is None and wire[1]["deletedAt"] is not None  # the tombstone is the later write
     assert db.query_wire_since({}, 1) == (wire[:1], True)
     assert db.query_wire_since({}, 10, exclude=[(full.id, full.updated_at)]) == (wire[1:], False)
+
+
+def test_a_row_among_the_echoes_that_the_requester_lacks_is_still_sent(api: APIClient, alice_token: str) -> None:
+    # A relay brought nodeA's a50 here first; nodeA now pushes a0..a99 without a50 (it lost it, say).
+    relayed = record("a50", BASE_MS + 50, "nodeA")
+    exchange_ok(exchange(api, "/sync/exchange", body(records=[relayed]), bearer(alice_token)))
+    mine = [record(f"a{i}", BASE_MS + i, "nodeA") for i in range(100) if i != 50]
+    data = exchange_ok(exchange(api, "/sync/exchange", body(records=mine, limit=10), bearer(alice_token)))
+    assert [r["id"] for r in data["records"]] == ["a50"] and data["hasMore"] is False
+    # A newer a7 arrives from elsewhere; the device pushes all hundred again. Every row up to its highest
+    # push is an echo (a7's old version lost, so that row is above them now): only a7 comes back.
+    exchange_ok(exchange(api, "/sync/exchange", body(records=[record("a7", BASE_MS + 500, "nodeA")]),
+                         bearer(alice_token)))
+    every = [record(f"a{i}", BASE_MS + i, "nodeA") for i in range(100)]
+    again = exchange_ok(exchange(api, "/sync/exchange", body(records=every, limit=10), bearer(alice_token)))
+    assert [(r["id"], r["updatedAt"]["wallTime"]) for r in again["records"]] == [("a7", BASE_MS + 500)]
+    assert again["hasMore"] is False
