@@ -402,16 +402,14 @@ def _check_json(value: Any, where: str) -> None:
 
 def _records(value: Any) -> list[DataRecord]:
     """``records`` of a request or response: the common shape fast, anything else through the checks."""
-    if type(value) is list:
-        out = []
-        for d in value:
-            r = _good_record(d) if type(d) is dict else None
-            if r is None:
-                break
-            out.append(r)
-        else:
-            return out
-    return _list(value, "records", record_from_wire)
+    if type(value) is not list:
+        return _list(value, "records", record_from_wire)
+    out = []
+    for i, d in enumerate(value):
+        r = _good_record(d) if type(d) is dict else None
+        # The checks that name the problem; they also learn a node id seen for the first time.
+        out.append(r if r is not None else record_from_wire(d, f"records[{i}]"))
+    return out
 
 
 def _list(value: Any, where: str, parse: Any) -> list:
