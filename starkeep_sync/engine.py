@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
@@ -19,6 +20,9 @@ from .watermarks import is_lower_somewhere
 from .wire import SyncExchangeRequest, SyncExchangeResponse, watermarks_from_wire
 
 logger = logging.getLogger(LOGGER_NAME)
+
+#: Seconds a prefetched page stays usable (see ``SyncEngine._take_prefetched``).
+PREFETCH_MAX_AGE = 30.0
 
 Watermarks = dict[str, HLCTimestamp]
 
@@ -93,7 +97,7 @@ class SyncEngine:
         #: What the responder still holds for us, while a catch-up runs (see ``_track_pending``).
         self._pending_estimate: int | None = None
         #: The next page asked for while this one was applied (see ``_predict_next``).
-        self._prefetched: tuple[SyncExchangeRequest, Future[Any]] | None = None
+        self._prefetched: tuple[SyncExchangeRequest, Future[Any], float] | None = None
         self._prefetcher: ThreadPoolExecutor | None = None
         self._can_prefetch = bool(getattr(transport, "prefetch_safe", False)) and hasattr(transport, "exchange_json")
 
@@ -242,7 +246,7 @@ class SyncEngine:
         if self._prefetcher is None:
             self._prefetcher = ThreadPoolExecutor(max_workers=1, thread_name_prefix="starkeep-prefetch")
         fetch = self.transport.exchange_json  # type: ignore[attr-defined]
-        self._prefetched = (request, self._prefetcher.submit(fetch, request))
+        self._prefetched = (request, self._prefetcher.submit(fetch, request), time.monotonic())
 
     def _take_prefetched(self, request: SyncExchangeRequest) -> Any:
         """The prefetched answer (parsed JSON) if it answers exactly ``request``; otherwise it is dropped.
@@ -252,14 +256,16 @@ class SyncEngine:
         """
         if self._prefetched is None:
             return None
-        asked, future = self._prefetched
+        asked, future, sent = self._prefetched
         self._prefetched = None
         try:
             response = future.result()
         except Exception as err:  # the round asks again and reports its own failure
             logger.debug("prefetched page dropped: %s", err)
             return None
-        return response if asked == request else None
+        # Correct at any age, but after a failed round (minutes of backoff, say) a fresh answer is better.
+        fresh = time.monotonic() - sent <= PREFETCH_MAX_AGE
+        return response if fresh and asked == request else None
 
     def _track_pending(self, response: SyncExchangeResponse, received: int) -> int | None:
         """The ``pending`` extension for this round: counted by the responder, or carried forward.

@@ -159,3 +159,17 @@ def test_pages_with_blobs_are_not_prefetched(key: str) -> None:
     catch_up(device(transport))
     prefetched = any(name.startswith("starkeep-prefetch") for name in transport.threads)
     assert prefetched is (key == "")
+
+
+def test_a_stale_prefetched_page_is_asked_for_again(monkeypatch: Any) -> None:
+    from starkeep_sync import engine as engine_module
+
+    server_db = MemoryDatabaseAdapter(metadata(HLCClock("phone"), 10))
+    transport = JsonTransport(server_db)
+    engine = device(transport)
+    engine.exchange()
+    clock = [engine_module.time.monotonic()]
+    monkeypatch.setattr(engine_module.time, "monotonic", lambda: clock[0] + engine_module.PREFETCH_MAX_AGE + 1)
+    second = engine.exchange()
+    assert second.received == 4
+    assert transport.requests[1] == transport.requests[2]  # the same page, asked for again
