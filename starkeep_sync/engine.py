@@ -21,7 +21,7 @@ from .wire import SyncExchangeRequest, SyncExchangeResponse, watermarks_from_wir
 
 logger = logging.getLogger(LOGGER_NAME)
 
-#: Seconds a prefetched page stays usable (see ``SyncEngine._take_prefetched``).
+#: Seconds a prefetched page stays usable (see ``SyncEngine._await_prefetch``).
 PREFETCH_MAX_AGE = 30.0
 
 Watermarks = dict[str, HLCTimestamp]
@@ -109,6 +109,8 @@ class SyncEngine:
     # -- the round ---------------------------------------------------------------
 
     def exchange(self) -> ExchangeResult:
+        # First, before anything else may use a session the transport shares (blob pushes).
+        prefetched = self._await_prefetch()
         own = self.sync_state.get_watermarks()
         peer = self.sync_state.get_peer_watermarks()
         result = ExchangeResult(0, 0, False)
@@ -121,7 +123,7 @@ class SyncEngine:
             limit=self.page_limit,
             count_pending=self._pending_estimate is None,
         )
-        answer = self._take_prefetched(request)
+        answer = prefetched[1] if prefetched is not None and prefetched[0] == request else None
         if answer is None:
             answer = self._fetch(request)
         if not isinstance(answer, SyncExchangeResponse):
@@ -248,24 +250,25 @@ class SyncEngine:
         fetch = self.transport.exchange_json  # type: ignore[attr-defined]
         self._prefetched = (request, self._prefetcher.submit(fetch, request), time.monotonic())
 
-    def _take_prefetched(self, request: SyncExchangeRequest) -> Any:
-        """The prefetched answer (parsed JSON) if it answers exactly ``request``; otherwise it is dropped.
+    def _await_prefetch(self) -> tuple[SyncExchangeRequest, Any] | None:
+        """The prefetched ``(request, parsed JSON answer)``, or ``None`` if there is none, it failed or it is stale.
 
-        Always waits for a prefetch in flight, so the transport is never used by
-        two threads at once.
+        Always waits for a prefetch in flight, so the transport (and a session it
+        may share with the blob storage) is never used by two threads at once.
         """
         if self._prefetched is None:
             return None
         asked, future, sent = self._prefetched
         self._prefetched = None
         try:
-            response = future.result()
+            answer = future.result()
         except Exception as err:  # the round asks again and reports its own failure
             logger.debug("prefetched page dropped: %s", err)
             return None
         # Correct at any age, but after a failed round (minutes of backoff, say) a fresh answer is better.
-        fresh = time.monotonic() - sent <= PREFETCH_MAX_AGE
-        return response if fresh and asked == request else None
+        if time.monotonic() - sent > PREFETCH_MAX_AGE:
+            return None
+        return asked, answer
 
     def _track_pending(self, response: SyncExchangeResponse, received: int) -> int | None:
         """The ``pending`` extension for this round: counted by the responder, or carried forward.

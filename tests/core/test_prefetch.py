@@ -2,13 +2,22 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import threading
+import time
 from typing import Any
 
 import pytest
 
-from starkeep_sync import HLCClock, HLCTimestamp, SyncTransportError, create_data_record, create_sync_engine
+from starkeep_sync import (
+    HLCClock,
+    HLCTimestamp,
+    SyncTransportError,
+    create_data_record,
+    create_sync_engine,
+    shared_object_key,
+)
 from starkeep_sync.memory import MemoryDatabaseAdapter, MemoryObjectStorage
 from starkeep_sync.responder import SyncResponder
 from starkeep_sync.wire import SyncExchangeRequest, SyncExchangeResponse
@@ -25,12 +34,16 @@ class JsonTransport:
         self.threads: set[str] = set()
         self.busy = threading.Lock()
         self.fail_next = False
+        #: Seconds a prefetch (a call on the engine's helper thread) takes, holding the connection.
+        self.prefetch_delay = 0.0
 
     def exchange_json(self, request: SyncExchangeRequest) -> Any:
         assert self.busy.acquire(blocking=False), "two exchanges at once on one transport"
         try:
             self.requests.append(request)
             self.threads.add(threading.current_thread().name)
+            if threading.current_thread().name.startswith("starkeep-prefetch"):
+                time.sleep(self.prefetch_delay)
             if self.fail_next:
                 self.fail_next = False
                 raise SyncTransportError("connection reset", code="network")
@@ -173,3 +186,43 @@ def test_a_stale_prefetched_page_is_asked_for_again(monkeypatch: Any) -> None:
     second = engine.exchange()
     assert second.received == 4
     assert transport.requests[1] == transport.requests[2]  # the same page, asked for again
+
+
+class SharedSessionStorage(MemoryObjectStorage):
+    """Remote blob storage that shares the transport's connection: it must not run during a prefetch."""
+
+    def __init__(self, transport: JsonTransport) -> None:
+        super().__init__()
+        self.transport = transport
+
+    def _one_at_a_time(self) -> None:
+        assert self.transport.busy.acquire(blocking=False), "blob storage used while the prefetch runs"
+        self.transport.busy.release()
+
+    def has(self, key: str) -> bool:
+        self._one_at_a_time()
+        return super().has(key)
+
+    def put(self, key: str, data: Any, content_type: str | None = None) -> None:
+        self._one_at_a_time()
+        super().put(key, data, content_type)
+
+
+def test_a_blob_push_waits_for_the_prefetch_in_flight() -> None:
+    server_db = MemoryDatabaseAdapter(metadata(HLCClock("phone"), 10))
+    transport = JsonTransport(server_db)
+    transport.prefetch_delay = 0.2
+    local_db, local_storage = MemoryDatabaseAdapter(), MemoryObjectStorage()
+    clock = HLCClock("laptop")
+    engine = create_sync_engine(local_database=local_db, local_storage=local_storage,
+                                remote_storage=SharedSessionStorage(transport), transport=transport, clock=clock,
+                                page_limit=4)
+    engine.exchange()  # page one; page two is being prefetched, slowly
+    data = b"a photo"
+    digest = hashlib.sha256(data).hexdigest()
+    key = shared_object_key("image/jpeg", digest)
+    local_storage.put(key, data, "image/jpeg")
+    local_db.put(create_data_record(clock, type="image/jpeg", origin_app_id="notes", content_hash=digest,
+                                    object_storage_key=key, size_bytes=len(data)))
+    second = engine.exchange()  # pushes the blob: only once the prefetch is done
+    assert second.shipped == 1 and not second.failed_pushes
