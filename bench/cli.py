@@ -26,6 +26,9 @@ NOTES = [
     "1-6: the example project under `gunicorn example_project.wsgi` (1 worker on SQLite, 4 on PostgreSQL), "
     "fresh database, throttling off (STARKEEP_THROTTLE=off), MAX_PAGE_LIMIT "
     f"{PAGE_LIMIT:,}, DJANGO_DEBUG=0; the device runs in this process on loopback.",
+    "1-6: before any clock starts, each server serves a short warm-up (a separate owner pushes and pulls "
+    "200 records, two rounds per worker), so worker start-up (database connection, first-use caches) is "
+    "not timed.",
     "1: a memory-adapter device pushes N metadata-only shared records (rounds until has_more is false, "
     "default page_limit 1000). Baseline: the same rows inserted into starkeep_sync_sharedrecord with one "
     "executemany in one transaction through the same database (psycopg on PostgreSQL, sqlite3 on SQLite), "
@@ -80,7 +83,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 def owners_for(kind: str, sizes: workloads.Sizes, selected: set[int]) -> list[str]:
-    owners = ["bench", "bench-baseline"]
+    owners = ["bench", "bench-baseline", "bench-warmup"]
     if selected & {1, 2, 3}:
         owners += [f"bench-n{n}" for n in sizes.http]
     if 6 in selected and kind == "postgres":
@@ -101,6 +104,7 @@ def run_database(kind: str, sizes: workloads.Sizes, selected: set[int], workdir:
         server.start()
         bench = workloads.HttpBench(server, db, owners, sizes, workdir)
         try:
+            bench.warm_up()
             if selected & {1, 2, 3}:
                 bench.records(selected)
             if 4 in selected:

@@ -209,6 +209,16 @@ class HttpBench:
 
         return probe
 
+    def warm_up(self) -> None:
+        """Every worker has served pushes and pulls before anything is timed (connections, caches)."""
+        log(f"{self.kind}: warming up {self.server.workers} worker(s)")
+        clock = HLCClock("warm-up")
+        records = metadata_records(clock, 200, prefix="warm-up")
+        for _ in range(2 * self.server.workers):
+            run_rounds(self.engine("bench-warmup", clock, database=MemoryDatabaseAdapter(records)))
+            run_rounds(self.engine("bench-warmup", HLCClock("warm-up-reader"), database=MemoryDatabaseAdapter(),
+                                   page_limit=PAGE_LIMIT))
+
     # 1, 2, 3
 
     def records(self, selected: set[int]) -> None:
