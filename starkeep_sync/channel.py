@@ -155,21 +155,40 @@ class ChannelView:
         items = [i for i in items if (i.identity, i.hlc) not in drop]
         return items[:limit], len(items) > limit or beyond
 
-    def wire_records_since(
+    def wire_changes_since(
         self, watermarks: Mapping[str, HLCTimestamp], limit: int,
         exclude: Collection[tuple[Any, HLCTimestamp]] = (),
     ) -> tuple[list[dict[str, Any]], bool] | None:
-        """Like ``changes_since`` on the Drive channel, as wire dicts; ``None`` if the adapter cannot.
+        """Like ``changes_since``, as wire dicts (records on the Drive channel, else row entries); ``None`` if
+        the adapter cannot.
 
         For a responder, which only serialises what it sends: an adapter with
-        ``query_wire_since(watermarks, limit, exclude)`` (the ORM) reads rows
-        straight into wire form, leaving out ``exclude`` and keeping hasMore exact.
+        ``query_wire_since(watermarks, limit, exclude)`` (shared records) or
+        ``scan_wire_since(app_id, table, since, limit, exclude)`` (app rows; the
+        ORM has both) reads rows straight into wire form, leaving out
+        ``exclude`` and keeping hasMore exact.
         """
-        read = getattr(self.database, "query_wire_since", None) if self.shared else None
-        if read is None:
+        if self.shared:
+            read = getattr(self.database, "query_wire_since", None)
+            if read is None:
+                return None
+            skip = {(ident[1], hlc) for ident, hlc in exclude} if exclude else None
+            return read(watermarks, limit, skip)  # type: ignore[no-any-return]
+        scan = getattr(self.app_source.applier, "scan_wire_since", None) if self.app_source else None
+        if scan is None:
             return None
-        skip = {(ident[1], hlc) for ident, hlc in exclude} if exclude else None
-        return read(watermarks, limit, skip)  # type: ignore[no-any-return]
+        streams: list[list[tuple[str, dict[str, Any]]]] = []
+        for ns in self.namespaces():
+            for table in ns.tables:
+                skip = {(ident[3:], hlc) for ident, hlc in exclude
+                        if ident[1] == ns.app_id and ident[2] == table.name} if exclude else None
+                # One more than the page from each table: the merge then knows hasMore exactly.
+                rows, _ = scan(ns.app_id, table.name, watermarks, limit + 1, skip)
+                if rows:
+                    streams.append(rows)
+        # Each entry comes with its stored HLC, whose order is the HLC order.
+        merged = streams[0] if len(streams) == 1 else list(heapq.merge(*streams, key=lambda r: r[0]))
+        return [wire for _, wire in merged[:limit]], len(merged) > limit
 
     def _changes(
         self, watermarks: Mapping[str, HLCTimestamp], limit: int, page_size: int | None,

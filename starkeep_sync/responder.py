@@ -108,13 +108,13 @@ class SyncResponder:
                 report: ExchangeReport) -> SyncExchangeResponse:
         # No echo (PROTOCOL §5.7a): what this request stored is left out, and hasMore stays exact.
         out: list[Item] = []
-        wire_records: list[dict[str, Any]] = []
-        encoded = self.channel.wire_records_since(request.watermarks, limit, exclude=received)
+        wire: list[dict[str, Any]] = []
+        encoded = self.channel.wire_changes_since(request.watermarks, limit, exclude=received)
         if encoded is not None:
-            wire_records, has_more = encoded
+            wire, has_more = encoded
         else:
             out, has_more = self.channel.changes_since(request.watermarks, limit, exclude=received)
-        report.sent = len(out) + len(wire_records)
+        report.sent = len(out) + len(wire)
         pending: int | None = None
         if not has_more:
             pending = 0
@@ -128,7 +128,8 @@ class SyncResponder:
                 pending = max(0, total - report.sent - report.applied)
         return SyncExchangeResponse(
             records=[i.record for i in out if i.record is not None],
-            wire_records=wire_records,
+            wire_records=wire if self.channel.shared else [],
+            wire_rows=[] if self.channel.shared else wire,
             app_syncable_rows=[i.entry for i in out if i.entry is not None],
             responder_watermarks=self.channel.coverage(),
             has_more=has_more,

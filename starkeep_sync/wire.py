@@ -87,14 +87,19 @@ class SyncExchangeResponse:
     #: adapter reads them so (``query_wire_since``) skips building ``DataRecord``s
     #: it would only serialise. ``from_wire`` never fills it.
     wire_records: list[dict[str, Any]] = field(default_factory=list)
+    #: The same for app row entries, sent after ``app_syncable_rows``.
+    wire_rows: list[dict[str, Any]] = field(default_factory=list)
 
     def to_wire(self) -> dict[str, Any]:
         records = [record_to_wire(r) for r in self.records]
         if self.wire_records:
             records += self.wire_records
+        rows = [entry_to_wire(e) for e in self.app_syncable_rows]
+        if self.wire_rows:
+            rows += self.wire_rows
         out: dict[str, Any] = {
             "records": records,
-            "appSyncableRows": [entry_to_wire(e) for e in self.app_syncable_rows],
+            "appSyncableRows": rows,
             "responderWatermarks": watermarks_to_wire(self.responder_watermarks),
             "hasMore": self.has_more,
         }

@@ -442,6 +442,25 @@ _FILE_COLUMNS = (
 _FILE_READ = ("record_id", *_FILE_COLUMNS, "extra")
 
 
+#: What a scan reads after ``updated_at`` (see ``rows_since``), for the reserved file table and for others.
+_FILE_SCAN = (*_FILE_READ, "deleted_at", "node_id")
+_ROW_SCAN = ("row_key", "data", "deleted_at", "node_id")
+
+
+def _row_of(t: tuple[Any, ...], file_table: bool) -> dict[str, Any]:
+    """The row of a ``_FILE_SCAN`` or ``_ROW_SCAN`` tuple, with its ``updated_at`` and ``deleted_at``."""
+    if file_table:
+        row: dict[str, Any] = dict(t[-3])  # extra
+        row["id"] = t[1]
+        for c, v in zip(_FILE_COLUMNS, t[2:-3], strict=True):
+            row[c] = v
+    else:
+        row = dict(t[2])
+    row[UPDATED_AT] = t[0]
+    row[DELETED_AT] = t[-2]
+    return row
+
+
 def _advisory_id(owner_id: int, app_id: str, table: str, key: str) -> int:
     """A signed 64-bit lock id for one app row (a collision only serializes two writers)."""
     digest = hashlib.blake2b(f"{owner_id}\x1f{app_id}\x1f{table}\x1f{key}".encode(), digest_size=8).digest()
@@ -693,29 +712,31 @@ class OrmApplier:
                    limit: int | None = None, cursor: str | None = None,
                    exclude: Collection[tuple[tuple[Any, ...], HLCTimestamp]] | None = None) -> ScanPage:
         """Rows above ``since``; ``exclude`` holds ``(primary key, hlc)`` of rows to leave out."""
+        rows, more = self._rows_since(app_id, table, since, limit, cursor, exclude)
+        file_table = table == FILE_RECORDS_TABLE
+        entries = [AppSyncableRowEntry(stored_hlc(t[0]), app_id, table, "delete" if t[-2] else "insert",
+                                       _row_of(t, file_table), None) for t in rows]
+        return ScanPage(entries, rows[-1][0] if more and rows else None, more)
+
+    def scan_wire_since(self, app_id: str, table: str, since: Mapping[str, HLCTimestamp], limit: int,
+                        exclude: Collection[tuple[tuple[Any, ...], HLCTimestamp]] | None = None,
+                        ) -> tuple[list[tuple[str, dict[str, Any]]], bool]:
+        """``scan_since`` for a responder: ``(stored HLC, entry in wire form)`` pairs, and whether more remain."""
+        rows, more = self._rows_since(app_id, table, since, limit, None, exclude)
+        file_table = table == FILE_RECORDS_TABLE
+        return [(t[0], {"timestamp": _wire_hlc(t[0]), "appId": app_id, "table": table,
+                        "op": "delete" if t[-2] else "insert", "row": _row_of(t, file_table), "where": None})
+                for t in rows], more
+
+    def _rows_since(self, app_id: str, table: str, since: Mapping[str, HLCTimestamp], limit: int | None,
+                    cursor: str | None, exclude: Collection[tuple[tuple[Any, ...], HLCTimestamp]] | None,
+                    ) -> tuple[list[tuple[Any, ...]], bool]:
         prefix = f"{app_id}/"
         self.coverage.before_scan(lambda scope: scope.startswith(prefix), since)
-        file_table = table == FILE_RECORDS_TABLE
-        fields = (*_FILE_READ, "deleted_at", "node_id") if file_table else ("row_key", "data", "deleted_at",
-                                                                             "node_id")
+        fields = _FILE_SCAN if table == FILE_RECORDS_TABLE else _ROW_SCAN
         skip = {(self._key_text(table, pk), serialize_hlc(h)) for pk, h in exclude} if exclude else None
-        rows, more = rows_since(self._qs(app_id, table), fields, self.get_node_watermarks(app_id, table),
-                                since, limit, cursor, skip)
-        entries = []
-        for t in rows:
-            if file_table:
-                row: dict[str, Any] = dict(t[-3])  # extra
-                row["id"] = t[1]
-                for c, v in zip(_FILE_COLUMNS, t[2:-3], strict=True):
-                    row[c] = v
-            else:
-                row = dict(t[2])
-            updated, deleted = t[0], t[-2]
-            row[UPDATED_AT] = updated
-            row[DELETED_AT] = deleted
-            entries.append(AppSyncableRowEntry(stored_hlc(updated), app_id, table,
-                                               "delete" if deleted else "insert", row, None))
-        return ScanPage(entries, rows[-1][0] if more and rows else None, more)
+        return rows_since(self._qs(app_id, table), fields, self.get_node_watermarks(app_id, table),
+                          since, limit, cursor, skip)
 
     def count_since(self, app_id: str, table: str, since: Mapping[str, HLCTimestamp]) -> int:
         prefix = f"{app_id}/"

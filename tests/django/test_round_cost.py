@@ -10,8 +10,11 @@ from django.test.utils import CaptureQueriesContext
 from rest_framework.test import APIClient
 
 from starkeep_sync import HLCClock, create_data_record
-from starkeep_sync.adapters.orm import OrmDatabaseAdapter
-from starkeep_sync.wire import record_to_wire
+from starkeep_sync.adapters.orm import OrmAppSource, OrmDatabaseAdapter
+from starkeep_sync.channel import ChannelView
+from starkeep_sync.constants import FILE_RECORDS_TABLE
+from starkeep_sync.records import AppSyncableRowEntry
+from starkeep_sync.wire import entry_to_wire, record_to_wire
 
 from .support import BASE_MS, bearer, body, entry, exchange, exchange_ok, record
 
@@ -111,3 +114,32 @@ def test_a_row_among_the_echoes_that_the_requester_lacks_is_still_sent(api: APIC
     again = exchange_ok(exchange(api, "/sync/exchange", body(records=every, limit=10), bearer(alice_token)))
     assert [(r["id"], r["updatedAt"]["wallTime"]) for r in again["records"]] == [("a7", BASE_MS + 500)]
     assert again["hasMore"] is False
+
+
+def test_app_rows_read_into_wire_form_equal_the_built_ones(alice: Any, notes_app: Any) -> None:
+    source = OrmAppSource(alice)
+    clock = HLCClock("nodeA")
+    applier = source.applier
+    for i in range(3):
+        applier.apply(AppSyncableRowEntry(clock.now(), "notes", "notes", "insert",
+                                          {"id": f"n{i}", "body": f"ü {i}", "tags": ["a", {"b": None}]}, None))
+        applier.apply(AppSyncableRowEntry(clock.now(), "notes", FILE_RECORDS_TABLE, "insert",
+                                          {"id": f"f{i}", "content_hash": "0" * 64, "object_storage_key": "",
+                                           "size_bytes": i, "mime_type": "text/plain", "extra": {"x": i}}, None))
+    applier.apply(AppSyncableRowEntry(clock.now(), "notes", "notes", "delete", None, {"id": "n1"}))
+    for table in ("notes", FILE_RECORDS_TABLE):
+        built = [entry_to_wire(e) for e in applier.scan_since("notes", table, {}, 10).rows]
+        wire, more = applier.scan_wire_since("notes", table, {}, 10)
+        assert [w for _, w in wire] == built and not more and len(built) == 3
+        assert [stamp for stamp, _ in wire] == sorted(stamp for stamp, _ in wire)
+
+    # The channel merges the tables' streams in HLC order, as changes_since does.
+    channel = ChannelView(database=None, app_source=source, sync_shared_records=False, app_id="notes")
+    items, more = channel.changes_since({}, 4)
+    encoded = channel.wire_changes_since({}, 4)
+    assert encoded == ([entry_to_wire(i.entry) for i in items if i.entry is not None], more) and more
+    everything = channel.wire_changes_since({}, 6)
+    assert everything is not None and len(everything[0]) == 6 and everything[1] is False
+    # An echo is left out and hasMore stays exact.
+    first = items[0]
+    assert channel.wire_changes_since({}, 5, exclude=[(first.identity, first.hlc)]) == (everything[0][1:], False)
