@@ -146,6 +146,14 @@ class SyncStateStore(Protocol):
 
 
 class SyncTransport(Protocol):
+    """How a requester reaches its responder.
+
+    Optional: a transport with ``prefetch_safe = True`` and
+    ``exchange_json(request)`` (the response body as parsed JSON, unchecked)
+    lets the engine ask for the next page of a catch-up on a helper thread;
+    it never makes two calls at once (``SyncEngine._predict_next``).
+    """
+
     def exchange(self, request: Any) -> Any:
         """Send a ``SyncExchangeRequest``; return the ``SyncExchangeResponse``."""
 
