@@ -71,6 +71,19 @@ def entry_item(e: AppSyncableRowEntry, pk: tuple[Any, ...]) -> Item:
     return Item(e.timestamp, entry=e, identity=("a", e.app_id, e.table, *pk), manifest=manifest)
 
 
+def _record_skip(exclude: Collection[tuple[Any, HLCTimestamp]] | None) -> set[tuple[Any, HLCTimestamp]] | None:
+    """``(record id, hlc)`` of the excluded shared records, for an adapter's ``exclude``."""
+    return {(ident[1], hlc) for ident, hlc in exclude} if exclude else None
+
+
+def _row_skip(exclude: Collection[tuple[Any, HLCTimestamp]] | None, app_id: str,
+              table: str) -> set[tuple[Any, HLCTimestamp]] | None:
+    """``(primary key, hlc)`` of the excluded rows of one table, for an applier's ``exclude``."""
+    if not exclude:
+        return None
+    return {(ident[3:], hlc) for ident, hlc in exclude if ident[1] == app_id and ident[2] == table}
+
+
 def group_by_node(items: Iterable[Item]) -> dict[str, list[Item]]:
     groups: dict[str, list[Item]] = {}
     for item in items:
@@ -172,18 +185,15 @@ class ChannelView:
             read = getattr(self.database, "query_wire_since", None)
             if read is None:
                 return None
-            skip = {(ident[1], hlc) for ident, hlc in exclude} if exclude else None
-            return read(watermarks, limit, skip)  # type: ignore[no-any-return]
+            return read(watermarks, limit, _record_skip(exclude))  # type: ignore[no-any-return]
         scan = getattr(self.app_source.applier, "scan_wire_since", None) if self.app_source else None
         if scan is None:
             return None
         streams: list[list[tuple[str, dict[str, Any]]]] = []
         for ns in self.namespaces():
             for table in ns.tables:
-                skip = {(ident[3:], hlc) for ident, hlc in exclude
-                        if ident[1] == ns.app_id and ident[2] == table.name} if exclude else None
                 # One more than the page from each table: the merge then knows hasMore exactly.
-                rows, _ = scan(ns.app_id, table.name, watermarks, limit + 1, skip)
+                rows, _ = scan(ns.app_id, table.name, watermarks, limit + 1, _row_skip(exclude, ns.app_id, table.name))
                 if rows:
                     streams.append(rows)
         # Each entry comes with its stored HLC, whose order is the HLC order.
@@ -198,17 +208,12 @@ class ChannelView:
         streams: list[list[Item]] = []
         if self.shared:
             assert self.database is not None
-            skip = {(ident[1], hlc) for ident, hlc in exclude} if exclude else None
-            streams.append(self._collect_records(watermarks, limit + 1, page_size, skip))
+            streams.append(self._collect_records(watermarks, limit + 1, page_size, _record_skip(exclude)))
         else:
             for ns in self.namespaces():
                 for table in ns.tables:
-                    skip = None
-                    if exclude:
-                        skip = {(ident[3:], hlc) for ident, hlc in exclude
-                                if ident[1] == ns.app_id and ident[2] == table.name}
-                    streams.append(self._collect_rows(ns, table.pk_columns, table.name,
-                                                      watermarks, limit + 1, page_size, skip))
+                    streams.append(self._collect_rows(ns, table.pk_columns, table.name, watermarks, limit + 1,
+                                                      page_size, _row_skip(exclude, ns.app_id, table.name)))
         streams = [s for s in streams if s]
         if not streams:
             return [], False

@@ -389,20 +389,21 @@ class OrmDatabaseAdapter:
     def query_since(self, watermarks: Mapping[str, HLCTimestamp], limit: int, cursor: str | None = None,
                     exclude: Collection[tuple[str, HLCTimestamp]] | None = None) -> RecordPage:
         """Records above ``watermarks``; ``exclude`` holds ``(id, hlc)`` of records to leave out."""
-        self._coverage.before_scan(_is_records_scope, watermarks)
-        skip = {(rid, serialize_hlc(h)) for rid, h in exclude} if exclude else None
-        rows, more = rows_since(self._qs, _RECORD_READ, self.get_node_watermarks(), watermarks, limit, cursor,
-                                skip)
+        rows, more = self._rows_since(watermarks, limit, cursor, exclude)
         return RecordPage([record_from_row(t) for t in rows], rows[-1][0] if more and rows else None, more)
 
     def query_wire_since(self, watermarks: Mapping[str, HLCTimestamp], limit: int,
                          exclude: Collection[tuple[str, HLCTimestamp]] | None = None,
                          ) -> tuple[list[dict[str, Any]], bool]:
         """``query_since`` for a responder: one page in wire form, and whether more remain."""
+        rows, more = self._rows_since(watermarks, limit, None, exclude)
+        return [record_row_to_wire(t) for t in rows], more
+
+    def _rows_since(self, watermarks: Mapping[str, HLCTimestamp], limit: int, cursor: str | None,
+                    exclude: Collection[tuple[str, HLCTimestamp]] | None) -> tuple[list[tuple[Any, ...]], bool]:
         self._coverage.before_scan(_is_records_scope, watermarks)
         skip = {(rid, serialize_hlc(h)) for rid, h in exclude} if exclude else None
-        rows, more = rows_since(self._qs, _RECORD_READ, self.get_node_watermarks(), watermarks, limit, None, skip)
-        return [record_row_to_wire(t) for t in rows], more
+        return rows_since(self._qs, _RECORD_READ, self.get_node_watermarks(), watermarks, limit, cursor, skip)
 
     def count_since(self, watermarks: Mapping[str, HLCTimestamp]) -> int:
         self._coverage.before_scan(_is_records_scope, watermarks)
