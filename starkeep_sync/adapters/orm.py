@@ -13,6 +13,7 @@ import heapq
 import json
 from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager, ExitStack, contextmanager
+from functools import lru_cache
 from typing import Any
 
 from django.db import DataError, IntegrityError, connection, transaction
@@ -26,6 +27,7 @@ from ..models import AppNamespace, AppRow, FileRecord, NodeCoverage, SharedRecor
 from ..protocols import RecordPage, ScanPage
 from ..records import AppSyncableNamespace, AppSyncableRowEntry, AppSyncableTableInfo, DataRecord
 from ..watermarks import node_floor_bound
+from . import sql
 
 Watermarks = dict[str, HLCTimestamp]
 RECORDS_SCOPE = "records"
@@ -306,6 +308,23 @@ def _record_values(r: DataRecord) -> list[Any]:
     ]
 
 
+@lru_cache(maxsize=64)
+def _record_upsert_sql(vendor: str, rows: int, conditional: bool) -> str:
+    """The shared-record upsert: ``rows`` rows of values (SQLite), or one array per column (``rows`` 0, PostgreSQL).
+
+    Built once per shape: the same text comes back for every full batch.
+    """
+    table = connection.ops.quote_name(SharedRecord._meta.db_table)
+    cols = ", ".join(("owner_id", *_RECORD_COLUMNS))
+    updates = ", ".join(f"{c} = excluded.{c}" for c in _RECORD_COLUMNS if c != "record_id")
+    where = f" WHERE {_lt(table + '.updated_at', 'excluded.updated_at')}" if conditional else ""
+    conflict = f"ON CONFLICT (owner_id, record_id) DO UPDATE SET {updates}{where} RETURNING record_id"
+    if vendor == "postgresql":
+        arrays = ", ".join(f"%s::{t}[]" for t in _RECORD_PG_TYPES)
+        return f"INSERT INTO {table} ({cols}) SELECT %s, * FROM unnest({arrays}) {conflict}"
+    return f"INSERT INTO {table} ({cols}) VALUES {sql.placeholders(len(_RECORD_COLUMNS) + 1, rows)} {conflict}"
+
+
 class OrmDatabaseAdapter:
     """Shared records of one owner (the core's ``DatabaseAdapter``)."""
 
@@ -353,11 +372,6 @@ class OrmDatabaseAdapter:
 
     def _upsert(self, records: Sequence[DataRecord], *, conditional: bool,
                 coverage: Iterable[DataRecord] | None = None) -> set[str]:
-        table = connection.ops.quote_name(SharedRecord._meta.db_table)
-        cols = ", ".join(("owner_id", *_RECORD_COLUMNS))
-        updates = ", ".join(f"{c} = excluded.{c}" for c in _RECORD_COLUMNS if c != "record_id")
-        where = f" WHERE {_lt(table + '.updated_at', 'excluded.updated_at')}" if conditional else ""
-        conflict = f"ON CONFLICT (owner_id, record_id) DO UPDATE SET {updates}{where} RETURNING record_id"
         rows = [_record_values(r) for r in records]
         written: set[str] = set()
         with transaction.atomic(), connection.cursor() as cur:
@@ -365,17 +379,17 @@ class OrmDatabaseAdapter:
                 # One array per column: a fixed-shape statement whatever the batch size,
                 # so the driver binds 17 parameters instead of parsing thousands.
                 columns = [list(c) for c in zip(*rows, strict=True)]
-                arrays = ", ".join(f"%s::{t}[]" for t in _RECORD_PG_TYPES)
-                cur.execute(f"INSERT INTO {table} ({cols}) SELECT %s, * FROM unnest({arrays}) {conflict}",
-                            [self.owner_id, *columns])
+                cur.execute(_record_upsert_sql("postgresql", 0, conditional), [self.owner_id, *columns])
                 written.update(row[0] for row in cur.fetchall())
             else:
-                row_sql = "(" + ", ".join(["%s"] * (len(_RECORD_COLUMNS) + 1)) + ")"
+                owner = self.owner_id
                 for start in range(0, len(rows), UPSERT_BATCH):
                     batch = rows[start:start + UPSERT_BATCH]
-                    params = [v for row in batch for v in (self.owner_id, *row)]
-                    cur.execute(f"INSERT INTO {table} ({cols}) VALUES {', '.join([row_sql] * len(batch))} "
-                                f"{conflict}", params)
+                    params: list[Any] = []
+                    for row in batch:
+                        params.append(owner)
+                        params.extend(row)
+                    sql.execute(cur, _record_upsert_sql(connection.vendor, len(batch), conditional), params)
                     written.update(row[0] for row in cur.fetchall())
             bump_coverage(self.owner_id, RECORDS_SCOPE, (r.updated_at for r in (coverage or records)))
         return written

@@ -1,0 +1,51 @@
+"""Raw statements of the ORM adapters, with as little per-statement work in Django as is safe.
+
+Batch upserts are a few statement shapes run thousands of times: their text is
+built once per shape (``functools.lru_cache`` on the builders, so the same
+string object, whose hash Python keeps, comes back), and on SQLite the
+``%s`` -> ``?`` rewrite Django's cursor does on every call with a regular
+expression is done once per shape too. Over a 500-row upsert's 8,500
+placeholders that rewrite alone was a tenth of a push's server time.
+"""
+
+from __future__ import annotations
+
+import re
+import sqlite3
+from collections.abc import Sequence
+from functools import lru_cache
+from typing import Any
+
+#: What Django's SQLite cursor turns into ``?`` ("format" style, ``%%`` is a literal ``%``).
+_FORMAT_PLACEHOLDER = re.compile(r"(?<!%)%s")
+
+
+@lru_cache(maxsize=256)
+def qmark(sql: str) -> str:
+    """``sql`` with ``%s`` placeholders as SQLite's ``?``, the way Django's SQLite cursor converts it."""
+    return _FORMAT_PLACEHOLDER.sub("?", sql).replace("%%", "%")
+
+
+def execute(cursor: Any, sql: str, params: Sequence[Any]) -> None:
+    """``cursor.execute(sql, params)`` on a Django cursor, converting placeholders once per statement shape.
+
+    Only when nothing observes statements one by one: with query logging on
+    (``DEBUG``, ``assertNumQueries``, ``CaptureQueriesContext``) or execute
+    wrappers installed, the statement goes through Django's cursor unchanged,
+    so it is logged and wrapped as usual. Errors are translated by Django
+    either way (``IntegrityError``, ``DataError`` ...), and a statement in a
+    broken transaction is refused as Django would refuse it.
+    """
+    db = cursor.db
+    if db.vendor != "sqlite" or db.queries_logged or db.execute_wrappers:
+        cursor.execute(sql, params)
+        return
+    db.validate_no_broken_transaction()
+    with db.wrap_database_errors:
+        # The base class's execute: Django's subclass would convert the text again.
+        sqlite3.Cursor.execute(cursor.cursor, qmark(sql), params)
+
+
+def placeholders(columns: int, rows: int) -> str:
+    """``(%s, ...), (%s, ...)``: ``rows`` tuples of ``columns`` placeholders."""
+    return ", ".join(["(" + ", ".join(["%s"] * columns) + ")"] * rows)
