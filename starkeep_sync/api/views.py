@@ -15,11 +15,11 @@ import math
 import re
 import tempfile
 from contextlib import AbstractContextManager, nullcontext
+from functools import lru_cache
 from typing import Any
 
 from django.core import signing
 from django.db import IntegrityError, connection, transaction
-from django.db.models import F
 from django.http import FileResponse, HttpResponse
 from django.urls import reverse
 from django.utils import timezone
@@ -28,6 +28,7 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
+from ..adapters import sql
 from ..adapters.orm import OrmAppSource, OrmDatabaseAdapter, OrmNamespaceStore
 from ..adapters.storage import BlobTooLarge, DjangoObjectStorage, get_blob_storage
 from ..blobs import CHUNK_SIZE, parse_content_digest
@@ -187,47 +188,46 @@ def _one_write_transaction(items: int) -> AbstractContextManager[object]:
 def record_activity(owner: Any, channel: str, report: ExchangeReport) -> None:
     """Count the exchange and keep the last refusal, for ``starkeep_status`` (one statement normally)."""
     now = timezone.now()
-    changes: dict[str, Any] = {"exchanges": F("exchanges") + 1, "last_exchange_at": now}
+    error: tuple[str, Any] | None = None
     if report.refused:
         first = report.refused[0]
-        changes.update(last_error=f"{first.item} from node {first.node}: {first.reason}"[:2000], last_error_at=now)
-    if _relaxed_update(owner.pk, channel, changes):
-        return
-    if ChannelActivity.objects.filter(owner=owner, channel=channel).update(**changes):
+        error = (f"{first.item} from node {first.node}: {first.reason}"[:2000], now)
+    if _count_exchange(owner.pk, channel, now, error):
         return
     try:
         with transaction.atomic():
             ChannelActivity.objects.create(owner=owner, channel=channel)
     except IntegrityError:
         pass  # another worker created it first
-    ChannelActivity.objects.filter(owner=owner, channel=channel).update(**changes)
+    _count_exchange(owner.pk, channel, now, error)
 
 
-def _relaxed_update(owner_id: int, channel: str, changes: dict[str, Any]) -> bool:
-    """On PostgreSQL, the counter UPDATE in one statement that does not wait for its WAL flush.
+def _count_exchange(owner_id: int, channel: str, now: Any, error: tuple[str, Any] | None) -> bool:
+    """The counter UPDATE as one plain statement (every exchange runs it); whether a row was there.
 
-    Losing the last few counts in a crash is harmless, and the flush was a
+    On PostgreSQL, outside any transaction, it does not wait for its WAL flush:
+    losing the last few counts in a crash is harmless, and the flush was a
     large part of a converged round. ``set_config(..., true)`` lasts for this
-    statement's own transaction only, so it is used only outside any
-    transaction (under ATOMIC_REQUESTS it would cover the synced data too).
-    Returns whether a row was updated.
+    statement's own transaction only, so it is not used inside one (under
+    ATOMIC_REQUESTS it would cover the synced data too).
     """
-    if connection.vendor != "postgresql" or connection.in_atomic_block:
-        return False
-    table = connection.ops.quote_name(ChannelActivity._meta.db_table)
-    sets = ["exchanges = exchanges + 1", "last_exchange_at = %s"]
-    params: list[Any] = [changes["last_exchange_at"]]
-    if "last_error" in changes:
-        sets += ["last_error = %s", "last_error_at = %s"]
-        params += [changes["last_error"], changes["last_error_at"]]
+    relaxed = connection.vendor == "postgresql" and not connection.in_atomic_block
     with connection.cursor() as cur:
-        cur.execute(
-            f"UPDATE {table} SET {', '.join(sets)} "
-            "FROM (SELECT set_config('synchronous_commit', 'off', true)) AS relaxed "
-            "WHERE owner_id = %s AND channel = %s",
-            [*params, owner_id, channel],
-        )
+        sql.execute(cur, _count_sql(connection.vendor, error is not None, relaxed),
+                    [connection.ops.adapt_datetimefield_value(now),
+                     *(() if error is None else (error[0], connection.ops.adapt_datetimefield_value(error[1]))),
+                     owner_id, channel])
         return bool(cur.rowcount)
+
+
+@lru_cache(maxsize=8)
+def _count_sql(vendor: str, with_error: bool, relaxed: bool) -> str:
+    table = connection.ops.quote_name(ChannelActivity._meta.db_table)
+    sets = "exchanges = exchanges + 1, last_exchange_at = %s"
+    if with_error:
+        sets += ", last_error = %s, last_error_at = %s"
+    source = " FROM (SELECT set_config('synchronous_commit', 'off', true)) AS relaxed" if relaxed else ""
+    return f"UPDATE {table} SET {sets}{source} WHERE owner_id = %s AND channel = %s"
 
 
 def build_responder(owner: Any, channel: str) -> SyncResponder:
