@@ -186,6 +186,7 @@ def rows_since(
     limit: int | None,
     cursor: str | None,
     skip: set[tuple[Any, str]] | None = None,
+    fresh: Mapping[str, HLCTimestamp | None] | None = None,
 ) -> tuple[list[tuple[Any, ...]], bool]:
     """Rows (tuples of ``fields``, ``updated_at`` first) above ``watermarks`` and the cursor, in HLC order.
 
@@ -207,7 +208,12 @@ def rows_since(
         if top <= floor:
             continue
         if node in echoes:
-            floor = _past_echoes(queryset, fields[0], node, floor, echoes[node], skip)  # type: ignore[arg-type]
+            if fresh is not None and node in fresh and _held_nothing_above(fresh[node], floor):
+                # Everything of this node above the floor was stored by this very request (see
+                # ``OrmDatabaseAdapter.merge``): all echoes, none to read back.
+                floor = stored_hlc(max(echoes[node]))
+            else:
+                floor = _past_echoes(queryset, fields[0], node, floor, echoes[node], skip)  # type: ignore[arg-type]
             if top <= floor:
                 continue
         qs = queryset.filter(node_id=node, **node_floor_lookup(node, floor)).order_by("updated_at")
@@ -221,6 +227,14 @@ def rows_since(
     if limit is not None and len(merged) > limit:
         return merged[:limit], True
     return merged, False
+
+
+#: In ``OrmDatabaseAdapter._fresh``: the node's coverage before this request is not known.
+_UNKNOWN = HLCTimestamp(-1, -1, "")
+
+
+def _held_nothing_above(before: HLCTimestamp | None, floor: HLCTimestamp) -> bool:
+    return before is None or (before is not _UNKNOWN and before <= floor)
 
 
 def _past_echoes(queryset: QuerySet, ident: str, node: str, floor: HLCTimestamp, stamps: list[str],
@@ -343,9 +357,18 @@ class OrmDatabaseAdapter:
         self.owner_id = owner.pk if hasattr(owner, "pk") else int(owner)
         self._qs = SharedRecord.objects.filter(owner_id=self.owner_id)
         self._coverage = SnapshotCoverage(self.owner_id)
+        #: Per node merged by this request: its coverage before the merge (``None``: none held).
+        #: Kept only on SQLite inside a transaction that spans the merges and the answer (see ``merge``).
+        self._fresh: dict[str, HLCTimestamp | None] = {}
+        self._fresh_mark = -1
 
-    def read_snapshot(self) -> AbstractContextManager[None]:
-        return self._coverage.snapshot()
+    @contextmanager
+    def read_snapshot(self) -> Iterator[None]:
+        try:
+            with self._coverage.snapshot():
+                yield
+        finally:
+            self._fresh.clear()  # what it says holds only up to this request's answer
 
     def get(self, id: str) -> DataRecord | None:
         m = self._qs.filter(record_id=id).first()
@@ -368,6 +391,16 @@ class OrmDatabaseAdapter:
             return record_from_model(m)
 
     def merge(self, records: Sequence[DataRecord]) -> list[bool]:
+        """LWW-merge ``records``; which of them were stored.
+
+        On SQLite inside an outer transaction (the exchange view's, on a request
+        that writes), the coverage of each merged node just before the merge is
+        kept for the answer: the upsert has taken SQLite's write lock, so until
+        that transaction ends nobody else writes, and a node that held nothing
+        above the requester's vector before holds nothing there now but what
+        this request stored. The answer then leaves those echoes out without
+        reading them back (a push used to read its 1,000 rows again).
+        """
         if not records:
             return []
         # Two versions of one id in a batch: only the later can win, and one
@@ -385,6 +418,7 @@ class OrmDatabaseAdapter:
                 coverage: Iterable[DataRecord] | None = None) -> set[str]:
         rows = [_record_values(r) for r in records]
         written: set[str] = set()
+        outer = connection.in_atomic_block
         with transaction.atomic(), connection.cursor() as cur:
             if connection.vendor == "postgresql":
                 # One array per column: a fixed-shape statement whatever the batch size,
@@ -402,8 +436,29 @@ class OrmDatabaseAdapter:
                         params.extend(row)
                     sql.execute(cur, _record_upsert_sql(connection.vendor, len(batch), conditional), params)
                     written.update(row[0] for row in cur.fetchall())
+                if conditional and outer and connection.vendor == "sqlite":
+                    self._note_fresh(coverage or records)
             bump_coverage(self.owner_id, RECORDS_SCOPE, (r.updated_at for r in (coverage or records)))
+            if self._fresh:
+                self._fresh_mark = connection.connection.total_changes
         return written
+
+    def _fresh_valid(self) -> bool:
+        """Whether ``_fresh`` still describes the holdings: same transaction, no write since our last merge.
+
+        Other connections cannot write while this transaction holds SQLite's
+        write lock; a write on this connection (another adapter, say) moves
+        ``total_changes`` past the mark taken after our last merge.
+        """
+        return (bool(self._fresh) and connection.in_atomic_block and connection.connection is not None
+                and connection.connection.total_changes == self._fresh_mark)
+
+    def _note_fresh(self, records: Iterable[DataRecord]) -> None:
+        """Keep each node's coverage as it was before this merge's ``bump_coverage``."""
+        before = coverage_by_scope(self.owner_id).get(RECORDS_SCOPE, {})
+        for node in {r.updated_at[2] for r in records}:
+            # A node merged twice in one request: its first merge's rows are there too.
+            self._fresh[node] = _UNKNOWN if node in self._fresh else before.get(node)
 
     def query(self, limit: int, cursor: str | None = None) -> RecordPage:
         return self.query_since({}, limit, cursor)
@@ -428,7 +483,9 @@ class OrmDatabaseAdapter:
                     exclude: Collection[tuple[str, HLCTimestamp]] | None) -> tuple[list[tuple[Any, ...]], bool]:
         self._coverage.before_scan(_is_records_scope, watermarks)
         skip = {(rid, serialize_hlc(h)) for rid, h in exclude} if exclude else None
-        return rows_since(self._qs, _RECORD_READ, self.get_node_watermarks(), watermarks, limit, cursor, skip)
+        fresh = self._fresh if self._fresh_valid() else None
+        return rows_since(self._qs, _RECORD_READ, self.get_node_watermarks(), watermarks, limit, cursor, skip,
+                          fresh)
 
     def count_since(self, watermarks: Mapping[str, HLCTimestamp]) -> int:
         self._coverage.before_scan(_is_records_scope, watermarks)
