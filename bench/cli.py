@@ -48,9 +48,12 @@ NOTES = [
     "(one conditional PUT per blob, a HEAD first from 4 MiB up; hashes checked on both ends), "
     "pull = rounds of an empty second device; "
     "device -> server -> device = bytes / (push + pull time). MB = 10^6 bytes. Baseline: shutil.copyfile "
-    "of the same files, one copy (median of 3 passes). On this VM a write into fresh page-cache pages runs "
-    "at 300-430 MB/s (the same loop with O_DIRECT: 1.9 GB/s), and how many fresh pages a copy needs varies, "
-    "so the baseline swings between about 600 and 4,000 MB/s from run to run.",
+    "of the same files, one copy (median of 3 passes). The ceiling row is what the integrity rule alone "
+    "allows a round trip: each leg's receiver hashes every byte, so bytes / (2 x one sha256 pass over them), "
+    "measured here; it is below half the copy whenever sha256 is slower than the copy. On this VM a write "
+    "into page-cache pages not used for a few seconds runs at 250-430 MB/s (recently freed ones: several "
+    "GB/s), and the copy's later passes reuse the pages its first pass freed, so the baseline swings between "
+    "about 600 and 4,000 MB/s from run to run while each leg of ours writes into pages as they come.",
     "6: PostgreSQL only; each device is its own process with its own owner (pure pushes, no cross-device "
     "pulls), page_limit 1000; all start at a barrier; records/s = all records / (last finish - first "
     "start). Devices, server workers and PostgreSQL share the same cores.",
