@@ -8,6 +8,7 @@ plain dicts ready for ``json.dumps``. Unknown fields are ignored.
 from __future__ import annotations
 
 import math
+import operator
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -260,35 +261,47 @@ def _int(v: Any, where: str) -> int:
     return v
 
 
+#: Every field of a record, in one C call: the common record carries them all.
+_RECORD_FIELDS = operator.itemgetter(
+    "id", "type", "contentHash", "objectStorageKey", "originAppId", "mimeType", "originalFilename", "parentId",
+    "label", "version", "sizeBytes", "kind", "createdAt", "updatedAt", "deletedAt",
+)
+
+
 def _good_record(d: dict[str, Any]) -> DataRecord | None:
     """A record of the common valid shape, checked in a few tests; ``None`` for ``record_from_wire``'s checks.
 
     Accepts exactly what the checks below accept: a pulled page is thousands of
     records, and naming the field at fault only matters for the rare bad one.
     """
-    rid, rtype, chash, key, origin = (d.get("id"), d.get("type"), d.get("contentHash"), d.get("objectStorageKey"),
-                                      d.get("originAppId"))
-    mime, name, parent, label = d.get("mimeType"), d.get("originalFilename"), d.get("parentId"), d.get("label")
-    version, size = d.get("version", 1), d.get("sizeBytes", 0)
+    try:
+        (rid, rtype, chash, key, origin, mime, name, parent, label, version, size, kind, created_raw, updated_raw,
+         deleted_raw) = _RECORD_FIELDS(d)
+    except KeyError:  # an optional field left out: its default
+        rid, rtype, chash, key, origin = (d.get("id"), d.get("type"), d.get("contentHash"),
+                                          d.get("objectStorageKey"), d.get("originAppId"))
+        mime, name, parent, label = d.get("mimeType"), d.get("originalFilename"), d.get("parentId"), d.get("label")
+        version, size, kind = d.get("version", 1), d.get("sizeBytes", 0), d.get("kind", "data")
+        created_raw, updated_raw, deleted_raw = d.get("createdAt"), d.get("updatedAt"), d.get("deletedAt")
     if not (type(rid) is str and type(rtype) is str and type(chash) is str and type(key) is str
             and type(origin) is str and type(version) is int and type(size) is int
             and 0 < len(rid) <= MAX_ID_LENGTH and len(rtype) <= 255 and "/" in rtype and len(chash) <= 256
             and len(key) <= 1024 and len(origin) <= 255 and 0 <= version <= MAX_VERSION
-            and 0 <= size <= MAX_SIZE_BYTES and d.get("kind", "data") == "data"):
+            and 0 <= size <= MAX_SIZE_BYTES and kind == "data"):
         return None
-    for value, most in ((mime, 255), (name, MAX_TEXT_LENGTH), (parent, MAX_ID_LENGTH), (label, MAX_TEXT_LENGTH)):
-        if value is not None and (type(value) is not str or len(value) > most):
-            return None
+    if ((mime is not None and (type(mime) is not str or len(mime) > 255))
+            or (name is not None and (type(name) is not str or len(name) > MAX_TEXT_LENGTH))
+            or (parent is not None and (type(parent) is not str or len(parent) > MAX_ID_LENGTH))
+            or (label is not None and (type(label) is not str or len(label) > MAX_TEXT_LENGTH))):
+        return None
     if "\x00" in f"{rid}{rtype}{chash}{key}{origin}{mime or ''}{name or ''}{parent or ''}{label or ''}":
         return None
-    created, updated = _good_hlc(d.get("createdAt")), _good_hlc(d.get("updatedAt"))
-    deleted_raw = d.get("deletedAt")
+    created, updated = _good_hlc(created_raw), _good_hlc(updated_raw)
     deleted = None if deleted_raw is None else _good_hlc(deleted_raw)
     if created is None or updated is None or (deleted is None and deleted_raw is not None):
         return None
-    return DataRecord(id=rid, type=rtype, created_at=created, updated_at=updated, deleted_at=deleted,
-                      version=version, content_hash=chash, object_storage_key=key, mime_type=mime, size_bytes=size,
-                      original_filename=name, origin_app_id=origin, parent_id=parent, label=label)
+    return DataRecord(rid, rtype, created, updated, chash, key, size, origin, version, deleted, mime, name, parent,
+                      label)
 
 
 def record_from_wire(d: Any, where: str) -> DataRecord:

@@ -88,3 +88,24 @@ def test_errors_are_djangos_and_a_broken_transaction_is_refused(alice: Any) -> N
             with pytest.raises(TransactionManagementError):
                 sql.execute(cur, insert, [alice.pk, "records", "other", "0"])
     assert list(NodeCoverage.objects.values_list("node_id", flat=True)) == ["dup"]
+
+
+@pytest.mark.nodb
+def test_row_values_repeat_the_update_stamp_only_where_it_serializes_alike() -> None:
+    from dataclasses import replace
+
+    from starkeep_sync.adapters.orm import _record_values
+    from starkeep_sync.hlc import HLCTimestamp, serialize_hlc
+
+    fresh = records(1)[0]
+    assert fresh.created_at == fresh.updated_at
+    values = _record_values(fresh)
+    assert values[3] == values[4] == serialize_hlc(fresh.updated_at)
+    tombstone = replace(fresh, deleted_at=fresh.updated_at)
+    assert _record_values(tombstone)[5] == serialize_hlc(fresh.updated_at)
+    older = replace(fresh, created_at=HLCTimestamp(5, 1, "other"))
+    assert _record_values(older)[3] == "000000000005:0001:other"
+    # Equal as a tuple, but not an integer wall time: still refused, as serialize_hlc refuses it.
+    floating = replace(fresh, created_at=HLCTimestamp(float(fresh.updated_at[0]), 0, fresh.updated_at[2]))
+    with pytest.raises(ValueError):
+        _record_values(floating)
