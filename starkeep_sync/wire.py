@@ -167,15 +167,21 @@ def validate_node_id(node: Any, where: str) -> str:
     return node
 
 
+_HLC_FIELDS = operator.itemgetter("wallTime", "counter", "nodeId")
+#: ``tuple.__new__`` straight: the named tuple's own ``__new__`` is a Python function.
+_new_tuple = tuple.__new__
+
+
 def _good_hlc(data: Any) -> HLCTimestamp | None:
     """The common valid HLC in one test; ``None`` when it needs the checks that name a problem."""
     if type(data) is dict:
-        wall = data.get("wallTime")
-        counter = data.get("counter")
-        node = data.get("nodeId")
+        try:
+            fields = wall, counter, node = _HLC_FIELDS(data)
+        except KeyError:
+            return None
         if (type(wall) is int and type(counter) is int and 0 <= wall <= MAX_WALL_TIME
                 and 0 <= counter <= MAX_COUNTER and type(node) is str and node in _GOOD_NODES):
-            return HLCTimestamp(wall, counter, node)
+            return _new_tuple(HLCTimestamp, fields)  # type: ignore[no-any-return]
     return None
 
 
