@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import heapq
 import logging
+import operator
 from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -54,7 +55,7 @@ def record_item(r: DataRecord) -> Item:
     manifest = None
     if r.object_storage_key and r.deleted_at is None:
         manifest = FileSyncManifest(r.content_hash, r.object_storage_key, r.size_bytes, r.mime_type)
-    return Item(r.updated_at, record=r, identity=("r", r.id), manifest=manifest)
+    return Item(r.updated_at, r, None, ("r", r.id), manifest)
 
 
 def entry_item(e: AppSyncableRowEntry, pk: tuple[Any, ...]) -> Item:
@@ -84,12 +85,15 @@ def _row_skip(exclude: Collection[tuple[Any, HLCTimestamp]] | None, app_id: str,
     return {(ident[3:], hlc) for ident, hlc in exclude if ident[1] == app_id and ident[2] == table}
 
 
+_item_hlc = operator.attrgetter("hlc")
+
+
 def group_by_node(items: Iterable[Item]) -> dict[str, list[Item]]:
     groups: dict[str, list[Item]] = {}
     for item in items:
         groups.setdefault(item.node, []).append(item)
     for run in groups.values():
-        run.sort(key=lambda i: i.hlc)
+        run.sort(key=_item_hlc)
     return groups
 
 

@@ -490,7 +490,8 @@ class OrmDatabaseAdapter:
     def _rows_since(self, watermarks: Mapping[str, HLCTimestamp], limit: int, cursor: str | None,
                     exclude: Collection[tuple[str, HLCTimestamp]] | None) -> tuple[list[tuple[Any, ...]], bool]:
         self._coverage.before_scan(_is_records_scope, watermarks)
-        skip = {(rid, serialize_hlc(h)) for rid, h in exclude} if exclude else None
+        # The excluded items were checked and stored by this request: their HLCs serialize without checks.
+        skip = {(rid, f"{h[0]:012x}:{h[1]:04x}:{h[2]}") for rid, h in exclude} if exclude else None
         fresh = self._fresh if self._fresh_valid() else None
         return rows_since(self._qs, _RECORD_READ, self.get_node_watermarks(), watermarks, limit, cursor, skip,
                           fresh)
