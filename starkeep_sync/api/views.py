@@ -165,7 +165,12 @@ class ExchangeView(SyncAPIView):
                 logger.info("exchange for owner %s on %s: %d item(s) refused", self.owner().pk,
                             self.channel(), len(report.refused))
             record_activity(self.owner(), self.channel(), report)
-        return json_response(response.to_wire())
+        answer = json_response(response.to_wire())
+        # Freeing a request's thousands of parsed dicts and records took ~2 ms of a 1,000-record push.
+        # Held by the response, they go when the server drops it, after the body is sent, while the
+        # device is reading it.
+        answer._starkeep_request = (data, exchange)  # type: ignore[attr-defined]
+        return answer
 
 
 def _one_write_transaction(items: int) -> AbstractContextManager[object]:
