@@ -32,7 +32,8 @@ NOTES = [
     "1: a memory-adapter device pushes N metadata-only shared records (rounds until has_more is false, "
     "default page_limit 1000). Baseline: the same rows inserted into starkeep_sync_sharedrecord with one "
     "executemany in one transaction through the same database (psycopg on PostgreSQL, sqlite3 on SQLite), "
-    "rows prepared before the clock starts.",
+    "rows prepared before the clock starts. Push (each pass as a new owner) and baseline take turns, "
+    f"{workloads.FULL.push_passes} times each; the table shows the medians.",
     f"2: a new memory-adapter device pulls the N records with page_limit {PAGE_LIMIT:,} (the server's "
     "MAX_PAGE_LIMIT); it asks for the next page while it applies the current one (prefetch), and only its "
     "first request asks the server to count the backlog (countPending). Baseline: one plain SELECT of the "
@@ -89,6 +90,8 @@ def owners_for(kind: str, sizes: workloads.Sizes, selected: set[int]) -> list[st
     owners = ["bench", "bench-baseline", "bench-warmup"]
     if selected & {1, 2, 3}:
         owners += [f"bench-n{n}" for n in sizes.http]
+        if 1 in selected:
+            owners += [f"bench-n{n}-p{k}" for n in sizes.http for k in range(1, sizes.push_passes)]
     if 6 in selected and kind == "postgres":
         owners += ["bench-c-solo", *(f"bench-c{i}" for i in range(sizes.devices))]
     return owners

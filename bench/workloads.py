@@ -50,11 +50,14 @@ class Sizes:
     large_blob: int
     devices: int
     device_records: int
+    #: Workload 1's push and its baseline, each this many times in turn (medians reported).
+    push_passes: int = 3
 
 
 FULL = Sizes("full", (1_000, 10_000, 100_000), (1_000, 10_000), 20, (1_000, 10_000, 100_000), 10_000,
              (100, MIB), 256 * MIB, 8, 5_000)
-TINY = Sizes("tiny", (100, 300, 1_000), (100, 300), 20, (100, 300, 1_000), 200, (5, 256 * 1024), 4 * MIB, 8, 100)
+TINY = Sizes("tiny", (100, 300, 1_000), (100, 300), 20, (100, 300, 1_000), 200, (5, 256 * 1024), 4 * MIB, 8, 100,
+             push_passes=2)
 SIZES = {"full": FULL, "tiny": TINY}
 
 # The TypeScript reference engine, in-process, Node 20, pageLimit 1000.
@@ -235,7 +238,17 @@ class HttpBench:
             held = baselines.select_records(self.db, self.owner_id(owner))[1]
             assert held == n, f"server holds {held} of {n} records"
             if 1 in selected:
-                base_s = baselines.bulk_insert_records(self.db, self.owner_id("bench-baseline"), records)
+                # The machine's speed drifts within seconds: the push (each pass a new owner, so
+                # again an initial push) and the baseline take turns, and the medians are compared.
+                pushes = [push_s]
+                bases = [baselines.bulk_insert_records(self.db, self.owner_id("bench-baseline"), records)]
+                for k in range(1, self.sizes.push_passes):
+                    again = self.engine(f"{owner}-p{k}", clock_a, database=MemoryDatabaseAdapter(records))
+                    pushes.append(timed(lambda e=again: run_rounds(e))[0])
+                    held = baselines.select_records(self.db, self.owner_id(f"{owner}-p{k}"))[1]
+                    assert held == n, f"pass {k}: server holds {held} of {n} records"
+                    bases.append(baselines.bulk_insert_records(self.db, self.owner_id("bench-baseline"), records))
+                push_s, base_s = statistics.median(pushes), statistics.median(bases)
                 targets = (ratio_at_least(0.2, "within 5x of baseline"),)
                 if self.kind == "postgres":
                     targets = (at_least(10_000), *targets)
