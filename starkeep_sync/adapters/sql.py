@@ -36,14 +36,16 @@ def execute(cursor: Any, sql: str, params: Sequence[Any]) -> None:
     either way (``IntegrityError``, ``DataError`` ...), and a statement in a
     broken transaction is refused as Django would refuse it.
     """
-    db = cursor.db
-    if db.vendor != "sqlite" or db.queries_logged or db.execute_wrappers:
+    db = getattr(cursor, "db", None)
+    raw = getattr(cursor, "cursor", None)
+    if (db is None or db.vendor != "sqlite" or db.queries_logged or db.execute_wrappers
+            or not isinstance(raw, sqlite3.Cursor)):  # a cursor some tool wrapped: through it, as it is
         cursor.execute(sql, params)
         return
     db.validate_no_broken_transaction()
     with db.wrap_database_errors:
         # The base class's execute: Django's subclass would convert the text again.
-        sqlite3.Cursor.execute(cursor.cursor, qmark(sql), params)
+        sqlite3.Cursor.execute(raw, qmark(sql), params)
 
 
 def placeholders(columns: int, rows: int) -> str:

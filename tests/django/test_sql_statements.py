@@ -109,3 +109,23 @@ def test_row_values_repeat_the_update_stamp_only_where_it_serializes_alike() -> 
     floating = replace(fresh, created_at=HLCTimestamp(float(fresh.updated_at[0]), 0, fresh.updated_at[2]))
     with pytest.raises(ValueError):
         _record_values(floating)
+
+
+@pytest.mark.django_db
+def test_a_cursor_some_tool_wrapped_is_used_through_its_own_execute(alice: Any) -> None:
+    class ToolCursor:
+        """Like a profiling tool's wrapper: holds Django's cursor as ``cursor``."""
+
+        def __init__(self, inner: Any) -> None:
+            self.cursor, self.db, self.seen = inner, inner.db, []
+
+        def execute(self, sql_text: str, params: Any) -> Any:
+            self.seen.append(sql_text)
+            return self.cursor.execute(sql_text, params)
+
+    insert = f"INSERT INTO \"{COVERAGE}\" (owner_id, scope, node_id, hlc) VALUES (%s, %s, %s, %s)"
+    with connection.cursor() as inner:
+        tool = ToolCursor(inner)
+        sql.execute(tool, insert, [alice.pk, "records", "n", "0"])
+    assert tool.seen == [insert]
+    assert NodeCoverage.objects.filter(owner=alice, node_id="n").exists()
