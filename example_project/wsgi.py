@@ -14,3 +14,9 @@ get_resolver().url_patterns  # noqa: B018
 # 10,000 records allocates enough to set one off, and that walk was a fifth of
 # the page's cost.
 gc.freeze()
+# A request builds tens of thousands of objects (a page's parsed JSON, records,
+# items), nearly all freed by reference counting; at the default threshold (700)
+# the collector ran some 14 times a 1,000-record push and re-walked its survivors
+# (about 6 ms). Collecting every 10,000 allocations keeps cyclic garbage bounded
+# and costs a push about 2 ms less. STARKEEP_GC_THRESHOLD=700 restores the default.
+gc.set_threshold(int(os.environ.get("STARKEEP_GC_THRESHOLD", "10000")), 10, 10)
