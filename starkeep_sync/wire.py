@@ -39,11 +39,16 @@ class SyncExchangeRequest:
     #: of what remains. Counting costs the responder a pass over that backlog, so a
     #: requester asks once per catch-up and estimates the later pages itself.
     count_pending: bool = False
+    #: ``records`` already in wire form (the engine encodes a predicted next page while the
+    #: previous one is answered); sent instead of encoding ``records`` again. ``from_wire``
+    #: never fills it.
+    wire_records: list[dict[str, Any]] | None = field(default=None, compare=False)
 
     def to_wire(self) -> dict[str, Any]:
         out: dict[str, Any] = {
             "watermarks": watermarks_to_wire(self.watermarks),
-            "records": [record_to_wire(r) for r in self.records],
+            "records": self.wire_records if self.wire_records is not None
+            else [record_to_wire(r) for r in self.records],
             "appSyncableRows": [entry_to_wire(e) for e in self.app_syncable_rows],
         }
         if self.limit is not None:
