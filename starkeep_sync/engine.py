@@ -16,7 +16,7 @@ from .hlc import HLCClock, HLCTimestamp, serialize_hlc
 from .memory import MemorySyncStateStore
 from .notifier import ChangeEvent, ChangeNotifier
 from .protocols import AppSource, DatabaseAdapter, ObjectStorage, SyncStateStore, SyncTransport
-from .watermarks import is_lower_somewhere
+from .watermarks import advance_watermarks, is_lower_somewhere, merge_watermarks
 from .wire import SyncExchangeRequest, SyncExchangeResponse, record_to_wire, watermarks_from_wire
 
 logger = logging.getLogger(LOGGER_NAME)
@@ -230,11 +230,7 @@ class SyncEngine:
         if (not self._can_prefetch or token_of is None or not self.channel.shared or not shipped
                 or any(i.manifest is not None or i.record is None for i in shipped)):
             return None
-        predicted = dict(peer)
-        for item in shipped:  # the responder will cover what it takes in
-            node = item.node
-            if node not in predicted or item.hlc > predicted[node]:
-                predicted[node] = item.hlc
+        predicted = advance_watermarks(peer, (i.hlc for i in shipped))  # the responder covers what it takes in
         token = token_of()
         if self._prefetcher is None:
             self._prefetcher = ThreadPoolExecutor(max_workers=1, thread_name_prefix="starkeep-prefetch")
@@ -306,10 +302,7 @@ class SyncEngine:
             theirs = watermarks_from_wire(data.get("responderWatermarks", {}), "responderWatermarks")
         except (AttributeError, KeyError, TypeError, WireFormatError):
             return None  # malformed: ``from_wire`` names the problem
-        predicted = dict(own)
-        for node, top in tops.items():
-            if node not in predicted or top > predicted[node]:
-                predicted[node] = top
+        predicted = merge_watermarks(own, tops)
         self._raise_to_peer(predicted, theirs, set(), max(tops.values(), default=None))
         # As ``_track_pending`` will leave it: a count in hand (or estimated) is counted down.
         count = data.get("pending") is None and self._pending_estimate is None

@@ -25,6 +25,16 @@ def advance_watermark(w: Mapping[str, HLCTimestamp], hlc: HLCTimestamp) -> Water
     return out
 
 
+def advance_watermarks(w: Mapping[str, HLCTimestamp], hlcs: Iterable[HLCTimestamp]) -> Watermarks:
+    """A copy of ``w`` with each node moved up to the highest of ``hlcs`` for it (never down)."""
+    out = dict(w)
+    for hlc in hlcs:
+        current = out.get(hlc[2])
+        if current is None or hlc > current:
+            out[hlc[2]] = hlc
+    return out
+
+
 def merge_watermarks(
     a: Mapping[str, HLCTimestamp], b: Mapping[str, HLCTimestamp]
 ) -> Watermarks:

@@ -26,7 +26,7 @@ from ..hlc import ZERO_HLC, HLCTimestamp, deserialize_hlc, serialize_hlc
 from ..models import AppNamespace, AppRow, FileRecord, NodeCoverage, SharedRecord
 from ..protocols import RecordPage, ScanPage
 from ..records import AppSyncableNamespace, AppSyncableRowEntry, AppSyncableTableInfo, DataRecord
-from ..watermarks import node_floor_bound
+from ..watermarks import advance_watermarks, node_floor_bound
 from . import sql
 
 Watermarks = dict[str, HLCTimestamp]
@@ -75,10 +75,7 @@ def node_floor_lookup(node: str, floor: HLCTimestamp) -> dict[str, str]:
 
 def bump_coverage(owner_id: int, scope: str, hlcs: Iterable[HLCTimestamp]) -> None:
     """Raise the per-node coverage summary to the highest of ``hlcs`` per node (one statement)."""
-    best: dict[str, HLCTimestamp] = {}
-    for h in hlcs:
-        if h[2] not in best or h > best[h[2]]:
-            best[h[2]] = h
+    best = advance_watermarks({}, hlcs)
     if not best:
         return
     table = connection.ops.quote_name(NodeCoverage._meta.db_table)

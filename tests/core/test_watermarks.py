@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from starkeep_sync.hlc import ZERO_HLC, HLCTimestamp
 from starkeep_sync.watermarks import (
     advance_watermark,
+    advance_watermarks,
     is_lower_somewhere,
     merge_watermarks,
     select_unseen,
@@ -39,6 +40,14 @@ def test_advance_moves_up_and_returns_a_copy() -> None:
     assert out == {"A": A3, "B": B1}
     assert w == {"A": A1, "B": B1}  # input untouched
     assert out is not w
+
+
+def test_advance_many_takes_each_nodes_highest_and_never_moves_down() -> None:
+    w = {"A": A2, "B": B2}
+    out = advance_watermarks(w, [A3, A1, B1, HLCTimestamp(7, 0, "C")])
+    assert out == {"A": A3, "B": B2, "C": HLCTimestamp(7, 0, "C")}
+    assert w == {"A": A2, "B": B2}
+    assert advance_watermarks({}, []) == {}
 
 
 def test_advance_adds_unknown_node() -> None:
