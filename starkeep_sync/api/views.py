@@ -177,11 +177,13 @@ def _one_write_transaction(items: int) -> AbstractContextManager[object]:
     """On SQLite, a request that writes is one transaction: its items, its answer and its activity count.
 
     SQLite has one writer at a time anyway, and each commit there costs several
-    fsyncs; the counter's own commit was a tenth of a push. The first statement
-    is then the write itself, so the transaction never has to upgrade a read
-    lock (which SQLite refuses when another writer waits), and the answer read
-    inside it is one snapshot, as ``read_snapshot`` wants. A round that only
-    reads keeps its read-only snapshot and commits nothing. PostgreSQL keeps
+    fsyncs; the counter's own commit was a tenth of a push. For shared records
+    the first statement is then the write itself, so the transaction never has
+    to upgrade a read lock (which SQLite refuses when another writer waits); app
+    rows read their stored rows first, as they did in their own transaction
+    before. The answer read inside it is one snapshot, as ``read_snapshot``
+    wants. A round that only reads keeps its read-only snapshot, and its counter
+    commits on its own. PostgreSQL keeps
     separate transactions: its snapshot must be REPEATABLE READ from the start
     (see ``read_snapshot``), and the counter there does not wait for its flush.
     """
