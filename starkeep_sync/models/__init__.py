@@ -1,7 +1,7 @@
 from .credentials import AppSecret, DeviceToken
 from .namespaces import AppNamespace, AppTable
 from .records import AppRow, Blob, FileRecord, NodeCoverage, SharedRecord
-from .state import ChannelActivity, PeerSyncState
+from .state import ChannelActivity, PeerSyncState, ServerClock
 
 __all__ = [
     "AppNamespace",
@@ -14,5 +14,6 @@ __all__ = [
     "FileRecord",
     "NodeCoverage",
     "PeerSyncState",
+    "ServerClock",
     "SharedRecord",
 ]

@@ -49,3 +49,20 @@ class ChannelActivity(models.Model):
 
     def __str__(self) -> str:
         return f"{self.owner} [{self.channel}]"
+
+
+class ServerClock(models.Model):
+    """The persisted state of this server's own HLC (``NODE_ID``), for writes made on the server.
+
+    Devices stamp their own writes; the server stamps only what its Python API
+    (:mod:`starkeep_sync.server`) and the admin write. Keeping the last issued
+    ``(wall_time, counter)`` here means a restarted server, or another worker,
+    never issues a timestamp at or below one already issued.
+    """
+
+    node_id = models.CharField(max_length=128, unique=True)
+    wall_time = models.BigIntegerField(default=0)
+    counter = models.IntegerField(default=0)
+
+    def __str__(self) -> str:
+        return f"{self.node_id} @ {self.wall_time}:{self.counter}"
