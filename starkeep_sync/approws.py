@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import json
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from .constants import DELETED_AT, FILE_RECORDS_COLUMNS, FILE_RECORDS_TABLE, NODE_ID, UPDATED_AT
@@ -11,6 +12,15 @@ from .hlc import HLCTimestamp, deserialize_hlc, serialize_hlc
 from .records import AppSyncableRowEntry, AppSyncableTableInfo
 
 BOOKKEEPING = (UPDATED_AT, DELETED_AT, NODE_ID)
+#: Longest primary key of an app row, as its canonical JSON text (what a server stores it under).
+MAX_ROW_KEY_LENGTH = 1024
+#: Longest id of a ``_starkeep_sync_records`` row (the same bound as a shared record's id).
+MAX_FILE_RECORD_ID_LENGTH = 256
+
+
+def row_key_text(pk: Sequence[Any]) -> str:
+    """The canonical text of a primary key: compact JSON, ASCII only, the same for equal keys."""
+    return json.dumps(list(pk), separators=(",", ":"), sort_keys=True)
 
 
 class EntryRefused(SyncError, ValueError):
@@ -38,6 +48,13 @@ def entry_pk(entry: AppSyncableRowEntry, table: AppSyncableTableInfo) -> tuple[A
     for c, v in zip(table.pk_columns, pk, strict=True):
         if v is None or isinstance(v, (dict, list)):
             raise EntryRefused(f"{entry.app_id}.{entry.table}: primary-key column {c!r} must be a scalar")
+    # Too long a key is refused here, by name, rather than failing in a database column later.
+    if entry.table == FILE_RECORDS_TABLE and len(str(pk[0])) > MAX_FILE_RECORD_ID_LENGTH:
+        raise EntryRefused(f"{entry.app_id}.{entry.table}: primary-key column {table.pk_columns[0]!r} is longer "
+                           f"than {MAX_FILE_RECORD_ID_LENGTH} characters")
+    if len(row_key_text(pk)) > MAX_ROW_KEY_LENGTH:
+        raise EntryRefused(f"{entry.app_id}.{entry.table}: primary key is longer than {MAX_ROW_KEY_LENGTH} "
+                           "characters (as compact JSON)")
     return pk
 
 
