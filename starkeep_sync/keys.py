@@ -8,6 +8,8 @@ from .constants import DRIVE_APP_ID
 from .exceptions import InvalidKeyError
 
 MAX_KEY_LENGTH = 1024
+#: The last path segment of the presign route; no key may end with it.
+PRESIGN_SEGMENT = "presign"
 
 _SEGMENT = re.compile(r"[A-Za-z0-9_-]+")
 _CATEGORY = re.compile(r"[a-z0-9_-]+")
@@ -32,6 +34,9 @@ def check_key_syntax(key: str) -> None:
             raise InvalidKeyError("object key must not contain empty segments")
         if segment in (".", ".."):
             raise InvalidKeyError("object key must not contain '.' or '..' segments")
+    if key.rsplit("/", 1)[-1] == PRESIGN_SEGMENT:
+        # ``files/<key>/presign`` is the presign route: a key ending so could not be told from it.
+        raise InvalidKeyError(f"object key must not end with the reserved segment '{PRESIGN_SEGMENT}'")
 
 
 def validate_key(key: str, app_id: str = DRIVE_APP_ID) -> str:

@@ -153,3 +153,11 @@ def test_expected_sha256_falls_back_to_hash_named_key() -> None:
 )
 def test_expected_sha256_none_without_a_sha256(content_hash: str | None, key: str) -> None:
     assert expected_sha256(content_hash, key) is None
+
+
+@pytest.mark.parametrize("key", ["apps/notes/syncable/x/presign", "shared/image/ab/presign"])
+def test_a_key_may_not_end_with_the_presign_segment(key: str) -> None:
+    with pytest.raises(InvalidKeyError, match="presign"):
+        check_key_syntax(key)
+    # Inside a key the word is an ordinary segment.
+    check_key_syntax(key.replace("/presign", "/presign/x"))
