@@ -706,14 +706,27 @@ class OrmApplier:
             with connection.cursor() as cur:
                 cur.execute("SELECT pg_advisory_xact_lock(k) FROM unnest(%s::bigint[]) AS k ORDER BY k", [ids])
 
-    def apply_many(self, entries: Sequence[AppSyncableRowEntry]) -> tuple[int, int, Exception | None]:
+    def lock_row(self, app_id: str, table: str, pk: Sequence[Any]) -> dict[str, Any] | None:
+        """The stored row (tombstones included) with its key locked until the transaction ends; ``None`` if absent.
+
+        For writers that must read a row before they stamp its next version (the
+        server's Python API): the same locks ``apply`` takes, so no exchange can
+        write that row in between. Call inside ``transaction.atomic()``.
+        """
+        self._lock_keys([(app_id, table, self._key_text(table, pk))])
+        m = self._qs(app_id, table).select_for_update().filter(**self._lookup(table, pk)).first()
+        return self.to_row(m) if m is not None else None
+
+    def apply_many(self, entries: Sequence[AppSyncableRowEntry],
+                   written: list[AppSyncableRowEntry] | None = None) -> tuple[int, int, Exception | None]:
         """Apply entries in order in one transaction, stopping at the first that cannot apply.
 
         Returns ``(landed, applied, error)``: how many entries were taken in
         (the failing one and those after it are not), how many of them wrote,
         and the error that stopped the batch. One lock statement, one read
         and one upsert per table and one coverage update replace the four
-        statements and a commit per row of ``apply``.
+        statements and a commit per row of ``apply``. ``written``, when given,
+        receives the entries that changed a row (the LWW winners), in order.
         """
         checked: list[tuple[AppSyncableRowEntry, AppSyncableTableInfo, tuple[Any, ...]]] = []
         error: Exception | None = None
@@ -725,27 +738,35 @@ class OrmApplier:
                 break
         if not checked:
             return 0, 0, error
+        won: list[AppSyncableRowEntry] = []
         try:
             with transaction.atomic():
-                landed, applied, stopped = self._apply_checked(checked)
+                landed, applied, stopped = self._apply_checked(checked, won)
         except (DataError, OverflowError, IntegrityError):
             # A value its column cannot hold, somewhere in the batch: find which, one entry at a time.
-            return self._apply_one_by_one(entries)
+            return self._apply_one_by_one(entries, written)
+        if written is not None:
+            written.extend(won)
         if stopped is not None:
             return landed, applied, stopped
         return landed, applied, error
 
-    def _apply_one_by_one(self, entries: Sequence[AppSyncableRowEntry]) -> tuple[int, int, Exception | None]:
+    def _apply_one_by_one(self, entries: Sequence[AppSyncableRowEntry],
+                          written: list[AppSyncableRowEntry] | None) -> tuple[int, int, Exception | None]:
         applied = 0
         for i, entry in enumerate(entries):
             try:
-                applied += self.apply(entry)
+                if self.apply(entry):
+                    applied += 1
+                    if written is not None:
+                        written.append(entry)
             except (SyncError, ValueError) as err:
                 return i, applied, err
         return len(entries), applied, None
 
     def _apply_checked(
-        self, checked: Sequence[tuple[AppSyncableRowEntry, AppSyncableTableInfo, tuple[Any, ...]]]
+        self, checked: Sequence[tuple[AppSyncableRowEntry, AppSyncableTableInfo, tuple[Any, ...]]],
+        won: list[AppSyncableRowEntry],
     ) -> tuple[int, int, Exception | None]:
         keys = [(e.app_id, e.table, self._key_text(e.table, pk)) for e, _, pk in checked]
         self._lock_keys(keys)
@@ -771,6 +792,7 @@ class OrmApplier:
                     break
                 stored[key] = new
                 dirty[key] = fields
+                won.append(entry)
                 applied += 1
             covered.setdefault(f"{entry.app_id}/{entry.table}", []).append(entry.timestamp)
             landed += 1

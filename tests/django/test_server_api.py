@@ -1,0 +1,278 @@
+"""The server's Python API (``starkeep_sync.server``): what Django code writes reaches devices.
+
+A device here is the real engine on memory adapters; its rounds go through
+the exchange view (DRF's test client) and it reads the server's blobs from the
+owner's storage, as the in-process harness does.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from typing import Any
+
+import pytest
+from rest_framework.test import APIClient
+
+from starkeep_sync import (
+    DRIVE_APP_ID,
+    FILE_RECORDS_TABLE,
+    HLCClock,
+    SyncExchangeRequest,
+    SyncExchangeResponse,
+    create_data_record,
+    create_sync_engine,
+    server,
+)
+from starkeep_sync.adapters import DjangoObjectStorage
+from starkeep_sync.engine import SyncEngine
+from starkeep_sync.exceptions import SyncError
+from starkeep_sync.memory import MemoryAppSource, MemoryDatabaseAdapter, MemoryObjectStorage, MemorySyncStateStore
+from starkeep_sync.records import AppSyncableRowEntry
+from tests.factories import make_token, make_user, register_app
+from tests.harness import NOTES_NAMESPACE
+
+from .support import bearer, now_ms
+
+NODE = "cloud"  # NODE_ID in tests/settings.py
+HOUR_MS = 3_600_000
+
+
+class ApiTransport:
+    """The engine's transport over DRF's test client: every round runs the real exchange view."""
+
+    def __init__(self, api: APIClient, token: str, channel: str) -> None:
+        self.api = api
+        self.token = token
+        self.url = "/sync/exchange" if channel == DRIVE_APP_ID else f"/apps/{channel}/sync/exchange"
+        self.last_wire: dict[str, Any] = {}
+
+    def exchange(self, request: SyncExchangeRequest) -> SyncExchangeResponse:
+        response = self.api.post(self.url, data=json.dumps(request.to_wire()), content_type="application/json",
+                                 headers=bearer(self.token))
+        assert response.status_code == 200, response.content[:500]
+        self.last_wire = json.loads(response.content)
+        return SyncExchangeResponse.from_wire(self.last_wire)
+
+
+class Device:
+    """One device of ``owner``: memory adapters, one engine per channel."""
+
+    def __init__(self, owner: Any, node_id: str = "phone", *, ahead_ms: int = 0) -> None:
+        self.owner = owner
+        self.token = make_token(owner)
+        self.api = APIClient()
+        self.clock = HLCClock(node_id, wall_clock=lambda: now_ms() + ahead_ms)
+        self.db = MemoryDatabaseAdapter()
+        self.storage = MemoryObjectStorage()
+        self.apps = MemoryAppSource([NOTES_NAMESPACE])
+        self.engines: dict[str, SyncEngine] = {}
+        self.transports: dict[str, ApiTransport] = {}
+
+    def sync(self, channel: str = DRIVE_APP_ID) -> Any:
+        if channel not in self.engines:
+            drive = channel == DRIVE_APP_ID
+            self.transports[channel] = ApiTransport(self.api, self.token, channel)
+            self.engines[channel] = create_sync_engine(
+                local_database=self.db, local_storage=self.storage, remote_storage=DjangoObjectStorage(self.owner),
+                transport=self.transports[channel], clock=self.clock, sync_state=MemorySyncStateStore(),
+                app_source=None if drive else self.apps, sync_shared_records=drive,
+                app_id=None if drive else channel)
+        result = self.engines[channel].exchange()
+        assert not result.failed_pulls and not result.failed_pushes, result
+        return result
+
+    def write_record(self, rid: str, label: str) -> Any:
+        record = create_data_record(self.clock, type="text/plain", origin_app_id="notes", content_hash="",
+                                    object_storage_key="", size_bytes=0, label=label, id=rid)
+        self.db.put(record)
+        return record
+
+    def write_row(self, op: str, row: dict[str, Any] | None, where: dict[str, Any] | None = None) -> None:
+        self.apps.applier.apply(AppSyncableRowEntry(self.clock.now(), "notes", "notes", op, row, where))  # type: ignore[arg-type]
+
+    def row(self, rid: str, table: str = "notes") -> dict[str, Any] | None:
+        return next((r for r in self.apps.rows("notes", table) if r["id"] == rid), None)
+
+
+@pytest.fixture
+def owner(db: None) -> Any:
+    return make_user("alice")
+
+
+@pytest.fixture
+def notes(db: None) -> Any:
+    return register_app("notes", {"notes": ["id"]}, files=True)
+
+
+# -- shared records -----------------------------------------------------------------
+
+
+@pytest.mark.django_db
+def test_a_record_put_on_the_server_reaches_a_device_and_its_edits_follow(owner: Any) -> None:
+    device = Device(owner)
+    made = server.put_record(owner, type="text/plain", label="draft", origin_app_id="web")
+    assert len(made.id) == 26 and made.updated_at.node_id == NODE and made.version == 1
+
+    device.sync()
+    assert device.db.get(made.id) == made
+
+    edited = server.update_record(owner, made.id, label="final", parent_id="folder-1")
+    assert (edited.label, edited.parent_id, edited.version) == ("final", "folder-1", 2)
+    assert edited.updated_at > made.updated_at and edited.created_at == made.created_at
+    device.sync()
+    assert device.db.get(made.id) == edited == server.get_record(owner, made.id)
+
+
+@pytest.mark.django_db
+def test_a_server_edit_beats_the_version_it_edits_even_from_a_clock_ahead(owner: Any) -> None:
+    device = Device(owner, ahead_ms=HOUR_MS)  # the device's clock runs an hour fast
+    pushed = device.write_record("r1", "from phone")
+    device.sync()
+
+    edited = server.update_record(owner, "r1", label="from server")
+    assert edited.updated_at > pushed.updated_at and edited.updated_at.node_id == NODE
+    device.sync()
+    assert device.db.get("r1").label == "from server"
+
+
+@pytest.mark.django_db
+def test_a_later_device_write_wins_over_a_server_edit(owner: Any) -> None:
+    device = Device(owner, ahead_ms=HOUR_MS)
+    device.write_record("r1", "v1")
+    device.sync()
+    server.update_record(owner, "r1", label="server")
+    device.sync()
+    later = device.write_record("r1", "phone again")  # stamped after it received the server's version
+    device.sync()
+    assert server.get_record(owner, "r1").label == "phone again"
+    assert server.get_record(owner, "r1").updated_at == later.updated_at
+
+
+@pytest.mark.django_db
+def test_a_delete_makes_a_tombstone_that_reaches_the_device(owner: Any) -> None:
+    device = Device(owner)
+    made = server.put_record(owner, type="text/plain", record_id="r1", label="x")
+    device.sync()
+
+    tomb = server.delete_record(owner, "r1")
+    assert tomb.deleted_at == tomb.updated_at and tomb.updated_at > made.updated_at and tomb.version == 2
+    assert tomb.label == "x"  # a soft delete keeps the row, so the tombstone can travel
+    device.sync()
+    assert device.db.get("r1") == tomb
+    assert server.records(owner) == [] and server.records(owner, include_deleted=True) == [tomb]
+    # Deleting again changes nothing.
+    assert server.delete_record(owner, "r1") == tomb
+    assert server.get_record(owner, "r1") == tomb
+
+
+@pytest.mark.django_db
+def test_record_edits_refuse_what_is_missing_deleted_unknown_or_not_editable(owner: Any) -> None:
+    server.put_record(owner, type="text/plain", record_id="r1")
+    with pytest.raises(server.RecordNotFound, match="nope"):
+        server.update_record(owner, "nope", label="x")
+    with pytest.raises(server.RecordNotFound):
+        server.delete_record(owner, "nope")
+    with pytest.raises(TypeError, match="colour"):
+        server.update_record(owner, "r1", colour="red")
+    with pytest.raises(ValueError, match="content_hash"):
+        server.update_record(owner, "r1", content_hash="0" * 64)
+    with pytest.raises(ValueError, match="mimeType"):
+        server.update_record(owner, "r1", mime_type=42)
+    server.delete_record(owner, "r1")
+    with pytest.raises(server.RecordNotFound):
+        server.update_record(owner, "r1", label="back?")
+    assert isinstance(server.RecordNotFound("x"), SyncError)
+    # Nothing of the refused edits was written: the tombstone is version 2.
+    assert server.get_record(owner, "r1").version == 2
+
+
+# -- app rows --------------------------------------------------------------------------
+
+
+@pytest.mark.django_db
+def test_app_rows_written_on_the_server_reach_a_device_on_the_apps_channel(owner: Any, notes: Any) -> None:
+    device = Device(owner)
+    stored = server.put_row(owner, "notes", "notes", {"id": "n1", "body": "hello", "tags": ["a"]})
+    assert stored["body"] == "hello" and stored["node_id"] == NODE and stored["deleted_at"] is None
+    device.sync("notes")
+    assert device.row("n1")["body"] == "hello"
+
+    updated = server.update_row(owner, "notes", "notes", ["n1"], {"body": "edited"})
+    assert updated["body"] == "edited" and updated["tags"] == ["a"] and updated["updated_at"] > stored["updated_at"]
+    device.sync("notes")
+    assert device.row("n1")["body"] == "edited"
+
+    tomb = server.delete_row(owner, "notes", "notes", ["n1"])
+    assert tomb["deleted_at"] == tomb["updated_at"] and tomb["body"] == "edited"
+    device.sync("notes")
+    assert device.row("n1")["deleted_at"] == tomb["updated_at"]
+    assert server.delete_row(owner, "notes", "notes", ["n1"]) == tomb  # again: nothing changes
+    assert server.rows(owner, "notes", "notes") == []
+    assert server.rows(owner, "notes", "notes", include_deleted=True) == [tomb]
+    assert server.get_row(owner, "notes", "notes", ["n1"]) == tomb
+
+
+@pytest.mark.django_db
+def test_row_edits_follow_lww_with_device_writes(owner: Any, notes: Any) -> None:
+    device = Device(owner, ahead_ms=HOUR_MS)
+    device.write_row("insert", {"id": "n1", "body": "phone"})
+    device.sync("notes")
+    server.update_row(owner, "notes", "notes", ["n1"], {"body": "server"})  # beats the hour-fast version
+    device.sync("notes")
+    assert device.row("n1")["body"] == "server"
+    device.write_row("update", {"body": "phone later"}, {"id": "n1"})
+    device.sync("notes")
+    assert server.get_row(owner, "notes", "notes", ["n1"])["body"] == "phone later"
+
+
+@pytest.mark.django_db
+def test_file_rows_use_the_same_functions_keyed_by_record_id(owner: Any, notes: Any) -> None:
+    data = b"attachment bytes"
+    key = f"apps/notes/syncable/{hashlib.sha256(data).hexdigest()}"
+    row = {"id": "f1", "object_storage_key": key, "content_hash": key.rsplit("/", 1)[1],
+           "mime_type": "text/plain", "size_bytes": len(data), "original_filename": "a.txt",
+           "origin_app_id": "notes", "created_at": None, "caption": "first"}
+    with pytest.raises(server.BlobMissing):
+        server.put_row(owner, "notes", FILE_RECORDS_TABLE, row)
+    DjangoObjectStorage(owner).put(key, data, "text/plain")
+    server.put_row(owner, "notes", FILE_RECORDS_TABLE, row)
+    edited = server.update_row(owner, "notes", FILE_RECORDS_TABLE, ["f1"], {"caption": "second"})
+    assert edited["caption"] == "second" and edited["object_storage_key"] == key
+
+    device = Device(owner)
+    device.sync("notes")
+    got = device.row("f1", FILE_RECORDS_TABLE)
+    assert got["caption"] == "second" and device.storage.get(key).data == data
+    tomb = server.delete_row(owner, "notes", FILE_RECORDS_TABLE, ["f1"])
+    device.sync("notes")
+    assert device.row("f1", FILE_RECORDS_TABLE)["deleted_at"] == tomb["updated_at"]
+
+
+@pytest.mark.django_db
+def test_row_edits_refuse_bad_input_with_clear_errors(owner: Any, notes: Any) -> None:
+    server.put_row(owner, "notes", "notes", {"id": "n1", "body": "x"})
+    with pytest.raises(server.RowNotFound, match="n2"):
+        server.update_row(owner, "notes", "notes", ["n2"], {"body": "y"})
+    with pytest.raises(server.RowNotFound):
+        server.delete_row(owner, "notes", "notes", ["n2"])
+    with pytest.raises(TypeError, match="sequence"):
+        server.update_row(owner, "notes", "notes", "n1", {"body": "y"})  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match=r"primary key \['id'\]"):
+        server.update_row(owner, "notes", "notes", ["n1", "extra"], {"body": "y"})
+    with pytest.raises(SyncError, match="key column"):
+        server.update_row(owner, "notes", "notes", ["n1"], {"id": "n9"})
+    with pytest.raises(ValueError, match="JSON"):
+        server.update_row(owner, "notes", "notes", ["n1"], {"body": {1, 2}})
+    with pytest.raises(SyncError) as unknown_app:
+        server.put_row(owner, "nope", "notes", {"id": "n1"})
+    assert unknown_app.value.code == "unknown_app"
+    with pytest.raises(SyncError) as unknown_table:
+        server.put_row(owner, "notes", "nope", {"id": "n1"})
+    assert unknown_table.value.code == "unknown_table"
+    with pytest.raises(SyncError, match="primary-key column 'id' missing"):
+        server.put_row(owner, "notes", "notes", {"body": "no key"})
+    server.delete_row(owner, "notes", "notes", ["n1"])
+    with pytest.raises(server.RowNotFound):
+        server.update_row(owner, "notes", "notes", ["n1"], {"body": "back?"})
+    assert server.get_row(owner, "notes", "notes", ["n1"])["body"] == "x"
