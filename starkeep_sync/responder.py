@@ -41,6 +41,12 @@ class ExchangeReport:
     sent: int = 0
     refused: list[Refusal] = field(default_factory=list)
     halted_nodes: set[str] = field(default_factory=set)
+    #: Ids of the shared records this request stored (LWW winners, not replays nor losers), in order.
+    applied_record_ids: list[str] = field(default_factory=list)
+    #: ``(app_id, table, primary key)`` of the app rows this request wrote, in order.
+    applied_rows: list[tuple[str, str, tuple[Any, ...]]] = field(default_factory=list)
+    #: Nodes whose HLCs stamped what was applied.
+    applied_nodes: set[str] = field(default_factory=set)
 
 
 class SyncResponder:
@@ -74,8 +80,14 @@ class SyncResponder:
     def exchange(self, request: SyncExchangeRequest) -> SyncExchangeResponse:
         return self.handle(request)[0]
 
-    def handle(self, request: SyncExchangeRequest) -> tuple[SyncExchangeResponse, ExchangeReport]:
-        report = ExchangeReport()
+    def handle(self, request: SyncExchangeRequest,
+               report: ExchangeReport | None = None) -> tuple[SyncExchangeResponse, ExchangeReport]:
+        """Apply ``request`` and answer it; ``report`` (filled as items apply) says what it did.
+
+        A caller that passes its own ``report`` still learns what was applied
+        when answering fails afterwards (applied items may be committed by then).
+        """
+        report = ExchangeReport() if report is None else report
         items = self.channel.inbound_items(request.records, request.app_syncable_rows, side="responder")
         report.received = len(items)
         received: set[tuple[object, ...]] = set()
@@ -157,6 +169,12 @@ class SyncResponder:
             return str(err)
         return None
 
+    @staticmethod
+    def _note_row(item: Item, report: ExchangeReport) -> None:
+        # An app row's identity is ("a", app_id, table, *primary key).
+        report.applied_rows.append((item.identity[1], item.identity[2], tuple(item.identity[3:])))
+        report.applied_nodes.add(item.node)
+
     def _apply_run(self, node: str, run: list[Item], report: ExchangeReport) -> int:
         """Apply one node's items in HLC order up to its first failure; return how many landed."""
         prefix: list[Item] = []
@@ -177,6 +195,10 @@ class SyncResponder:
                 assert self.channel.database is not None
                 results = self.channel.database.merge([p.record for p in prefix[i:j]])  # type: ignore[misc]
                 report.applied += sum(results)
+                for p, stored in zip(prefix[i:j], results, strict=True):
+                    if stored:
+                        report.applied_record_ids.append(p.record.id)  # type: ignore[union-attr]
+                        report.applied_nodes.add(node)
                 landed = j
                 i = j
                 continue
@@ -188,8 +210,12 @@ class SyncResponder:
                 j = i
                 while j < len(prefix) and prefix[j].entry is not None:
                     j += 1
-                took, wrote, error = apply_many([p.entry for p in prefix[i:j]])
+                written: list[Any] = []
+                took, wrote, error = apply_many([p.entry for p in prefix[i:j]], written)
                 report.applied += wrote
+                by_entry = {id(p.entry): p for p in prefix[i:j]}
+                for e in written:
+                    self._note_row(by_entry[id(e)], report)
                 landed = i + took
                 if error is not None:
                     self._refuse(node, prefix[landed], str(error), report)
@@ -199,6 +225,7 @@ class SyncResponder:
             try:
                 if applier.apply(item.entry):
                     report.applied += 1
+                    self._note_row(item, report)
             except (SyncError, ValueError) as err:
                 self._refuse(node, item, str(err), report)
                 return landed

@@ -18,12 +18,13 @@ from contextlib import AbstractContextManager, nullcontext
 from functools import lru_cache
 from typing import Any
 
+from django.contrib.auth import get_user_model
 from django.core import signing
 from django.db import IntegrityError, connection, transaction
 from django.http import FileResponse, HttpResponse
 from django.urls import reverse
 from django.utils import timezone
-from rest_framework import status
+from rest_framework import authentication, status
 from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
@@ -39,6 +40,7 @@ from ..hlc import HLCClock
 from ..keys import expected_sha256, validate_key
 from ..models import AppNamespace, ChannelActivity
 from ..responder import ExchangeReport, SyncResponder
+from ..signals import notify_blob_stored, notify_records_applied, notify_rows_applied
 from ..wire import SyncExchangeRequest
 from .authentication import Principal, channel_of, read_body, verify_streamed_signature
 from .exceptions import (
@@ -159,18 +161,52 @@ class ExchangeView(SyncAPIView):
             raise WireFormatError("limit", f"must be at most {sync_settings.MAX_PAGE_LIMIT} on this server")
         validate_exchange(exchange, self.channel(), app_source.namespaces if app_source else OrmNamespaceStore())
         check_record_quota(self.owner().pk, self.channel() == DRIVE_APP_ID, self.channel(), exchange)
+        report = ExchangeReport()
         with _one_write_transaction(items):
-            response, report = responder.handle(exchange)
-            if report.refused:
-                logger.info("exchange for owner %s on %s: %d item(s) refused", self.owner().pk,
-                            self.channel(), len(report.refused))
-            record_activity(self.owner(), self.channel(), report)
+            try:
+                response, report = responder.handle(exchange, report)
+                if report.refused:
+                    logger.info("exchange for owner %s on %s: %d item(s) refused", self.owner().pk,
+                                self.channel(), len(report.refused))
+                record_activity(self.owner(), self.channel(), report)
+            finally:
+                # Even when answering failed: on PostgreSQL what was applied is committed already.
+                # Registered inside the write transaction (SQLite, ATOMIC_REQUESTS), the signals
+                # are dropped with it if it rolls back.
+                announce_exchange(request, self.owner(), self.channel(), report)
         answer = json_response(response.to_wire())
         # Freeing a request's thousands of parsed dicts and records took ~2 ms of a 1,000-record push.
         # Held by the response, they go when the server drops it, after the body is sent, while the
         # device is reading it.
         answer._starkeep_request = (data, exchange)  # type: ignore[attr-defined]
         return answer
+
+
+#: How many leading characters of a device token ``DeviceToken.issue`` keeps as its ``hint``.
+_TOKEN_HINT_LENGTH = 10
+
+
+def credential_of(request: Request) -> str | None:
+    """Which credential sent a request, for signals: an app secret's key id, or a device token's hint."""
+    principal = request.auth
+    if not isinstance(principal, Principal):
+        return None
+    if principal.key_id:
+        return principal.key_id
+    if principal.scheme == "token":
+        # The hint is what ``starkeep_token list`` shows; the token itself never leaves this function.
+        parts = authentication.get_authorization_header(request).split()
+        if len(parts) == 2:
+            return parts[1][:_TOKEN_HINT_LENGTH].decode("ascii", "replace")
+    return None
+
+
+def announce_exchange(request: Request, owner: Any, channel: str, report: ExchangeReport) -> None:
+    """``records_applied`` / ``rows_applied`` for what the exchange stored, after its commit."""
+    who = {"source": "exchange", "principal": request.auth, "credential": credential_of(request)}
+    notify_records_applied(owner, report.applied_record_ids, report.applied_nodes, **who)
+    notify_rows_applied(owner, channel, [(table, pk) for _, table, pk in report.applied_rows],
+                        report.applied_nodes, **who)
 
 
 def _one_write_transaction(items: int) -> AbstractContextManager[object]:
@@ -309,8 +345,10 @@ def _drain(source: Any, limit: int) -> None:
 
 
 def store_stream(request: Request, storage: DjangoObjectStorage, key: str, stream: Any,
-                 content_type: str | None, principal: Principal | None) -> None:
+                 content_type: str | None, principal: Principal | None) -> tuple[int, str | None]:
     """Stream a body into storage: size limit, signature and sha256 checked before it is kept.
+
+    Returns the stored size and Content-Type.
 
     ``If-None-Match: *`` makes the PUT conditional: a key already present is left
     alone and answered with 412 (after the body is read and, if signed, verified),
@@ -344,10 +382,11 @@ def store_stream(request: Request, storage: DjangoObjectStorage, key: str, strea
             if macs:
                 verify_streamed_signature(principal, macs)  # type: ignore[arg-type]
             raise AlreadyStored()
-        _store_verified(storage, key, source, macs, content_type, principal, limit, length, expected)
+        size = _store_verified(storage, key, source, macs, content_type, principal, limit, length, expected)
     finally:
         if spool is not None:
             spool.close()
+    return size, content_type
 
 
 def _spool_verified(source: Any, principal: Principal, macs: list[Any], limit: int) -> Any:
@@ -398,7 +437,7 @@ class _VerifiedBody:
 
 def _store_verified(storage: DjangoObjectStorage, key: str, source: Any, macs: list[Any],
                     content_type: str | None, principal: Principal | None, limit: int, length: int = 0,
-                    expected: str | None = None) -> None:
+                    expected: str | None = None) -> int:
     remaining = blob_bytes_remaining(storage.owner_id, key)
     quota_bound = remaining is not None and remaining < limit
     if quota_bound:
@@ -412,6 +451,7 @@ def _store_verified(storage: DjangoObjectStorage, key: str, source: Any, macs: l
         if quota_bound:
             raise QuotaExceeded(f"The blob exceeds this owner's remaining quota of {limit} bytes.") from None
         raise PayloadTooLarge(str(err)) from None
+    return body.bytes_read
 
 
 def _stream_size(stream: Any, storage: DjangoObjectStorage, key: str) -> int:
@@ -450,7 +490,9 @@ class FileView(SyncAPIView):
     def put(self, request: Request, key: str, app_id: str | None = None) -> HttpResponse:
         storage = self._storage(key)
         principal = request.auth if isinstance(request.auth, Principal) else None
-        store_stream(request, storage, key, request._request, request.content_type, principal)
+        size, content_type = store_stream(request, storage, key, request._request, request.content_type, principal)
+        notify_blob_stored(self.owner(), self.channel(), key, size, content_type, source="upload",
+                           principal=principal, credential=credential_of(request))
         return Response({"ok": True, "key": key}, status=status.HTTP_201_CREATED)
 
     def delete(self, request: Request, key: str, app_id: str | None = None) -> HttpResponse:
@@ -548,7 +590,13 @@ class ConfirmView(SyncAPIView):
         stored_type = getattr(stream, "content_type", None)
         if stored_type:
             defaults["content_type"] = stored_type
-        Blob.objects.update_or_create(owner_id=storage.owner_id, key=key, defaults=defaults)
+        known = Blob.objects.filter(owner_id=storage.owner_id, key=key).values_list("sha256", "size_bytes").first()
+        blob, _ = Blob.objects.update_or_create(owner_id=storage.owner_id, key=key, defaults=defaults)
+        if known != (digest.hexdigest(), size):
+            # Bytes this server had not stored itself (a PUT straight to S3): announce them here.
+            # Bytes that came through PUT files/<key> or a signed URL of this server were announced then.
+            notify_blob_stored(self.owner(), self.channel(), key, size, blob.content_type or None, source="confirm",
+                               principal=request.auth, credential=credential_of(request))
         return json_response({"ok": True})
 
 
@@ -588,8 +636,14 @@ class DirectBlobView(APIView):
     def put(self, request: Request, token: str) -> HttpResponse:
         claims = self._claims(token, "PUT")
         storage = self._storage(claims)
-        store_stream(request, storage, claims["k"], request._request,
-                     claims.get("c") or request.content_type, None)
+        key = claims["k"]
+        size, content_type = store_stream(request, storage, key, request._request,
+                                          claims.get("c") or request.content_type, None)
+        owner = get_user_model()._default_manager.filter(pk=storage.owner_id).first()
+        if owner is not None:
+            parts = key.split("/")
+            channel = parts[1] if parts[0] == "apps" and len(parts) > 1 else DRIVE_APP_ID
+            notify_blob_stored(owner, channel, key, size, content_type, source="presigned")
         return json_response({"ok": True}, status_code=201)
 
 
