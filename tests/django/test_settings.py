@@ -96,3 +96,128 @@ def test_system_check_names_a_bad_unknown_app_rows_policy() -> None:
     for policy in ("reject", "halt"):
         with override_settings(STARKEEP_SYNC={"NODE_ID": "cloud", "UNKNOWN_APP_ROWS": policy}):
             assert "starkeep_sync.E003" not in [e.id for e in check_settings()]
+
+
+# -- system checks: every setting's value is checked at `manage.py check`, not at the first request --
+
+def check_ids(**overrides: Any) -> list[str]:
+    from starkeep_sync.checks import check_settings
+
+    with override_settings(STARKEEP_SYNC={"NODE_ID": "cloud", **overrides}):
+        # W001 (per-process replay cache) is about the test settings' cache, not the value under test.
+        return [e.id for e in check_settings() if e.id != "starkeep_sync.W001"]
+
+
+def test_defaults_pass_every_check() -> None:
+    assert check_ids() == []
+
+
+def test_every_setting_has_a_rule() -> None:
+    from starkeep_sync.checks import RULES
+
+    assert set(RULES) == set(DEFAULTS)
+
+
+BAD_VALUES: list[tuple[str, Any, str]] = [
+    ("STORAGE_ALIAS", "", "E010"),
+    ("STORAGE_ALIAS", 3, "E010"),
+    ("STORAGE_PREFIX", "/var/blobs", "E011"),
+    ("STORAGE_PREFIX", "../outside", "E011"),
+    ("STORAGE_PREFIX", "a//b", "E011"),
+    ("STORAGE_PREFIX", "a\\b", "E011"),
+    ("STORAGE_PREFIX", None, "E011"),
+    ("NODE_ID", "", "E012"),
+    ("NODE_ID", "my:node", "E012"),
+    ("NODE_ID", "x" * 129, "E012"),
+    ("NODE_ID", "tab\there", "E012"),
+    ("NODE_ID", 7, "E012"),
+    ("DEFAULT_PAGE_LIMIT", 0, "E013"),
+    ("DEFAULT_PAGE_LIMIT", "1000", "E013"),
+    ("MAX_PAGE_LIMIT", -1, "E014"),
+    ("MAX_PAGE_LIMIT", 10.5, "E014"),
+    ("MAX_ITEMS_PER_REQUEST", True, "E015"),
+    ("MAX_REQUEST_BYTES", 0, "E016"),
+    ("MAX_BLOB_BYTES", "5G", "E017"),
+    ("SIGNATURE_WINDOW_SECONDS", 0, "E018"),
+    ("REPLAY_CACHE_ALIAS", None, "E019"),
+    ("MAX_CLOCK_SKEW_MS", -5, "E020"),
+    ("PRESIGN_EXPIRES_SECONDS", None, "E021"),
+    ("AUTHENTICATION_CLASSES", ["no.such.Authentication"], "E022"),
+    ("AUTHENTICATION_CLASSES", [], "E022"),
+    ("AUTHENTICATION_CLASSES", "starkeep_sync.api.authentication.DeviceTokenAuthentication", "E022"),
+    ("AUTHENTICATION_CLASSES", ["starkeep_sync.conf.DEFAULTS"], "E022"),
+    ("UNKNOWN_APP_ROWS", "ignore", "E003"),
+    ("COUNT_PENDING", "yes", "E023"),
+    ("COUNT_PENDING", 1, "E023"),
+    ("THROTTLE_RATES", {"exchange": "fast", "files": None, "health": None}, "E024"),
+    ("THROTTLE_RATES", {"exchange": "10/mango", "files": None, "health": None}, "E024"),
+    ("THROTTLE_RATES", {"exchange": "0/min", "files": None, "health": None}, "E024"),
+    ("THROTTLE_RATES", {"exchange": 100, "files": None, "health": None}, "E024"),
+    ("THROTTLE_RATES", {"exchnage": "10/min", "exchange": None, "files": None, "health": None}, "E024"),
+    ("THROTTLE_RATES", "1200/min", "E024"),
+    ("QUOTA_BLOB_BYTES", 0, "E025"),
+    ("QUOTA_BLOB_BYTES", "10G", "E025"),
+    ("QUOTA_RECORDS", -1, "E026"),
+]
+
+
+@pytest.mark.parametrize("name, value, check_id", BAD_VALUES, ids=[f"{n}={v!r}"[:60] for n, v, _ in BAD_VALUES])
+def test_bad_value_fails_the_check_with_a_hint(name: str, value: Any, check_id: str) -> None:
+    from starkeep_sync.checks import check_settings
+
+    with override_settings(STARKEEP_SYNC={"NODE_ID": "cloud", name: value}):
+        errors = [e for e in check_settings() if e.id == f"starkeep_sync.{check_id}"]
+    assert len(errors) == 1, errors
+    assert name in errors[0].msg and errors[0].hint
+
+
+def test_every_setting_has_a_tested_bad_value() -> None:
+    assert {name for name, _, _ in BAD_VALUES} == set(DEFAULTS)
+
+
+GOOD_VALUES: list[tuple[str, Any]] = [
+    ("STORAGE_PREFIX", ""),
+    ("STORAGE_PREFIX", "sync/blobs/"),
+    ("NODE_ID", "edge-7.eu"),
+    ("THROTTLE_RATES", {"exchange": "5/s", "files": "100/sec", "health": "1/day"}),
+    ("THROTTLE_RATES", {"exchange": "60/minute", "files": "3/h", "health": None}),
+    ("QUOTA_BLOB_BYTES", 10 * 1024**3),
+    ("QUOTA_RECORDS", 1),
+    ("COUNT_PENDING", False),
+    ("UNKNOWN_APP_ROWS", "halt"),
+    ("AUTHENTICATION_CLASSES", ("starkeep_sync.api.authentication.DeviceTokenAuthentication",)),
+]
+
+
+@pytest.mark.parametrize("name, value", GOOD_VALUES)
+def test_good_values_pass(name: str, value: Any) -> None:
+    assert check_ids(**{name: value}) == []
+
+
+def test_default_page_limit_above_the_maximum_is_an_error() -> None:
+    assert check_ids(DEFAULT_PAGE_LIMIT=500, MAX_PAGE_LIMIT=100) == ["starkeep_sync.E027"]
+    assert check_ids(DEFAULT_PAGE_LIMIT=100, MAX_PAGE_LIMIT=100) == []
+
+
+def test_throttle_rates_missing_a_scope_warns_that_it_is_unthrottled() -> None:
+    from starkeep_sync.checks import check_settings
+
+    with override_settings(STARKEEP_SYNC={"THROTTLE_RATES": {"exchange": "10/min"}}):
+        messages = check_settings()
+    assert [m.id for m in messages if m.id != "starkeep_sync.W001"] == ["starkeep_sync.W002"]
+    warning = next(m for m in messages if m.id == "starkeep_sync.W002")
+    assert "'files'" in warning.msg and "'health'" in warning.msg
+
+
+def test_bad_values_are_reported_together_and_before_the_storage_lookup() -> None:
+    ids = check_ids(NODE_ID="", MAX_PAGE_LIMIT=0, STORAGE_ALIAS="nowhere", THROTTLE_RATES={"exchange": "fast"})
+    assert {"starkeep_sync.E012", "starkeep_sync.E014", "starkeep_sync.E024"} <= set(ids)
+
+
+def test_manage_py_check_fails_on_a_bad_rate() -> None:
+    from django.core.management import call_command
+    from django.core.management.base import SystemCheckError
+
+    with override_settings(STARKEEP_SYNC={"THROTTLE_RATES": {"exchange": "fast", "files": None, "health": None}}):
+        with pytest.raises(SystemCheckError, match=r"starkeep_sync\.E024.*\n.*HINT: Map the scopes"):
+            call_command("check")
