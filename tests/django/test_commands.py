@@ -74,3 +74,18 @@ def test_app_secret_prints_only_the_secret() -> None:
     out, err = run("starkeep_app", "secret", "notes", "--user", "dave")
     row = AppSecret.objects.get()
     assert out.strip() == row.secret and row.key_id in err and row.app_id == "notes"
+
+
+def test_status_on_an_empty_database_says_so() -> None:
+    out, _ = run("starkeep_status")
+    assert out.startswith("No synced data yet: no owner has records, rows or exchanges.")
+    assert "manage.py starkeep_token create --user NAME" in out
+    make_user("erin")  # a user with nothing synced is still "nothing yet"
+    assert run("starkeep_status")[0] == out
+
+
+def test_status_for_a_user_with_nothing_says_so() -> None:
+    make_user("frank")
+    out, _ = run("starkeep_status", "--user", "frank")
+    assert out.startswith("No synced data yet: user 'frank' has no records")
+    assert "starkeep_token create --user frank" in out

@@ -37,10 +37,17 @@ class Command(BaseCommand):
             owners = owners.filter(**{model.USERNAME_FIELD: options["user"]})
             if not owners.exists():
                 raise CommandError(f"No user {options['user']!r}.")
-        for owner in owners:
-            self._owner(owner)
+        shown = sum(self._owner(owner) for owner in owners)
+        if not shown:
+            user = options.get("user")
+            who = f"user {user!r} has no" if user else "no owner has"
+            self.stdout.write(
+                f"No synced data yet: {who} records, rows or exchanges. Issue a device token with "
+                f"`manage.py starkeep_token create --user {user or 'NAME'}` and sync a device."
+            )
 
-    def _owner(self, owner: Any) -> None:
+    def _owner(self, owner: Any) -> bool:
+        """Print ``owner``'s holdings and syncs; ``False`` (and nothing printed) when there are none."""
         records = SharedRecord.objects.filter(owner=owner)
         counts = records.aggregate(total=Count("id"), deleted=Count("id", filter=Q(deleted_at__isnull=False)))
         blob_keys = Blob.objects.filter(owner=owner).values("key")
@@ -51,7 +58,7 @@ class Command(BaseCommand):
         peers = PeerSyncState.objects.filter(owner=owner).order_by("peer_url", "channel")
         activity = {a.channel: a for a in ChannelActivity.objects.filter(owner=owner)}
         if not (counts["total"] or app_rows or file_rows or peers or activity):
-            return
+            return False
         self.stdout.write(self.style.MIGRATE_HEADING(f"{owner}"))
         cov = list(NodeCoverage.objects.filter(owner=owner).values_list("scope", "node_id", "hlc"))
         self.stdout.write(
@@ -80,6 +87,7 @@ class Command(BaseCommand):
             for key, f in sorted(peer.failed_transfers.items()):
                 self.stdout.write(self.style.WARNING(
                     f"    failing {f['direction']} of {key}: {f['attempts']} attempt(s), last error {f['last_error']}"))
+        return True
 
     def _activity(self, activity: ChannelActivity | None) -> None:
         if activity is None:
