@@ -78,7 +78,8 @@ class DeviceTokenAuthentication(authentication.BaseAuthentication):
         row = (
             DeviceToken.objects.active().select_related("owner").filter(token_hash=hash_token(token)).first()
         )
-        if row is None or not row.matches(token) or not row.owner.is_active:
+        # ``usable``: refuse a row with an empty or malformed hash whatever put it there.
+        if row is None or not row.usable or not row.matches(token) or not row.owner.is_active:
             raise exceptions.AuthenticationFailed("Invalid or revoked token.")
         now = timezone.now()
         if row.last_used is None or now - row.last_used > timedelta(minutes=1):
@@ -119,10 +120,11 @@ class AppSignatureAuthentication(authentication.BaseAuthentication):
         window_ms = sync_settings.SIGNATURE_WINDOW_SECONDS * 1000
         if abs(time.time() * 1000 - ts) > window_ms:
             raise exceptions.AuthenticationFailed("Signature timestamp outside the accepted window.")
-        secrets = AppSecret.objects.select_related("owner").filter(app_id=app_id, revoked_at__isnull=True)
+        # Never an empty secret, whatever the database holds: anyone can compute an HMAC over the empty key.
+        secrets = AppSecret.objects.active().select_related("owner").filter(app_id=app_id).exclude(secret="")
         if key_id:
             secrets = secrets.filter(key_id=key_id)
-        candidates = [s for s in secrets[:20] if s.owner.is_active]
+        candidates = [s for s in secrets[:20] if s.usable and s.owner.is_active]
         if not candidates:
             raise exceptions.AuthenticationFailed("Invalid signature.")
         prefix = f"{app_id}:{request.method.upper()}:{signed_path(request)}:{ts_text}:".encode()
