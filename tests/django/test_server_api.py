@@ -8,26 +8,35 @@ owner's storage, as the in-process harness does.
 from __future__ import annotations
 
 import hashlib
+import io
 import json
+import threading
 from typing import Any
 
 import pytest
+from django.db import connection
 from rest_framework.test import APIClient
 
 from starkeep_sync import (
     DRIVE_APP_ID,
     FILE_RECORDS_TABLE,
     HLCClock,
+    HLCTimestamp,
     SyncExchangeRequest,
     SyncExchangeResponse,
     create_data_record,
     create_sync_engine,
+    deserialize_hlc,
+    serialize_hlc,
     server,
 )
+from starkeep_sync import hlc as hlc_module
 from starkeep_sync.adapters import DjangoObjectStorage
+from starkeep_sync.api.quotas import QuotaExceeded
 from starkeep_sync.engine import SyncEngine
 from starkeep_sync.exceptions import SyncError
 from starkeep_sync.memory import MemoryAppSource, MemoryDatabaseAdapter, MemoryObjectStorage, MemorySyncStateStore
+from starkeep_sync.models import Blob, NodeCoverage, ServerClock
 from starkeep_sync.records import AppSyncableRowEntry
 from tests.factories import make_token, make_user, register_app
 from tests.harness import NOTES_NAMESPACE
@@ -276,3 +285,119 @@ def test_row_edits_refuse_bad_input_with_clear_errors(owner: Any, notes: Any) ->
     with pytest.raises(server.RowNotFound):
         server.update_row(owner, "notes", "notes", ["n1"], {"body": "back?"})
     assert server.get_row(owner, "notes", "notes", ["n1"])["body"] == "x"
+
+
+# -- files, coverage, the clock ----------------------------------------------------------------
+
+
+@pytest.mark.django_db
+def test_put_file_stores_the_blob_first_and_the_device_pulls_both(owner: Any) -> None:
+    data = b"\xff\xd8 a small jpeg" * 1000
+    made = server.put_file(owner, io.BytesIO(data), type="image/jpeg", original_filename="cat.jpg", label="cat")
+    digest = hashlib.sha256(data).hexdigest()
+    assert made.object_storage_key == f"shared/image/{digest[:2]}/{digest}"
+    assert (made.content_hash, made.size_bytes, made.mime_type) == (digest, len(data), "image/jpeg")
+    thumb = server.put_file(owner, b"tiny", type="image/png", parent_id=made.id)
+    assert thumb.parent_id == made.id
+
+    device = Device(owner)
+    device.sync()
+    assert device.db.get(made.id) == made and device.db.get(thumb.id) == thumb
+    assert device.storage.get(made.object_storage_key).data == data
+
+
+@pytest.mark.django_db
+def test_put_file_and_put_record_refuse_bad_types_missing_blobs_and_quota(owner: Any, settings: Any) -> None:
+    with pytest.raises(ValueError, match="category"):
+        server.put_file(owner, b"x", type="jpeg")
+    with pytest.raises(SyncError, match="shared key"):
+        server.put_file(owner, b"x", type="Image/JPEG")  # the category is part of the key: lowercase only
+    with pytest.raises(server.BlobMissing):
+        server.put_record(owner, type="image/jpeg", object_storage_key=f"shared/image/ab/{'ab' * 32}")
+    with pytest.raises(SyncError, match="shared key"):
+        server.put_record(owner, type="image/jpeg", object_storage_key="apps/notes/syncable/x")
+    settings.STARKEEP_SYNC = {**settings.STARKEEP_SYNC, "QUOTA_BLOB_BYTES": 10}
+    with pytest.raises(QuotaExceeded):
+        server.put_file(owner, b"more than ten bytes", type="image/jpeg")
+    assert server.records(owner, include_deleted=True) == [] and not Blob.objects.exists()
+    settings.STARKEEP_SYNC = {**settings.STARKEEP_SYNC, "QUOTA_BLOB_BYTES": None, "QUOTA_RECORDS": 1}
+    kept = server.put_record(owner, type="text/plain", record_id="r1")
+    with pytest.raises(QuotaExceeded):
+        server.put_record(owner, type="text/plain", record_id="r2")
+    assert server.update_record(owner, "r1", label="edits still work").version == kept.version + 1
+
+
+@pytest.mark.django_db
+def test_coverage_includes_the_servers_node(owner: Any, notes: Any) -> None:
+    made = server.put_record(owner, type="text/plain")
+    row = server.put_row(owner, "notes", "notes", {"id": "n1"})
+    coverage = dict(NodeCoverage.objects.filter(owner=owner).values_list("scope", "hlc"))
+    assert coverage == {"records": serialize_hlc(made.updated_at), "notes/notes": row["updated_at"]}
+
+    device = Device(owner)
+    device.sync()
+    assert device.transports[DRIVE_APP_ID].last_wire["responderWatermarks"][NODE] == {
+        "wallTime": made.updated_at.wall_time, "counter": made.updated_at.counter, "nodeId": NODE}
+    device.sync("notes")
+    stamp = deserialize_hlc(row["updated_at"])
+    assert device.transports["notes"].last_wire["responderWatermarks"][NODE]["counter"] == stamp.counter
+
+
+@pytest.mark.django_db
+def test_the_clock_is_persisted_and_never_goes_back_after_a_restart(owner: Any, monkeypatch: Any) -> None:
+    first = server.put_record(owner, type="text/plain").updated_at
+    assert ServerClock.objects.get(node_id=NODE).wall_time == first.wall_time
+    # A restarted server whose system clock is a minute behind: the persisted state still wins.
+    monkeypatch.setattr(hlc_module, "_system_ms", lambda: first.wall_time - 60_000)
+    second = server.put_record(owner, type="text/plain").updated_at
+    third = server.update_record(owner, server.records(owner)[-1].id, label="x").updated_at
+    assert first < second < third
+    assert (second.wall_time, second.counter) == (first.wall_time, first.counter + 1)
+    saved = ServerClock.objects.get(node_id=NODE)
+    assert (saved.wall_time, saved.counter) == (third.wall_time, third.counter)
+
+
+@pytest.mark.django_db(transaction=True)
+def test_concurrent_writers_never_issue_the_same_hlc(owner: Any, monkeypatch: Any) -> None:
+    if connection.vendor != "postgresql":
+        # SQLite serializes writers by itself (one write lock per database); the in-memory test
+        # database's shared cache refuses concurrent connections a table lock instead of waiting.
+        pytest.skip("row locks between concurrent workers: PostgreSQL")
+    server.put_record(owner, type="text/plain", record_id="shared")
+    # A frozen physical clock: every stamp's uniqueness now rests on the persisted counter alone.
+    frozen = now_ms()
+    monkeypatch.setattr(hlc_module, "_system_ms", lambda: frozen)
+    stamps: list[HLCTimestamp] = []
+    edits: list[HLCTimestamp] = []
+    errors: list[BaseException] = []
+    lock = threading.Lock()
+    start = threading.Barrier(4)
+
+    def worker(n: int) -> None:
+        try:
+            start.wait()
+            for i in range(15):
+                if i % 3 == 0:  # some writers edit the same record, the others make new ones
+                    made = server.update_record(owner, "shared", label=f"{n}-{i}")
+                    with lock:
+                        edits.append(made.updated_at)
+                else:
+                    made = server.put_record(owner, type="text/plain", label=f"{n}-{i}")
+                with lock:
+                    stamps.append(made.updated_at)
+        except BaseException as err:  # reported below, not lost in the thread
+            errors.append(err)
+        finally:
+            connection.close()
+
+    threads = [threading.Thread(target=worker, args=(n,)) for n in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    assert len(stamps) == 60 and len(set(stamps)) == 60
+    saved = ServerClock.objects.get(node_id=NODE)
+    assert (saved.wall_time, saved.counter) == max(stamps)[:2]
+    shared = server.get_record(owner, "shared")
+    assert shared.version == 1 + len(edits) == 21 and shared.updated_at == max(edits)  # no edit lost
