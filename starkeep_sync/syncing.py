@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -10,11 +11,75 @@ from django.utils import timezone
 from .adapters import DjangoObjectStorage, OrmAppSource, OrmDatabaseAdapter, OrmSyncStateStore
 from .blobs import TransferFailure
 from .client import HttpObjectStorage, create_http_sync_transport
+from .client.transport import HttpSyncTransport
 from .constants import DRIVE_APP_ID
 from .engine import SyncEngine, create_sync_engine
-from .hlc import HLCClock
+from .exceptions import SyncError, WireFormatError
+from .hlc import HLCClock, HLCTimestamp, serialize_hlc
 from .models import AppNamespace
 from .supervisor import RoundReport
+from .wire import SyncExchangeRequest, SyncExchangeResponse, hlc_from_wire
+
+
+class NodeIdConflict(SyncError):
+    """The peer holds writes stamped with our node id that this instance never made."""
+
+    code = "node_id_conflict"
+
+
+def node_id_conflict(node_id: str, theirs: HLCTimestamp, held: HLCTimestamp | None, url: str) -> NodeIdConflict:
+    mine = f"up to {serialize_hlc(held)}" if held is not None else "none"
+    return NodeIdConflict(
+        f"{url} holds writes stamped with node id {node_id!r} up to {serialize_hlc(theirs)}, but this instance "
+        f"holds {mine} under that id: the remote (or another of its devices) uses the same node id, or this "
+        "instance lost writes it made (a restore). Two writers "
+        "sharing a node id make last-write-wins and coverage treat their writes as one history, so updates "
+        "would be lost or never sent. Sync with a node id of this instance's own, e.g. --node-id edge-1."
+    )
+
+
+class NodeIdGuard:
+    """The exchange transport, refusing an answer whose coverage shows another writer of our node id.
+
+    The remote's own node id is not on the wire, but its coverage vector
+    (``responderWatermarks``) is, in every answer: if it holds our node id
+    above the highest write of that id held here, someone else stamps writes
+    with it. The check runs on the answer before the engine applies any of it.
+    """
+
+    prefetch_safe = True
+
+    def __init__(self, inner: HttpSyncTransport, node_id: str, held: Callable[[], HLCTimestamp | None]) -> None:
+        self.inner = inner
+        self.node_id = node_id
+        self._held = held
+        self._known_held: HLCTimestamp | None = None
+
+    def check(self, theirs: HLCTimestamp | None) -> None:
+        if theirs is None or (self._known_held is not None and theirs <= self._known_held):
+            return
+        # Read again only when the remote is ahead of what we knew: this round may have written more.
+        self._known_held = self._held()
+        if self._known_held is None or theirs > self._known_held:
+            raise node_id_conflict(self.node_id, theirs, self._known_held, self.inner.base_url)
+
+    def exchange_json(self, request: SyncExchangeRequest) -> Any:
+        data = self.inner.exchange_json(request)
+        vector = data.get("responderWatermarks") if isinstance(data, dict) else None
+        entry = vector.get(self.node_id) if isinstance(vector, dict) else None
+        if entry is not None:
+            try:
+                theirs = hlc_from_wire(entry, f"responderWatermarks.{self.node_id}")
+            except WireFormatError:
+                return data  # the engine's parse of the whole answer reports it
+            self.check(theirs)
+        return data
+
+    def exchange(self, request: SyncExchangeRequest) -> SyncExchangeResponse:
+        return SyncExchangeResponse.from_wire(self.exchange_json(request))
+
+    def close(self) -> None:
+        self.inner.close()
 
 
 @dataclass
@@ -55,7 +120,8 @@ def build_requester(*, owner: Any, url: str, channel: str, token: str, node_id: 
     state = OrmSyncStateStore.for_peer(owner, url, channel, node_id)
     clock = HLCClock(node_id, initial_state=state.get_hlc_clock_state())
     base = f"{url}/apps/{channel}"
-    transport = create_http_sync_transport(base_url=base, auth=token, timeout=timeout)
+    transport = NodeIdGuard(create_http_sync_transport(base_url=base, auth=token, timeout=timeout), node_id,
+                            lambda: engine.channel.coverage().get(node_id))
     remote = HttpObjectStorage(base, auth=token, timeout=timeout)
     drive = channel == DRIVE_APP_ID
     engine = create_sync_engine(
@@ -70,6 +136,8 @@ def build_requester(*, owner: Any, url: str, channel: str, token: str, node_id: 
         page_limit=page_limit,
         app_id=None if drive else channel,
     )
+    # What an earlier run learnt of the remote's coverage refuses a shared node id before any request.
+    transport.check(state.get_peer_watermarks().get(node_id))
     # Failures remembered by an earlier run come back as history, not as a fresh start.
     engine.file_sync.restore_failures(
         TransferFailure(key, d["direction"], d["attempts"], d["first_failure"], d["last_failure"], d["last_error"])

@@ -66,12 +66,12 @@ def test_until_done_syncs_records_and_blobs_both_ways(setup: dict[str, Any]) -> 
 
 
 def test_interrupted_run_resumes_without_duplicates(setup: dict[str, Any]) -> None:
-    first = sync(*base_args(setup), "--page-limit", "2")  # one round only
+    first = sync(*base_args(setup), "--once", "--page-limit", "2")
     assert "1 round(s)" in first
     state = PeerSyncState.objects.get(owner=setup["edge"])
     assert state.peer_watermarks  # progress persisted per (url, channel)
     assert len(held(setup["cloud"])) < 8 or len(held(setup["edge"])) < 8
-    rest = sync(*base_args(setup), "--until-done", "--page-limit", "2")
+    rest = sync(*base_args(setup), "--page-limit", "2")
     total = int(first.split("round(s), ")[1].split(" items")[0]) + int(rest.split("round(s), ")[1].split(" items")[0])
     assert total == 8  # every record moved exactly once across both runs
     assert held(setup["edge"]) == held(setup["cloud"])
@@ -151,3 +151,70 @@ def test_status_shows_counts_coverage_staged_and_peers(setup: dict[str, Any]) ->
     assert "served: " in out.getvalue()
     with pytest.raises(CommandError):
         call_command("starkeep_status", "--user", "ghost", stdout=StringIO())
+
+
+def test_runs_until_done_by_default(setup: dict[str, Any]) -> None:
+    out = sync(*base_args(setup), "--page-limit", "2")
+    assert len(held(setup["edge"])) == len(held(setup["cloud"])) == 8
+    assert "8 items" in out and "More is left" not in out
+
+
+def test_once_runs_one_round_and_says_what_is_left(setup: dict[str, Any]) -> None:
+    out = sync(*base_args(setup), "--once", "--page-limit", "2")
+    assert "1 round(s)" in out
+    # The cloud holds 3 records for edge; a page of 2 leaves 1, which the server counts (pending).
+    assert "More is left: 1 item(s) still to pull from the server" in out
+    assert "Run again without --once" in out
+    sync(*base_args(setup))
+    assert "More is left" not in sync(*base_args(setup), "--once")
+
+
+def test_once_and_watch_are_exclusive(setup: dict[str, Any]) -> None:
+    with pytest.raises(CommandError, match="not allowed with"):
+        sync(*base_args(setup), "--once", "--watch")
+
+
+def test_a_failure_mid_run_says_what_is_left(setup: dict[str, Any], monkeypatch: pytest.MonkeyPatch) -> None:
+    from starkeep_sync.engine import SyncEngine
+    from starkeep_sync.exceptions import SyncTransportError
+
+    real = SyncEngine.exchange
+    calls = []
+
+    def fail_second_round(self: SyncEngine) -> Any:
+        calls.append(1)
+        if len(calls) == 2:
+            raise SyncTransportError("connection reset by peer", code="connection_error")
+        return real(self)
+
+    monkeypatch.setattr(SyncEngine, "exchange", fail_second_round)
+    with pytest.raises(CommandError) as info:
+        sync(*base_args(setup), "--page-limit", "2")
+    message = str(info.value)
+    assert "failed after 1 round(s)" in message and "connection reset by peer" in message
+    assert "More is left: 1 item(s) still to pull" in message and "again to resume" in message
+
+
+def test_node_id_of_another_writer_on_the_remote_is_refused(setup: dict[str, Any]) -> None:
+    # Writes the remote made under its own node id (the default NODE_ID of both instances).
+    seed(setup["cloud"], "cloud", 2, "s")
+    args = ["--url", setup["url"], "--user", "edge-alice", "--token", setup["token"]]
+    with pytest.raises(CommandError, match=r"node id 'cloud'.*same node id.*--node-id") as info:
+        sync(*args, "--node-id", "cloud")
+    assert "last-write-wins" in str(info.value)
+    # Refused before the answer was applied: nothing of the remote's came in.
+    assert set(held(setup["edge"])) == {f"e{i}" for i in range(5)}
+    sync(*args, "--node-id", "edge")  # another id syncs
+    assert len(held(setup["edge"])) == 10
+
+
+def test_a_known_shared_node_id_is_refused_before_any_request(setup: dict[str, Any]) -> None:
+    from starkeep_sync.hlc import HLCClock as Clock
+
+    url = f"http://127.0.0.1:{free_port()}"  # nothing listens: a request would fail with "cannot reach"
+    ahead = Clock("edge").now()
+    PeerSyncState.objects.create(owner=setup["edge"], peer_url=url, channel="starkeep-drive", node_id="edge",
+                                 peer_watermarks={"edge": [ahead.wall_time + 60_000, 0, "edge"]})
+    with pytest.raises(CommandError, match="node id 'edge'") as info:
+        sync("--url", url, "--user", "edge-alice", "--token", "t", "--node-id", "edge")
+    assert "cannot reach" not in str(info.value)

@@ -11,6 +11,7 @@ from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from starkeep_sync.conf import sync_settings
 from starkeep_sync.constants import DRIVE_APP_ID
+from starkeep_sync.engine import ExchangeResult
 from starkeep_sync.exceptions import SyncError
 from starkeep_sync.supervisor import Backoff, RoundReport, SyncSupervisor, sync_until_done
 from starkeep_sync.syncing import build_requester
@@ -32,13 +33,15 @@ class Progress:
 
     def __init__(self, out: Any, tty: bool) -> None:
         self.out, self.tty = out, tty
-        self.items = self.bytes = self.rounds = self.errors = 0
+        self.items = self.bytes = self.rounds = self.completed = self.errors = 0
         self.pending: int | None = None
+        self.last: ExchangeResult | None = None
 
     def update(self, report: RoundReport) -> None:
         self.rounds += 1
         if report.result is not None:
-            r = report.result
+            r = self.last = report.result
+            self.completed += 1
             self.items += r.applied + r.shipped
             self.bytes += r.bytes_moved
             self.pending = r.pending
@@ -58,11 +61,20 @@ class Progress:
             return f"[{'#' * filled}{'.' * (width - filled)}] {self.items}/{total} items, {human_bytes(self.bytes)}"
         return f"round {self.rounds}: {moved}"
 
+    def left(self) -> str | None:
+        """How much the last completed round left to move; ``None`` if it left nothing (or none completed)."""
+        if self.last is None or not self.last.has_more:
+            return None
+        if self.last.pending:
+            # ``pending`` counts what the server still holds for us; a push left behind is not in it.
+            return f"More is left: {self.last.pending} item(s) still to pull from the server, perhaps more to push."
+        return "More is left (the server did not say how much)."
+
 
 class Command(BaseCommand):
     help = (
         "Sync one user's records and blobs on this instance with a remote Starkeep server. "
-        "Runs one round by default; --until-done runs rounds until nothing is left, "
+        "Runs rounds until nothing is left; --once runs a single round (and says what is left), "
         "--watch keeps syncing every --interval seconds. State is kept per (URL, channel), "
         "so an interrupted run resumes where it stopped."
     )
@@ -78,8 +90,12 @@ class Command(BaseCommand):
         parser.add_argument("--node-id", default=None,
                             help="This instance's node id in the sync (default: STARKEEP_SYNC['NODE_ID']). "
                                  "Must differ from the remote's.")
-        parser.add_argument("--until-done", action="store_true", help="Run rounds until nothing is left.")
-        parser.add_argument("--watch", action="store_true", help="Keep syncing; stop with Ctrl-C.")
+        mode = parser.add_mutually_exclusive_group()
+        mode.add_argument("--once", action="store_true",
+                          help="Run a single round (at most --page-limit items each way) and say what is left.")
+        mode.add_argument("--until-done", action="store_true",
+                          help="Run rounds until nothing is left. This is the default; kept so older scripts work.")
+        mode.add_argument("--watch", action="store_true", help="Keep syncing; stop with Ctrl-C.")
         parser.add_argument("--interval", type=float, default=30.0, help="Seconds between cycles with --watch.")
         parser.add_argument("--page-limit", type=int, default=1000, help="Most items per round in each direction.")
         parser.add_argument("--timeout", type=float, default=30.0, help="HTTP timeout in seconds.")
@@ -118,18 +134,21 @@ class Command(BaseCommand):
                     supervisor.run(max_cycles=options["max_cycles"])
                 except KeyboardInterrupt:
                     supervisor.stop()
-            elif options["until_done"]:
-                sync_until_done(requester.engine, on_round=lambda r: (requester.record(r), on_round(r)))
-            else:
+            elif options["once"]:
                 result = requester.engine.exchange()
                 report = RoundReport(1, result, None, 0.0)
                 requester.record(report)
                 on_round(report)
+            else:
+                sync_until_done(requester.engine, on_round=lambda r: (requester.record(r), on_round(r)))
         except (SyncError, OSError, RuntimeError) as err:
             requester.record(RoundReport(progress.rounds + 1, None, err, 0.0))
             if progress.tty:
                 self.stdout.write("")
-            raise CommandError(f"Sync with {options['url']} failed: {err}") from err
+            left = progress.left()
+            after = f" after {progress.completed} round(s) ({progress.items} items moved)" if progress.completed else ""
+            raise CommandError(f"Sync with {options['url']} failed{after}: {err}"
+                               + (f" {left} Run the command again to resume." if left else "")) from err
         finally:
             requester.close()
         if progress.tty:
@@ -138,6 +157,9 @@ class Command(BaseCommand):
         summary = (f"Synced {options['channel']} with {options['url']}: {progress.rounds} round(s), "
                    f"{progress.items} items, {human_bytes(progress.bytes)} moved")
         self.stdout.write(self.style.SUCCESS(summary))
+        left = progress.left()
+        if left and options["once"]:
+            self.stdout.write(self.style.WARNING(f"{left} Run again without --once to sync the rest."))
         if failures:
             self.stdout.write(self.style.WARNING(
                 f"{len(failures)} blob transfer(s) failing; they are retried next run "
