@@ -6,7 +6,6 @@ import random
 from typing import Any
 
 import pytest
-from django.db import connection
 
 from starkeep_sync.adapters.orm import OrmAppSource
 from starkeep_sync.approws import EntryRefused
