@@ -8,6 +8,7 @@ client is always cheap and safe (django-anymail's rule).
 from __future__ import annotations
 
 import email.utils
+import html
 import json
 import math
 import os
@@ -42,6 +43,10 @@ USER_AGENT = "starkeep-sync-python"
 # yet) are retried for every method.
 _RETRYABLE_METHODS = frozenset({"GET", "HEAD", "PUT", "DELETE", "OPTIONS"})
 _ERROR_BODY_LIMIT = 64 * 1024
+#: How much of an error body that is not our JSON (a proxy's HTML page) ends up in a message.
+ERROR_TEXT_LIMIT = 200
+_INVISIBLE = re.compile(r"<(script|style)\b.*?</\1\s*>|<!--.*?-->", re.IGNORECASE | re.DOTALL)
+_TAG = re.compile(r"<[^>]*>")
 _APP_MOUNT = re.compile(r"/apps/[^/]+$")
 
 
@@ -171,8 +176,16 @@ def _error_fields(body: bytes, encoding: str | None) -> tuple[str | None, str | 
         detail = data.get("detail")
         if isinstance(detail, str):
             return None, detail
-    text = body.decode(encoding or "utf-8", errors="replace").strip()
-    return None, (text[:500] or None)
+    return None, (plain_text(body.decode(encoding or "utf-8", errors="replace")) or None)
+
+
+def plain_text(text: str, limit: int = ERROR_TEXT_LIMIT) -> str:
+    """An error page as one short line: HTML tags (and script/style) dropped, whitespace collapsed,
+    cut to ``limit`` characters with an ellipsis."""
+    if "<" in text and ">" in text:
+        text = html.unescape(_TAG.sub(" ", _INVISIBLE.sub(" ", text)))
+    text = " ".join(text.split())
+    return text if len(text) <= limit else text[: limit - 1].rstrip() + "…"
 
 
 def transport_error_from_response(response: requests.Response) -> SyncTransportError:

@@ -6,11 +6,20 @@ from typing import Any
 
 import requests
 
-from ..constants import EXCHANGE_PATH
+from ..constants import DRIVE_APP_ID, EXCHANGE_PATH
 from ..exceptions import SyncTransportError, WireFormatError
 from ..wire import SyncExchangeRequest, SyncExchangeResponse
 from .auth import AuthLike, CallableAuth, SignRequest
-from .session import DEFAULT_TIMEOUT, ChannelClient, Timeout, dumps_json, loads_json, raise_for_response, send
+from .session import (
+    DEFAULT_TIMEOUT,
+    ChannelClient,
+    Timeout,
+    dumps_json,
+    loads_json,
+    raise_for_response,
+    send,
+    transport_error_from_response,
+)
 
 
 class HttpSyncTransport(ChannelClient):
@@ -37,6 +46,8 @@ class HttpSyncTransport(ChannelClient):
         headers.update(self.auth.headers("POST", self.signed_path(EXCHANGE_PATH), body))
         url = self.url_for(EXCHANGE_PATH)
         response = send(self.session, "POST", url, data=body, headers=headers, timeout=self.timeout)
+        if response.status_code == 404:
+            raise self._not_found(response, url)
         raise_for_response(response)
         try:
             data = loads_json(response.content)
@@ -51,6 +62,15 @@ class HttpSyncTransport(ChannelClient):
                 ) from err
             raise WireFormatError("body", f"exchange response is not valid JSON ({err})") from err
         return data
+
+    def _not_found(self, response: requests.Response, url: str) -> SyncTransportError:
+        """A 404 on the exchange route almost always means a base URL without the channel mount."""
+        err = transport_error_from_response(response)
+        hint = (f"{err.message}. Nothing answers {url}: the base URL {self.base_url} is probably wrong; "
+                f"it should be <server>/apps/<app_id>, e.g. {self.origin}/apps/{DRIVE_APP_ID}")
+        if err.code == "unknown_app":
+            hint = f"{err.message}. Register the app on the server, or check the app id in {self.base_url}"
+        return SyncTransportError(hint, status=err.status, code=err.code, retry_after=err.retry_after)
 
 
 def _unframed(response: requests.Response) -> bool:

@@ -328,6 +328,66 @@ def test_error_bodies_that_are_not_the_protocol_shape(server: FakeServer, channe
     assert info.value.status == 401 and "Missing X-Starkeep-App" in info.value.message
 
 
+DJANGO_LIKE_404 = b"""<!DOCTYPE html>
+<html lang="en"><head><title>Page not found at /sync/exchange</title>
+<style>body { font-family: sans-serif; } #info { background: #f6f6f6; }</style></head>
+<body><div id="summary"><h1>Page not found <span>(404)</span></h1>
+<table class="meta"><tr><th>Request Method:</th><td>POST</td></tr></table></div>
+<div id="info"><p>Using the URLconf defined in <code>example_project.urls</code>, Django tried these URL
+patterns, in this order:</p><ol>""" + b"<li>admin/</li>" * 400 + b"</ol></div></body></html>"
+
+
+def test_a_404_on_exchange_hints_at_the_base_url(server: FakeServer) -> None:
+    server.answer("POST", "/sync/exchange", 404, DJANGO_LIKE_404, {"Content-Type": "text/html"})
+    transport = create_http_sync_transport(base_url=server.base, auth="t")  # the /apps/<app_id> mount left out
+    with pytest.raises(SyncTransportError) as info:
+        transport.exchange(_request())
+    err = info.value
+    assert (err.status, err.code) == (404, "http_404")
+    assert f"{server.base}/sync/exchange" in err.message
+    assert "base URL" in err.message and "<server>/apps/<app_id>" in err.message
+    assert f"{server.base}/apps/starkeep-drive" in err.message
+    # The HTML page comes out as a short line of its text.
+    assert "<" not in err.message.replace("<server>", "").replace("<app_id>", "")
+    assert "Page not found (404)" in err.message and "font-family" not in err.message
+    assert "…" in err.message and len(err.message) < 600
+
+
+def test_a_404_for_an_unknown_app_says_so(server: FakeServer, channel: str) -> None:
+    server.answer("POST", f"/apps/{APP}/sync/exchange", 404, _err("unknown_app", "No app with this id."))
+    with pytest.raises(SyncTransportError) as info:
+        create_http_sync_transport(base_url=channel, auth="t").exchange(_request())
+    assert info.value.code == "unknown_app" and "No app with this id." in info.value.message
+    assert channel in info.value.message
+
+
+@pytest.mark.parametrize("body", [
+    b"<html><body><h1>502 Bad Gateway</h1><hr><center>nginx/1.25.3</center></body></html>",
+    b"  502   Bad\r\n\tGateway  \n" + b"x" * 5000,
+])
+def test_non_json_error_bodies_are_trimmed(server: FakeServer, channel: str, body: bytes) -> None:
+    server.answer("POST", f"/apps/{APP}/sync/exchange", 502, body, {"Content-Type": "text/html"})
+    with pytest.raises(SyncTransportError) as info:
+        create_http_sync_transport(base_url=channel).exchange(_request())
+    message = info.value.message
+    assert message.startswith("502 Bad Gateway")
+    assert "<" not in message and "\n" not in message and "  " not in message
+    text = message.split(" (HTTP 502")[0]
+    assert len(text) <= 200
+    assert text.endswith("…") == (len(body) > 1000)
+
+
+def test_blob_errors_with_html_bodies_are_trimmed_too(server: FakeServer, channel: str) -> None:
+    server.answer("PUT", f"/apps/{APP}/files/{quote(KEY, safe='/')}", 413,
+                  b"<html><head><title>413</title></head><body>" + b"<p>Request Entity Too Large</p>" * 50
+                  + b"</body></html>", {"Content-Type": "text/html"})
+    with pytest.raises(SyncTransportError) as info:
+        HttpObjectStorage(channel).put(KEY, b"data")
+    assert info.value.status == 413
+    assert info.value.message.startswith("413 Request Entity Too Large Request Entity")
+    assert "<p>" not in info.value.message and len(info.value.message.split(" (HTTP 413")[0]) <= 200
+
+
 @pytest.mark.parametrize("body", [b"not json", b"[]", json.dumps({"hasMore": "yes"}).encode()])
 def test_malformed_200_raises_wire_format_error(server: FakeServer, channel: str, body: bytes) -> None:
     server.answer("POST", f"/apps/{APP}/sync/exchange", 200, body, {"Content-Type": "application/json"})
