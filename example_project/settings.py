@@ -3,6 +3,8 @@
 Environment:
   DATABASE_URL      e.g. postgres://postgres@127.0.0.1:5432/starkeep (default: SQLite file)
   REDIS_URL         e.g. redis://127.0.0.1:6379/0 (default: local-memory cache)
+  STARKEEP_CACHE_KEY_PREFIX  prefix of this server's Redis cache keys (default: none); lets several
+                    deployments, or a test run, share one Redis database and clean up only their own keys
   STARKEEP_MEDIA    where blobs go with file-system storage (default: ./media)
   DJANGO_SECRET_KEY, DJANGO_DEBUG, DJANGO_ALLOWED_HOSTS
   STARKEEP_THROTTLE        "off" disables every rate limit (exchange, files, health), e.g. for benchmarks
@@ -91,7 +93,8 @@ DATABASES = {
 
 if os.environ.get("REDIS_URL"):
     CACHES = {"default": {"BACKEND": "django.core.cache.backends.redis.RedisCache",
-                          "LOCATION": os.environ["REDIS_URL"]}}
+                          "LOCATION": os.environ["REDIS_URL"],
+                          "KEY_PREFIX": os.environ.get("STARKEEP_CACHE_KEY_PREFIX", "")}}
 
 STORAGES = {
     "default": {

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import tempfile
 import threading
@@ -88,19 +89,56 @@ def _fast_fixture_teardown(self: TransactionTestCase) -> None:
 TransactionTestCase._fixture_teardown = _fast_fixture_teardown  # type: ignore[method-assign]
 
 
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Mark the tests that never open a database connection ``nodb``.
+#: Test directories that need PostgreSQL and Redis on 127.0.0.1 (tier 2); their tests are marked ``services``.
+SERVICES_DIRS = (Path(__file__).parent / "load",)
+_services_left_out = pytest.StashKey[int]()
+
+
+def names_services(markexpr: str) -> bool:
+    """Whether a ``-m`` expression mentions the ``services`` marker (to select or to exclude it)."""
+    return re.search(r"\bservices\b", markexpr) is not None
+
+
+@pytest.hookimpl(tryfirst=True)  # markers must be on the items before pytest applies ``-m``
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Mark the tests that never open a database connection ``nodb``, and those that need services ``services``.
 
     The protocol core and the scenario runs on memory adapters or a sqlite
     device store do the same thing whatever Django's database is, so the
     PostgreSQL pass (``-m "not nodb"``) does not run them a second time.
+
+    ``services`` tests are left out unless the ``-m`` expression names the
+    marker, so a plain ``pytest`` (and any ``-m`` that does not mention it)
+    needs nothing running; ``-m services`` or ``-m "services or not nodb"``
+    brings them in, and they fail when PostgreSQL or Redis is unreachable.
     """
     core = Path(__file__).parent / "core"
     for item in items:
+        parents = Path(str(item.fspath)).parents
         callspec = getattr(item, "callspec", None)
         in_memory = callspec is not None and callspec.params.get("pair") in ("memory", "sqlite-device")
-        if in_memory or core in Path(str(item.fspath)).parents:
+        if in_memory or core in parents:
             item.add_marker(pytest.mark.nodb)
+        if any(d in parents for d in SERVICES_DIRS):
+            item.add_marker(pytest.mark.services)
+    if names_services(config.getoption("markexpr") or ""):
+        return
+    left_out = [item for item in items if item.get_closest_marker("services") is not None]
+    if left_out:
+        config.hook.pytest_deselected(items=left_out)
+        items[:] = [item for item in items if item.get_closest_marker("services") is None]
+        config.stash[_services_left_out] = len(left_out)
+
+
+def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> None:
+    """Say that tests were left out for want of ``-m services``, and how to run them."""
+    count = config.stash.get(_services_left_out, 0)
+    if count:
+        terminalreporter.write_line(
+            f"{count} tests need PostgreSQL and Redis (marker 'services') and were left out; "
+            'run them with -m services, or the whole second tier with -m "services or not nodb" '
+            "(see README, Run the tests)."
+        )
 
 
 @pytest.fixture

@@ -1,20 +1,23 @@
 """The load fixture: a real deployment on loopback.
 
-One PostgreSQL database and one Redis database per test session, migrated with
-``manage.py``, and ``gunicorn -w 4`` serving ``example_project`` on a free port.
+One PostgreSQL database per test session, migrated with ``manage.py``, a Redis
+cache key prefix of its own, and ``gunicorn -w 4`` serving ``example_project``
+on a free port. Redis is shared with whatever else uses it: the session deletes
+only the keys under its prefix (SCAN + DEL), never a whole database.
 Every test talks to it over HTTP only (devices), or reads the database
 directly (to compare the server's rows with the devices').
 
-PostgreSQL and Redis are required: when either is unreachable the session
-fails loudly instead of skipping.
+PostgreSQL and Redis are required: these tests are marked ``services``
+(tests/conftest.py) and run only when ``-m`` names that marker; when either
+service is unreachable the session fails loudly instead of skipping.
 """
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import re
+import secrets
 import shutil
 import signal
 import socket
@@ -33,6 +36,7 @@ import requests
 REPO = Path(__file__).resolve().parents[2]
 PG_DSN = "host=127.0.0.1 port=5432 user=postgres"
 REDIS_HOST, REDIS_PORT = "127.0.0.1", 6379
+REDIS_URL = f"redis://{REDIS_HOST}:{REDIS_PORT}/0"
 WORKERS = 4
 #: The owners tests use besides ``load`` (one each, so their data never mixes), created up front.
 OWNERS = ("faults-proxy", "faults-blobs", "faults-kill", "faults-crash", "cut-upload", "batches", "same-blob")
@@ -275,6 +279,23 @@ def _require_services() -> None:
                     pytrace=False)
 
 
+def cache_keys(r: Any, prefix: str) -> list[bytes]:
+    """Every Redis key of the example server's cache under ``prefix`` (Django writes ``<prefix>:<version>:<key>``)."""
+    return list(r.scan_iter(match=f"{prefix}:*", count=1000))
+
+
+def delete_cache_keys(r: Any, prefix: str) -> None:
+    """Delete this session's keys, and only them: the Redis database may hold anyone's data."""
+    for _ in range(3):  # keys whose TTL lapses mid-scan are simply gone; a few passes settle it
+        keys = cache_keys(r, prefix)
+        if not keys:
+            return
+        for start in range(0, len(keys), 500):
+            r.delete(*keys[start:start + 500])
+    left = cache_keys(r, prefix)
+    assert not left, f"{len(left)} Redis keys under {prefix!r} survived the cleanup"
+
+
 def _stop(process: subprocess.Popen[bytes]) -> None:
     if process.poll() is not None:
         return
@@ -295,17 +316,18 @@ def load_server() -> Iterator[LoadServer]:
 
     pid = os.getpid()
     db_name = f"starkeep_load_{pid}"
-    redis_db = 8 + pid % 8  # away from db 0, where a developer's own things live
+    # Letters, digits and dashes only: the prefix goes into a SCAN pattern unescaped.
+    cache_prefix = f"starkeep-load-{pid}-{secrets.token_hex(4)}"
     tmp = scratch_dir("starkeep-load-")
-    r = redis.Redis(host=REDIS_HOST, port=REDIS_PORT, db=redis_db)
-    r.flushdb()
+    r = redis.Redis.from_url(REDIS_URL)
     with psycopg.connect(f"{PG_DSN} dbname=postgres", autocommit=True) as conn:
         conn.execute(f'DROP DATABASE IF EXISTS "{db_name}"')
         conn.execute(f'CREATE DATABASE "{db_name}"')
     env = {
         **os.environ,
         "DATABASE_URL": f"postgres://postgres@127.0.0.1:5432/{db_name}",
-        "REDIS_URL": f"redis://{REDIS_HOST}:{REDIS_PORT}/{redis_db}",
+        "REDIS_URL": REDIS_URL,
+        "STARKEEP_CACHE_KEY_PREFIX": cache_prefix,
         "STARKEEP_MEDIA": str(tmp / "media"),
         "DJANGO_DEBUG": "0",
         "DJANGO_ALLOWED_HOSTS": "127.0.0.1,localhost",
@@ -341,15 +363,20 @@ def load_server() -> Iterator[LoadServer]:
                             pytrace=False)
             time.sleep(0.25)  # /health is rate-limited per address: poll gently
         server.wait_workers()
+        # /health is throttled through the cache: its counters must already sit under the prefix,
+        # or the cleanup below would leave the server's keys behind.
+        if not cache_keys(r, cache_prefix):
+            pytest.fail(f"the example server wrote no cache keys under {cache_prefix!r}: "
+                        "is STARKEEP_CACHE_KEY_PREFIX read by example_project/settings.py?", pytrace=False)
         yield server
     finally:
         if process is not None:
             _stop(process)
-        with contextlib.suppress(Exception):
-            r.flushdb()
         with psycopg.connect(f"{PG_DSN} dbname=postgres", autocommit=True) as conn:
             conn.execute(f'DROP DATABASE IF EXISTS "{db_name}" WITH (FORCE)')
         shutil.rmtree(tmp, ignore_errors=True)
+        delete_cache_keys(r, cache_prefix)  # last: a failure here must not leave the database behind
+        r.close()
 
 
 @pytest.fixture
