@@ -7,7 +7,14 @@ import re
 from .constants import DRIVE_APP_ID
 from .exceptions import InvalidKeyError
 
-MAX_KEY_LENGTH = 1024
+#: The longest key, in UTF-8 bytes. Counted in bytes, not characters, so a key always fits a
+#: request line: percent-encoded it is at most three characters a byte (3,072), well inside
+#: gunicorn's largest ``limit_request_line`` (8190) and nginx's default 8k buffers.
+MAX_KEY_BYTES = 1024
+#: The longest key in characters: a character is at least one byte.
+MAX_KEY_LENGTH = MAX_KEY_BYTES
+#: The longest a key may be once percent-encoded in a URL path.
+MAX_KEY_ENCODED_LENGTH = 3 * MAX_KEY_BYTES
 #: The last path segment of the presign route; no key may end with it.
 PRESIGN_SEGMENT = "presign"
 
@@ -21,8 +28,15 @@ def check_key_syntax(key: str) -> None:
     """Refuse keys that could escape a prefix or confuse a storage backend."""
     if not isinstance(key, str) or not key:
         raise InvalidKeyError("object key must be a non-empty string")
-    if len(key) > MAX_KEY_LENGTH:
-        raise InvalidKeyError(f"object key is longer than {MAX_KEY_LENGTH} characters")
+    try:
+        size = len(key.encode("utf-8"))
+    except UnicodeEncodeError:  # a lone surrogate: no storage, path or database can hold it
+        raise InvalidKeyError("object key must be valid Unicode (no lone surrogates)") from None
+    if size > MAX_KEY_BYTES:
+        raise InvalidKeyError(
+            f"object key is {size} bytes in UTF-8; at most {MAX_KEY_BYTES} bytes are allowed "
+            f"(a character outside ASCII takes 2 to 4 bytes)"
+        )
     if key.startswith("/") or key.startswith("\\"):
         raise InvalidKeyError("object key must be relative, not an absolute path")
     if _CONTROL.search(key):

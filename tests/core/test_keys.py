@@ -2,11 +2,20 @@
 
 from __future__ import annotations
 
+from urllib.parse import quote
+
 import pytest
 
 from starkeep_sync import InvalidKeyError
 from starkeep_sync.constants import DRIVE_APP_ID
-from starkeep_sync.keys import MAX_KEY_LENGTH, check_key_syntax, expected_sha256, validate_key
+from starkeep_sync.keys import (
+    MAX_KEY_BYTES,
+    MAX_KEY_ENCODED_LENGTH,
+    MAX_KEY_LENGTH,
+    check_key_syntax,
+    expected_sha256,
+    validate_key,
+)
 
 HASH = "0123456789abcdef" * 4
 
@@ -112,6 +121,52 @@ def test_over_long_key() -> None:
     with pytest.raises(InvalidKeyError) as info:
         validate_key(ok + "a", "notes")
     assert info.value.status == 400
+
+
+#: One character of each UTF-8 width: 1, 2, 3 and 4 bytes.
+WIDE = {1: "a", 2: "\u00e9", 3: "\u20ac", 4: "\U0001f600"}
+
+
+@pytest.mark.parametrize("width", sorted(WIDE))
+def test_length_is_counted_in_utf8_bytes(width: int) -> None:
+    """At most 1,024 bytes whatever the characters: 1,024 ASCII ones, but only 256 of four bytes."""
+    prefix = "apps/notes/syncable/"
+    room = MAX_KEY_BYTES - len(prefix)
+    fits = prefix + WIDE[width] * (room // width) + "a" * (room % width)
+    assert len(fits.encode()) == MAX_KEY_BYTES
+    assert validate_key(fits, "notes") == fits
+    over = fits + "a"  # one byte over
+    assert len(over.encode()) == MAX_KEY_BYTES + 1
+    if width > 1:
+        assert len(over) < MAX_KEY_LENGTH  # a count of characters would have let it through
+    with pytest.raises(InvalidKeyError) as info:
+        check_key_syntax(over)
+    assert info.value.status == 400 and info.value.code == "invalid_key"
+    assert f"{len(over.encode())} bytes in UTF-8" in info.value.message
+    assert f"at most {MAX_KEY_BYTES} bytes" in info.value.message
+
+
+def test_the_old_character_rule_let_through_keys_no_request_line_carries() -> None:
+    """1,024 four-byte characters (the old limit) percent-encode to 12,288 characters; now refused."""
+    key = "apps/notes/syncable/" + WIDE[4] * (MAX_KEY_LENGTH - len("apps/notes/syncable/"))
+    assert len(key) == MAX_KEY_LENGTH and len(quote(key, safe="")) > 8190
+    with pytest.raises(InvalidKeyError):
+        check_key_syntax(key)
+
+
+@pytest.mark.parametrize("width", sorted(WIDE))
+def test_a_valid_key_always_fits_a_request_line(width: int) -> None:
+    """Percent-encoding every byte (even '/') is three characters a byte: 3,072 at most, under 8,190."""
+    key = "apps/notes/syncable/" + WIDE[width] * ((MAX_KEY_BYTES - 20) // width)
+    check_key_syntax(key)
+    assert len(quote(key, safe="")) <= MAX_KEY_ENCODED_LENGTH == 3072
+
+
+def test_lone_surrogate_is_refused_not_a_crash() -> None:
+    with pytest.raises(InvalidKeyError) as info:
+        check_key_syntax("apps/notes/syncable/a\ud800b")
+    assert info.value.status == 400
+    assert "surrogate" in info.value.message
 
 
 @pytest.mark.parametrize("key", [None, 5, b"shared/image/ab/cd"])
