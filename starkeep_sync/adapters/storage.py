@@ -4,13 +4,21 @@ Every key lives under ``<STORAGE_PREFIX>/<owner pk>/`` so owners never share
 bytes. Writes go to a temporary file first (next to the blob on a file system,
 then renamed over it), so a stream that fails (integrity mismatch, dropped
 connection) stores nothing, and memory stays bounded whatever the blob size.
+
+A storage that fails (a full disk, a lost mount, S3 out of reach) raises
+:class:`StorageFull` or :class:`StorageUnavailable`, which the API answers
+with 507 or 503 and the protocol's JSON error body, never a bare 500.
 """
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import hashlib
+import logging
 import os
 import tempfile
+from collections.abc import Iterator
 from typing import IO, Any
 
 from django.core.exceptions import SuspiciousFileOperation
@@ -21,7 +29,8 @@ from django.utils import timezone
 
 from ..blobs import CHUNK_SIZE, PipelinedSha256
 from ..conf import sync_settings
-from ..exceptions import BlobIntegrityError, InvalidKeyError
+from ..constants import LOGGER_NAME
+from ..exceptions import BlobIntegrityError, InvalidKeyError, SyncError
 from ..keys import check_key_syntax, expected_sha256
 from ..models import Blob
 from ..protocols import StoredObject
@@ -39,11 +48,86 @@ class _SpooledUpload(File):
         return self._path
 
 
+logger = logging.getLogger(LOGGER_NAME)
+
+#: Prefix of the temporary files an upload is written to next to its blob (see ``starkeep_sync_sweep_uploads``).
+UPLOAD_TEMP_PREFIX = ".upload-"
+
+#: Seconds a client is asked to wait (``Retry-After``) when the blob storage is out of reach.
+STORAGE_RETRY_AFTER_SECONDS = 30
+
+
 class BlobTooLarge(BlobIntegrityError):
     """More bytes arrived than the size limit (or remaining quota) allows; nothing stored."""
 
     code = "payload_too_large"
     status = 413
+
+
+class StorageFull(SyncError):
+    """The blob storage has no room left (ENOSPC, EDQUOT); nothing of the blob is kept."""
+
+    code = "insufficient_storage"
+    status = 507
+
+
+class StorageUnavailable(SyncError):
+    """The blob storage failed or is out of reach (an I/O error, S3 unreachable); worth retrying later."""
+
+    code = "storage_unavailable"
+    status = 503
+    retry_after = STORAGE_RETRY_AFTER_SECONDS
+
+
+_FULL = frozenset({errno.ENOSPC, errno.EDQUOT})
+
+
+def _s3_outage_types() -> tuple[type[BaseException], ...]:
+    try:
+        from botocore.exceptions import ConnectionError as BotoConnectionError
+        from botocore.exceptions import HTTPClientError
+    except ImportError:  # no S3 extra installed: no S3 errors to expect
+        return ()
+    return (BotoConnectionError, HTTPClientError)
+
+
+def storage_fault(err: BaseException) -> SyncError | None:
+    """The API error for a failure of the blob storage itself, or ``None`` if ``err`` is not one."""
+    if isinstance(err, (SyncError, FileNotFoundError)):
+        return None  # our own errors, and "not there" (a race with a delete), keep their meaning
+    if isinstance(err, OSError) and err.errno in _FULL:
+        return StorageFull("The server's blob storage is full; nothing of this blob was stored. "
+                           "Its operator has to free space or raise the storage quota.")
+    if isinstance(err, (OSError, *_s3_outage_types())) or _s3_status(err) >= 500:
+        return StorageUnavailable(f"The server's blob storage is unavailable ({type(err).__name__}); "
+                                  "nothing of this blob was stored. Try again later.")
+    return None
+
+
+def _s3_status(err: BaseException) -> int:
+    """The HTTP status of a botocore ``ClientError`` (S3 answered 500/503 SlowDown, ...), else 0."""
+    response = getattr(err, "response", None)
+    if not isinstance(response, dict):
+        return 0
+    status = response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+    return status if isinstance(status, int) else 0
+
+
+@contextlib.contextmanager
+def _storage_faults(action: str) -> Iterator[None]:
+    """Turn a failure of the storage (not of the request) into :class:`StorageFull` / :class:`StorageUnavailable`.
+
+    The original error goes to the log with its traceback, for the operator;
+    the client gets the short message.
+    """
+    try:
+        yield
+    except Exception as err:
+        fault = storage_fault(err)
+        if fault is None:
+            raise
+        logger.error("blob storage failed while %s: %s", action, err, exc_info=True)
+        raise fault from err
 
 
 def _copy_hashing(data: bytes | IO[bytes], out: IO[bytes], max_bytes: int | None) -> tuple[str, int]:
@@ -57,7 +141,8 @@ def _copy_hashing(data: bytes | IO[bytes], out: IO[bytes], max_bytes: int | None
         if max_bytes is not None and size > max_bytes:
             raise BlobTooLarge(f"blob is larger than {max_bytes} bytes")
         digest.update(data)
-        out.write(data)
+        with _storage_faults("writing a blob"):
+            out.write(data)
         return digest.hexdigest(), size
     pipelined = PipelinedSha256()
     try:
@@ -67,7 +152,9 @@ def _copy_hashing(data: bytes | IO[bytes], out: IO[bytes], max_bytes: int | None
             if max_bytes is not None and size > max_bytes:
                 raise BlobTooLarge(f"blob is larger than {max_bytes} bytes")
             pipelined.update(chunk)
-            out.write(chunk)
+            # Only the write is the storage's: a failing read is the client's body, not a storage fault.
+            with _storage_faults("writing a blob"):
+                out.write(chunk)
         return pipelined.hexdigest(), size
     finally:
         pipelined.close()
@@ -162,24 +249,34 @@ class DjangoObjectStorage:
                                   code="key_conflict" if status == 409 else "invalid_key", status=status)
         s3 = self._s3_stream_location(name)
         final = self._local_path(name) if s3 is None else None
-        if final is not None:
-            self._make_parent(final)
-        fd, path = tempfile.mkstemp(prefix=".upload-" if final else "starkeep-",
-                                    dir=os.path.dirname(final) if final else None)
+        with _storage_faults("making room for a blob"):
+            if final is not None:
+                self._make_parent(final)
+            fd, path = tempfile.mkstemp(prefix=UPLOAD_TEMP_PREFIX if final else "starkeep-",
+                                        dir=os.path.dirname(final) if final else None)
         try:
-            with os.fdopen(fd, "wb") as tmp:
+            tmp = os.fdopen(fd, "wb")
+            try:
                 hexdigest, size = _copy_hashing(data, tmp, max_bytes)
+                with _storage_faults("writing a blob"):
+                    tmp.close()  # flushes the last bytes: a full disk may only show here
+            finally:
+                if not tmp.closed:
+                    with contextlib.suppress(OSError):  # already failing; that error is the one to report
+                        tmp.close()
             if sha256 is not None and hexdigest != sha256.lower():
                 raise BlobIntegrityError(f"blob bytes hash to {hexdigest}, expected {sha256.lower()}; nothing stored")
-            if final is not None:
-                mode = self.storage.file_permissions_mode  # type: ignore[attr-defined]
-                if mode is not None:
-                    os.chmod(path, mode)
-                os.replace(path, final)
-            else:
-                self._save_spooled(name, key, path, content_type, hexdigest, size)
+            with _storage_faults("storing a blob"):
+                if final is not None:
+                    mode = self.storage.file_permissions_mode  # type: ignore[attr-defined]
+                    if mode is not None:
+                        os.chmod(path, mode)
+                    os.replace(path, final)
+                else:
+                    self._save_spooled(name, key, path, content_type, hexdigest, size)
         finally:
-            if os.path.exists(path):
+            # Gone already once renamed into place; a file that cannot be removed is left to the sweep command.
+            with contextlib.suppress(OSError):
                 os.unlink(path)
         _upsert_blob_row(self.owner_id, key, content_type or "", size, hexdigest)
         return hexdigest
@@ -254,7 +351,9 @@ class DjangoObjectStorage:
         return (row[0] or None) if row else None
 
     def size(self, key: str) -> int:
-        return self.storage.size(self.name_for(key))
+        name = self.name_for(key)
+        with _storage_faults("reading a blob's size"):
+            return self.storage.size(name)
 
     def get(self, key: str) -> StoredObject | None:
         stream = self.open(key)
@@ -286,7 +385,8 @@ class DjangoObjectStorage:
             extra = {k: v for k, v in self.storage.get_object_parameters(params["Key"]).items()  # type: ignore[attr-defined]
                      if k in ALLOWED_DOWNLOAD_ARGS}
             try:
-                response = client.get_object(**params, **extra)
+                with _storage_faults("opening a blob"):
+                    response = client.get_object(**params, **extra)
             except Exception as err:
                 if _is_s3_not_found(err):
                     return None
@@ -307,11 +407,13 @@ class DjangoObjectStorage:
     def has(self, key: str) -> bool:
         name = self.name_for(key)
         # A directory (the prefix of other keys on a file system) is not a blob.
-        return self.storage.exists(name) and not self._fs_problem(name)
+        with _storage_faults("looking a blob up"):
+            return self.storage.exists(name) and not self._fs_problem(name)
 
     def delete(self, key: str) -> None:
         if self.has(key):
-            self.storage.delete(self.name_for(key))
+            with _storage_faults("deleting a blob"):
+                self.storage.delete(self.name_for(key))
         Blob.objects.filter(owner_id=self.owner_id, key=key).delete()
 
     def url(self, key: str, *, method: str = "GET", expire: int | None = None,

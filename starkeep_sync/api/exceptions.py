@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 from typing import Any
 
 from django.core.exceptions import PermissionDenied
@@ -56,9 +57,20 @@ class ChannelForbidden(SyncAPIException):
     default_code = "forbidden"
 
 
+class InsufficientStorage(SyncAPIException):
+    """The blob adapter raises ``StorageFull`` (same code); this is for a full disk met anywhere else."""
+
+    status_code = status.HTTP_507_INSUFFICIENT_STORAGE
+    default_detail = "The server has no disk space left for this request; nothing was stored."
+    default_code = "insufficient_storage"
+
+
 def from_sync_error(err: SyncError) -> SyncAPIException:
     exc = SyncAPIException(err.message, code=err.code, field=getattr(err, "field", None))
     exc.status_code = err.status or status.HTTP_400_BAD_REQUEST
+    retry_after = getattr(err, "retry_after", None)
+    if retry_after:
+        exc.wait = retry_after  # type: ignore[attr-defined]  # sent as Retry-After, like DRF's Throttled
     return exc
 
 
@@ -81,6 +93,9 @@ def _message(detail: Any) -> str:
 
 def exception_handler(exc: Exception, context: dict[str, Any]) -> Response | None:
     """``{"error": {"code", "message"[, "field"]}}`` for every error a view raises."""
+    if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        # A full disk outside the blob adapter (a spooled request body, say) is the same fault.
+        exc = InsufficientStorage()
     if isinstance(exc, SyncError):
         exc = from_sync_error(exc)
     elif isinstance(exc, Http404):
