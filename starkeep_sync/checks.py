@@ -116,6 +116,16 @@ def _unknown_app_rows(value: Any) -> str | None:
     return None if value in ("reject", "halt") else f"is {value!r}"
 
 
+def _unverified_bounds(values: dict[str, Any]) -> str | None:
+    largest = max((v for v in (values["MAX_REQUEST_BYTES"], values["MAX_SIGNED_PUT_BYTES"]) if type(v) is int),
+                  default=0)
+    for name in ("UNVERIFIED_BYTES_PER_ADDRESS", "UNVERIFIED_BYTES_TOTAL"):
+        bound = values[name]
+        if type(bound) is int and bound < largest:
+            return f"{name} ({bound}) is smaller than the largest signed body this server accepts ({largest})"
+    return None
+
+
 @dataclass(frozen=True)
 class Rule:
     """One setting's check: ``problem(value)`` says what is wrong, or ``None``."""
@@ -140,6 +150,12 @@ RULES: dict[str, Rule] = {
                               _POSITIVE.format(unit="bytes, e.g. 64 * 1024 * 1024")),
     "MAX_BLOB_BYTES": Rule("starkeep_sync.E017", _positive_int,
                            _POSITIVE.format(unit="bytes, e.g. 5 * 1024 ** 3")),
+    "MAX_SIGNED_PUT_BYTES": Rule("starkeep_sync.E028", _positive_int,
+                                 _POSITIVE.format(unit="bytes, e.g. 8 * 1024 * 1024")),
+    "UNVERIFIED_BYTES_PER_ADDRESS": Rule("starkeep_sync.E029", _optional_positive_int,
+                                         "Write None (no bound) or a positive number of bytes, e.g. 128 * 1024 ** 2."),
+    "UNVERIFIED_BYTES_TOTAL": Rule("starkeep_sync.E030", _optional_positive_int,
+                                   "Write None (no bound) or a positive number of bytes, e.g. 512 * 1024 ** 2."),
     "SIGNATURE_WINDOW_SECONDS": Rule("starkeep_sync.E018", _positive_int, _POSITIVE.format(unit="seconds, e.g. 300")),
     "REPLAY_CACHE_ALIAS": Rule("starkeep_sync.E019", _alias, "Name an alias of CACHES, e.g. 'default'."),
     "MAX_CLOCK_SKEW_MS": Rule("starkeep_sync.E020", _positive_int,
@@ -167,6 +183,9 @@ RULES: dict[str, Rule] = {
 #: Rules over several settings: ``(id, problem(all values), hint)``.
 CROSS_RULES: list[tuple[str, Callable[[dict[str, Any]], str | None], str]] = [
     ("starkeep_sync.E027", _page_limit_order, "Make DEFAULT_PAGE_LIMIT at most MAX_PAGE_LIMIT."),
+    ("starkeep_sync.E031", _unverified_bounds,
+     "Make UNVERIFIED_BYTES_PER_ADDRESS and UNVERIFIED_BYTES_TOTAL at least MAX_REQUEST_BYTES and "
+     "MAX_SIGNED_PUT_BYTES, or every signed request that large is refused."),
 ]
 
 

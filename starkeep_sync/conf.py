@@ -29,6 +29,14 @@ DEFAULTS: dict[str, Any] = {
     "MAX_REQUEST_BYTES": 64 * 1024 * 1024,
     # Largest blob in bytes (413 past it).
     "MAX_BLOB_BYTES": 5 * 1024 * 1024 * 1024,
+    # Largest body of a PUT signed with a Starkeep app signature (413 past it, naming files/presign).
+    # Such a body is read before its sender is known; larger blobs go through files/presign.
+    "MAX_SIGNED_PUT_BYTES": 8 * 1024 * 1024,
+    # Bytes of not-yet-verified signed bodies the server reads at once, per client address and in
+    # total (counted in the REPLAY_CACHE_ALIAS cache, so across workers when it is shared); 503
+    # "unverified_capacity" past either; None turns a bound off.
+    "UNVERIFIED_BYTES_PER_ADDRESS": 128 * 1024 * 1024,
+    "UNVERIFIED_BYTES_TOTAL": 512 * 1024 * 1024,
     # Starkeep app signatures: accepted clock distance, and the cache alias
     # that remembers accepted signatures to refuse replays.
     "SIGNATURE_WINDOW_SECONDS": 300,

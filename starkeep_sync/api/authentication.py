@@ -5,8 +5,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import time
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
@@ -19,6 +18,8 @@ from ..conf import sync_settings
 from ..constants import DRIVE_APP_ID
 from ..models import AppSecret, DeviceToken
 from ..models.credentials import hash_token
+from .bodies import LengthRequired, declared_length, read_body, spool_body, unverified_allowance
+from .exceptions import PayloadTooLarge
 
 
 @dataclass
@@ -30,8 +31,6 @@ class Principal:
     #: ``None``: every channel.
     channels: list[str] | None = None
     key_id: str | None = None
-    #: For streamed signed uploads: HMACs still waiting for the body.
-    pending_body: list[tuple[Callable[[], Any], str]] = field(default_factory=list)
 
     def allows(self, channel: str) -> bool:
         return self.channels is None or channel in self.channels
@@ -128,24 +127,47 @@ class AppSignatureAuthentication(authentication.BaseAuthentication):
         if not candidates:
             raise exceptions.AuthenticationFailed("Invalid signature.")
         prefix = f"{app_id}:{request.method.upper()}:{signed_path(request)}:{ts_text}:".encode()
+        macs = [hmac.new(s.secret.encode(), prefix, hashlib.sha256) for s in candidates]
+        spool = self._take_body(request, macs)
+        for secret, mac in zip(candidates, macs, strict=True):
+            if hmac.compare_digest(mac.hexdigest(), sig):
+                # Only a verified signature is remembered: a garbage one must not block the real one.
+                self._refuse_replay(sig)
+                if spool is not None:
+                    getattr(request, "_request", request)._starkeep_spool = spool
+                return secret.owner, Principal(secret.owner, "signature", [app_id], secret.key_id)
+        if spool is not None:
+            spool.close()
+        raise exceptions.AuthenticationFailed("Invalid signature.")
+
+    @staticmethod
+    def _take_body(request: Any, macs: list[Any]) -> Any:
+        """Read the signed body into ``macs`` before anything acts on the request.
+
+        Nothing is known of the sender yet, so the body is bounded (per client
+        address and in total) and waits in a neutral spool, outside every owner's
+        storage. A blob upload is capped at ``MAX_SIGNED_PUT_BYTES``: larger blobs go
+        through ``files/presign``, whose small signed request is verified first.
+        Returns the spool of a blob upload (the view stores from it), else ``None``.
+        """
+        if request.method in ("GET", "HEAD"):
+            return None
+        length = declared_length(request)
         view = (getattr(request, "parser_context", None) or {}).get("view")
         if request.method == "PUT" and getattr(view, "streams_body", False):
-            # The body is verified while it streams (the view calls verify_body).
-            principal = Principal(candidates[0].owner, "signature", [app_id], candidates[0].key_id)
-            principal.pending_body = [
-                (lambda s=s: hmac.new(s.secret.encode(), prefix, hashlib.sha256), s.key_id) for s in candidates
-            ]
-            principal.candidates = candidates  # type: ignore[attr-defined]
-            self._refuse_replay(sig)
-            principal.expected_sig = sig  # type: ignore[attr-defined]
-            return principal.owner, principal
-        body = b"" if request.method in ("GET", "HEAD") else read_body(request)
-        for secret in candidates:
-            mac = hmac.new(secret.secret.encode(), prefix + body, hashlib.sha256).hexdigest()
-            if hmac.compare_digest(mac, sig):
-                self._refuse_replay(sig)
-                return secret.owner, Principal(secret.owner, "signature", [app_id], secret.key_id)
-        raise exceptions.AuthenticationFailed("Invalid signature.")
+            if length is None:
+                raise LengthRequired("A signed upload needs a Content-Length header.")
+            cap = sync_settings.MAX_SIGNED_PUT_BYTES
+            if length > cap:
+                raise PayloadTooLarge(f"A signed upload of {length} bytes is over this server's limit of {cap} "
+                                      "bytes for signed PUT bodies; upload it through POST files/presign.")
+            with unverified_allowance(request, length):
+                return spool_body(request, length, macs)
+        with unverified_allowance(request, sync_settings.MAX_REQUEST_BYTES if length is None else length):
+            body = read_body(request)
+        for mac in macs:
+            mac.update(body)
+        return None
 
     @staticmethod
     def _refuse_replay(sig: str) -> None:
@@ -155,37 +177,3 @@ class AppSignatureAuthentication(authentication.BaseAuthentication):
 
     def authenticate_header(self, request: Any) -> str:
         return 'StarkeepAppSignature realm="starkeep"'
-
-
-def verify_streamed_signature(principal: Principal, macs: list[Any]) -> Any:
-    """After a signed body streamed through ``macs``: the matching owner, or AuthenticationFailed."""
-    sig = getattr(principal, "expected_sig", "")
-    for mac, secret in zip(macs, principal.candidates, strict=True):  # type: ignore[attr-defined]
-        if hmac.compare_digest(mac.hexdigest(), sig):
-            return secret.owner
-    raise exceptions.AuthenticationFailed("Invalid signature.")
-
-
-def read_body(request: Any) -> bytes:
-    """The raw body, read once with the size limit, never through DATA_UPLOAD_MAX_MEMORY_SIZE."""
-    from .exceptions import PayloadTooLarge
-
-    django_request = getattr(request, "_request", request)
-    cached = getattr(django_request, "_starkeep_body", None)
-    if cached is not None:
-        return cached
-    limit = sync_settings.MAX_REQUEST_BYTES
-    try:
-        length = int(django_request.META.get("CONTENT_LENGTH") or 0)
-    except ValueError:
-        length = 0
-    if length > limit:
-        raise PayloadTooLarge(f"Request body of {length} bytes exceeds the limit of {limit} bytes.")
-    if hasattr(django_request, "_body"):
-        body = django_request._body
-    else:
-        body = django_request.read(limit + 1)
-    if len(body) > limit:
-        raise PayloadTooLarge(f"Request body exceeds the limit of {limit} bytes.")
-    django_request._starkeep_body = body
-    return body

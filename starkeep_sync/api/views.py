@@ -12,14 +12,13 @@ import hmac as _hmac
 import json
 import logging
 import math
-import re
-import tempfile
 from contextlib import AbstractContextManager, nullcontext
 from functools import lru_cache
 from typing import Any
 
 from django.contrib.auth import get_user_model
 from django.core import signing
+from django.core.cache import caches
 from django.db import IntegrityError, connection, transaction
 from django.http import FileResponse, HttpResponse
 from django.urls import reverse
@@ -31,8 +30,8 @@ from rest_framework.views import APIView
 
 from ..adapters import sql
 from ..adapters.orm import OrmAppSource, OrmDatabaseAdapter, OrmNamespaceStore
-from ..adapters.storage import BlobTooLarge, DjangoObjectStorage, get_blob_storage
-from ..blobs import CHUNK_SIZE, parse_content_digest
+from ..adapters.storage import DjangoObjectStorage, get_blob_storage
+from ..blobs import CHUNK_SIZE
 from ..conf import sync_settings
 from ..constants import DRIVE_APP_ID, LOGGER_NAME
 from ..exceptions import BlobIntegrityError, SyncError, WireFormatError
@@ -42,7 +41,8 @@ from ..models import AppNamespace, ChannelActivity
 from ..responder import ExchangeReport, SyncResponder
 from ..signals import notify_blob_stored, notify_records_applied, notify_rows_applied
 from ..wire import SyncExchangeRequest
-from .authentication import Principal, channel_of, read_body, verify_streamed_signature
+from .authentication import Principal, channel_of
+from .bodies import read_body
 from .exceptions import (
     BlobNotFound,
     InvalidRequest,
@@ -53,8 +53,9 @@ from .exceptions import (
     exception_handler,
 )
 from .permissions import ChannelAllowed, HasPrincipal
-from .quotas import QuotaExceeded, blob_bytes_remaining, check_record_quota
+from .quotas import check_record_quota
 from .throttling import ExchangeRateThrottle, FilesRateThrottle, HealthRateThrottle
+from .uploads import checked_content_type, store_upload
 from .validation import validate_exchange
 
 logger = logging.getLogger(LOGGER_NAME)
@@ -90,8 +91,6 @@ except ImportError:  # pragma: no cover - depends on the environment
 
 
 DIRECT_SALT = "starkeep_sync.direct"
-#: Control characters: never part of a media type (PostgreSQL text cannot even hold NUL).
-_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
 
 class SyncAPIView(APIView):
@@ -289,171 +288,6 @@ def build_responder(owner: Any, channel: str) -> SyncResponder:
     )
 
 
-class _SignedBodyReader:
-    """Feeds a streamed body to the pending HMACs of a signed upload."""
-
-    def __init__(self, stream: Any, macs: list[Any]) -> None:
-        self._stream = stream
-        self.macs = macs
-
-    def read(self, size: int = -1) -> bytes:
-        chunk = self._stream.read(size if size and size > 0 else CHUNK_SIZE)
-        for mac in self.macs:
-            mac.update(chunk)
-        return chunk
-
-
-def checked_content_type(value: Any, field: str) -> str | None:
-    """A Content-Type to keep with a blob: a string that fits its column, without control characters."""
-    if value is None or value == "":
-        return None
-    if not isinstance(value, str) or len(value) > 255 or _CONTROL.search(value):
-        raise InvalidRequest(f"{field} must be a media type of at most 255 characters.", field=field)
-    return value
-
-
-class AlreadyStored(SyncAPIException):
-    """``PUT`` with ``If-None-Match: *`` of a key that is already stored: nothing written."""
-
-    status_code = status.HTTP_412_PRECONDITION_FAILED
-    default_detail = "A blob is already stored at this key; nothing was written."
-    default_code = "already_exists"
-
-
-def _expected_sha256(request: Request, key: str) -> str | None:
-    """The sha256 the body must have: a hash-named key's, and/or the ``Content-Digest`` header's."""
-    from_key = expected_sha256(None, key)
-    header = request.META.get("HTTP_CONTENT_DIGEST")
-    if not header:
-        return from_key
-    try:
-        from_header = parse_content_digest(header)
-    except ValueError as err:
-        raise InvalidRequest(f"Content-Digest: {err}", field="Content-Digest") from None
-    if from_header is None:
-        return from_key  # only algorithms we do not check
-    if from_key is not None and from_key != from_header:
-        raise BlobIntegrityError(f"Content-Digest sha-256 {from_header} does not match the key's hash; nothing stored")
-    return from_header
-
-
-def _drain(source: Any, limit: int) -> None:
-    """Read a body we will not keep, so the client gets to send it all and read our answer."""
-    seen = 0
-    while (chunk := source.read(CHUNK_SIZE)) and seen <= limit:
-        seen += len(chunk)
-
-
-def store_stream(request: Request, storage: DjangoObjectStorage, key: str, stream: Any,
-                 content_type: str | None, principal: Principal | None) -> tuple[int, str | None]:
-    """Stream a body into storage: size limit, signature and sha256 checked before it is kept.
-
-    Returns the stored size and Content-Type.
-
-    ``If-None-Match: *`` makes the PUT conditional: a key already present is left
-    alone and answered with 412 (after the body is read and, if signed, verified),
-    which lets a client skip the HEAD it would otherwise send before each upload.
-    """
-    content_type = checked_content_type(content_type, "Content-Type")
-    limit = sync_settings.MAX_BLOB_BYTES
-    try:
-        length = int(request.META.get("CONTENT_LENGTH") or 0)
-    except ValueError:
-        length = 0
-    if length > limit:
-        raise PayloadTooLarge(f"Blob of {length} bytes exceeds the limit of {limit} bytes.")
-    expected = _expected_sha256(request, key)
-    if_absent = request.META.get("HTTP_IF_NONE_MATCH", "").strip() == "*"
-    source: Any = stream
-    macs: list[Any] = []
-    spool: Any = None
-    if principal is not None and principal.pending_body:
-        macs = [factory() for factory, _ in principal.pending_body]
-        source = _SignedBodyReader(stream, macs)
-        if len({s.owner_id for s in principal.candidates}) > 1:  # type: ignore[attr-defined]
-            # Secrets of several owners match the app id and no key id was sent: the
-            # owner, and so the storage prefix, is known only once the signature is.
-            spool = _spool_verified(source, principal, macs, limit)
-            storage = DjangoObjectStorage(principal.owner)
-            source, macs = spool, []
-    try:
-        if if_absent and storage.has(key):
-            _drain(source, limit)
-            if macs:
-                verify_streamed_signature(principal, macs)  # type: ignore[arg-type]
-            raise AlreadyStored()
-        size = _store_verified(storage, key, source, macs, content_type, principal, limit, length, expected)
-    finally:
-        if spool is not None:
-            spool.close()
-    return size, content_type
-
-
-def _spool_verified(source: Any, principal: Principal, macs: list[Any], limit: int) -> Any:
-    """Read a signed body into a temporary file; check its signature; set the principal's owner."""
-    spool = tempfile.TemporaryFile()
-    try:
-        size = 0
-        while chunk := source.read(CHUNK_SIZE):
-            size += len(chunk)
-            if size > limit:
-                raise PayloadTooLarge(f"Blob exceeds the limit of {limit} bytes.")
-            spool.write(chunk)
-        principal.owner = verify_streamed_signature(principal, macs)
-    except BaseException:
-        spool.close()
-        raise
-    spool.seek(0)
-    return spool
-
-
-class _VerifiedBody:
-    """The body as storage reads it: a short body or a bad signature raises at EOF, inside
-    the storage's ``put``, so nothing is kept. The storage itself hashes (once) and checks
-    the size limit."""
-
-    def __init__(self, source: Any, length: int, macs: list[Any], principal: Principal | None) -> None:
-        self._source = source
-        self._length = length
-        self._macs = macs
-        self._principal = principal
-        self.bytes_read = 0
-
-    def read(self, size: int = -1) -> bytes:
-        chunk = self._source.read(size if size and size > 0 else CHUNK_SIZE)
-        if chunk:
-            self.bytes_read += len(chunk)
-            return chunk  # type: ignore[no-any-return]
-        if self.bytes_read < self._length:
-            # The body ended before its Content-Length: the client's connection
-            # dropped mid-upload. Keeping what arrived would store a truncated blob
-            # under its key (for a key that is not its hash, unnoticed), and every
-            # later push would see the key present and skip it.
-            raise BlobIntegrityError(f"body ended after {self.bytes_read} of {self._length} bytes; nothing stored")
-        if self._macs:
-            verify_streamed_signature(self._principal, self._macs)  # type: ignore[arg-type]
-        return b""
-
-
-def _store_verified(storage: DjangoObjectStorage, key: str, source: Any, macs: list[Any],
-                    content_type: str | None, principal: Principal | None, limit: int, length: int = 0,
-                    expected: str | None = None) -> int:
-    remaining = blob_bytes_remaining(storage.owner_id, key)
-    quota_bound = remaining is not None and remaining < limit
-    if quota_bound:
-        limit = remaining  # type: ignore[assignment]
-        if length > limit:
-            raise QuotaExceeded(f"A blob of {length} bytes exceeds this owner's remaining quota of {limit} bytes.")
-    body = _VerifiedBody(source, length, macs, principal)
-    try:
-        storage.put(key, body, content_type or None, max_bytes=limit, sha256=expected)  # type: ignore[arg-type]
-    except BlobTooLarge as err:
-        if quota_bound:
-            raise QuotaExceeded(f"The blob exceeds this owner's remaining quota of {limit} bytes.") from None
-        raise PayloadTooLarge(str(err)) from None
-    return body.bytes_read
-
-
 def _stream_size(stream: Any, storage: DjangoObjectStorage, key: str) -> int:
     """The length of an opened blob: from the stream itself (a file's size, an S3 body's
     ContentLength) when it knows, else from storage (on S3, one more request)."""
@@ -490,7 +324,7 @@ class FileView(SyncAPIView):
     def put(self, request: Request, key: str, app_id: str | None = None) -> HttpResponse:
         storage = self._storage(key)
         principal = request.auth if isinstance(request.auth, Principal) else None
-        size, content_type = store_stream(request, storage, key, request._request, request.content_type, principal)
+        size, content_type = store_upload(request, storage, key, request.content_type)
         notify_blob_stored(self.owner(), self.channel(), key, size, content_type, source="upload",
                            principal=principal, credential=credential_of(request))
         return Response({"ok": True, "key": key}, status=status.HTTP_201_CREATED)
@@ -535,11 +369,11 @@ class PresignPutView(SyncAPIView):
         return json_response({"url": url})
 
 
-class PresignGetView(FileView):
+class PresignGetView(SyncAPIView):
     """``GET files/<key>/presign``: a URL to GET the bytes directly; 404 when absent.
 
-    Its route also matches the file route of a key ending in ``/presign``: PUT and
-    DELETE are that file's (they have no presign meaning), GET and HEAD the presign.
+    No key ends with ``/presign`` (a reserved segment), so this route is never a
+    file's: PUT and DELETE here are 405.
     """
 
     def get(self, request: Request, key: str, app_id: str | None = None) -> HttpResponse:
@@ -552,12 +386,6 @@ class PresignGetView(FileView):
 
     def head(self, request: Request, key: str, app_id: str | None = None) -> HttpResponse:
         return self.get(request, key, app_id)  # HEAD mirrors GET, here the presign
-
-    def put(self, request: Request, key: str, app_id: str | None = None) -> HttpResponse:
-        return super().put(request, f"{key}/presign", app_id)
-
-    def delete(self, request: Request, key: str, app_id: str | None = None) -> HttpResponse:
-        return super().delete(request, f"{key}/presign", app_id)
 
 
 class ConfirmView(SyncAPIView):
@@ -600,6 +428,12 @@ class ConfirmView(SyncAPIView):
         return json_response({"ok": True})
 
 
+class UrlAlreadyUsed(SyncAPIException):
+    status_code = status.HTTP_410_GONE
+    default_detail = "This upload URL was already used; ask for a new one with POST files/presign."
+    default_code = "url_used"
+
+
 class DirectBlobView(APIView):
     """The target of this server's own signed URLs (file-system storage): the token is the credential."""
 
@@ -635,10 +469,13 @@ class DirectBlobView(APIView):
 
     def put(self, request: Request, token: str) -> HttpResponse:
         claims = self._claims(token, "PUT")
+        # Single use: a URL that leaked (a log, a proxy) cannot overwrite the blob again until it expires.
+        used = f"starkeep_sync:direct-put:{hashlib.sha256(token.encode()).hexdigest()}"
+        if not caches[sync_settings.REPLAY_CACHE_ALIAS].add(used, 1, timeout=sync_settings.PRESIGN_EXPIRES_SECONDS + 5):
+            raise UrlAlreadyUsed()
         storage = self._storage(claims)
         key = claims["k"]
-        size, content_type = store_stream(request, storage, key, request._request,
-                                          claims.get("c") or request.content_type, None)
+        size, content_type = store_upload(request, storage, key, claims.get("c") or request.content_type)
         owner = get_user_model()._default_manager.filter(pk=storage.owner_id).first()
         if owner is not None:
             parts = key.split("/")

@@ -58,12 +58,19 @@ def test_a_key_segment_too_long_for_a_file_system(api: APIClient, alice_token: s
     assert_error(put_blob(api, f"/apps/notes/files/{key}", b"a", bearer(alice_token)), 400, "invalid_key")
 
 
-def test_a_key_ending_in_presign_can_be_put_and_deleted(api: APIClient, alice_token: str, notes_app: Any) -> None:
+def test_a_key_ending_in_presign_is_reserved(api: APIClient, alice_token: str, notes_app: Any) -> None:
+    """``files/<key>/presign`` is the presign route: PUT and DELETE there are 405, and no key may end so."""
     url = "/apps/notes/files/apps/notes/syncable/x/presign"
-    assert put_blob(api, url, b"abc", bearer(alice_token)).status_code == 201
-    assert api.delete(url, headers=bearer(alice_token)).status_code == 204
+    for method in ("put", "delete"):
+        response = getattr(api, method)(url, headers=bearer(alice_token))
+        assert_error(response, 405)
+        allowed = set(response["Allow"].replace(" ", "").split(","))
+        assert {"GET", "HEAD"} <= allowed and not allowed & {"PUT", "DELETE"}, allowed
     # GET there stays the presign route (of the key without "/presign").
     assert_error(api.get(url, headers=bearer(alice_token)), 404, "not_found")
+    # Such a key is refused wherever it appears, e.g. in a confirm.
+    assert_error(api.post("/apps/notes/files/confirm", data={"key": "apps/notes/syncable/x/presign"},
+                          format="json", headers=bearer(alice_token)), 400, "invalid_key")
 
 
 # -- routes ------------------------------------------------------------------------------------------
@@ -130,13 +137,20 @@ def test_deeply_nested_body(api: APIClient, alice_token: str) -> None:
 
 
 @pytest.mark.parametrize("table", ["notes", "_starkeep_sync_records"])
-def test_app_row_too_big_for_its_column_is_refused_not_a_500(api: APIClient, alice_token: str, notes_app: Any,
-                                                              table: str) -> None:
-    # PostgreSQL's varchar limits (row key 1024, record id 256) and 64-bit integers: refused per item.
+def test_app_row_key_too_long_is_400_naming_the_row(api: APIClient, alice_token: str, notes_app: Any,
+                                                     table: str) -> None:
+    # Row keys over 1024 characters (record ids over 256) fit no column: refused whole, by name, not dropped.
     e = entry("notes", table, "k" * 2000, BASE_MS)
+    assert_error(exchange(api, APP_EXCHANGE, body(rows=[e]), bearer(alice_token)), 400, field="appSyncableRows[0].row")
+
+
+def test_app_row_value_too_big_for_its_column_halts_its_node_not_a_500(api: APIClient, alice_token: str,
+                                                                       notes_app: Any) -> None:
+    # A 64-bit overflow shows only when the database takes the row: that node halts for the round.
     big = entry("notes", "_starkeep_sync_records", "r2", BASE_MS, node="nodeB", size_bytes=2**70)
-    data = exchange_ok(exchange(api, APP_EXCHANGE, body(rows=[e, big]), bearer(alice_token)))
-    assert "nodeB" not in data["responderWatermarks"]
+    ok = entry("notes", "notes", "n1", BASE_MS)
+    data = exchange_ok(exchange(api, APP_EXCHANGE, body(rows=[ok, big]), bearer(alice_token)))
+    assert "nodeB" not in data["responderWatermarks"] and "nodeA" in data["responderWatermarks"]
 
 
 # -- blob content types and signature headers ---------------------------------------------------------

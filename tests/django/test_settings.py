@@ -138,6 +138,9 @@ BAD_VALUES: list[tuple[str, Any, str]] = [
     ("MAX_ITEMS_PER_REQUEST", True, "E015"),
     ("MAX_REQUEST_BYTES", 0, "E016"),
     ("MAX_BLOB_BYTES", "5G", "E017"),
+    ("MAX_SIGNED_PUT_BYTES", 0, "E028"),
+    ("UNVERIFIED_BYTES_PER_ADDRESS", "1G", "E029"),
+    ("UNVERIFIED_BYTES_TOTAL", -5, "E030"),
     ("SIGNATURE_WINDOW_SECONDS", 0, "E018"),
     ("REPLAY_CACHE_ALIAS", None, "E019"),
     ("MAX_CLOCK_SKEW_MS", -5, "E020"),
@@ -221,3 +224,12 @@ def test_manage_py_check_fails_on_a_bad_rate() -> None:
     with override_settings(STARKEEP_SYNC={"THROTTLE_RATES": {"exchange": "fast", "files": None, "health": None}}):
         with pytest.raises(SystemCheckError, match=r"starkeep_sync\.E024.*\n.*HINT: Map the scopes"):
             call_command("check")
+
+
+def test_unverified_bounds_smaller_than_the_largest_signed_body_are_an_error() -> None:
+    from starkeep_sync.checks import check_values
+    from starkeep_sync.conf import DEFAULTS
+
+    ids = [e.id for e in check_values({**DEFAULTS, "UNVERIFIED_BYTES_PER_ADDRESS": 1024})]
+    assert ids == ["starkeep_sync.E031"]
+    assert check_values({**DEFAULTS, "UNVERIFIED_BYTES_TOTAL": None}) == []
