@@ -45,6 +45,9 @@ DEFAULT_SPOOL_MEMORY = 8 * 1024 * 1024
 #: ``put_if_absent`` asks ``HEAD`` first from this size on: a conditional PUT of a
 #: key the server already holds would send the whole body for nothing.
 DEFAULT_HEAD_FIRST_BYTES = 4 * 1024 * 1024
+#: A server reads a signed PUT body before it knows the sender, so it caps it (its
+#: MAX_SIGNED_PUT_BYTES, 8 MiB by default): larger signed uploads go through presign.
+DEFAULT_SIGNED_PUT_LIMIT = 8 * 1024 * 1024
 
 
 class _UploadBody:
@@ -161,6 +164,7 @@ class HttpObjectStorage(ChannelClient):
         *,
         spool_memory: int = DEFAULT_SPOOL_MEMORY,
         head_first_bytes: int = DEFAULT_HEAD_FIRST_BYTES,
+        signed_put_limit: int = DEFAULT_SIGNED_PUT_LIMIT,
     ) -> None:
         super().__init__(base_url, auth=auth, session=session, timeout=timeout)
         if chunk_size <= 0:
@@ -169,6 +173,7 @@ class HttpObjectStorage(ChannelClient):
         self.chunk_size = chunk_size
         self.spool_memory = spool_memory
         self.head_first_bytes = head_first_bytes
+        self.signed_put_limit = signed_put_limit
 
     # -- ObjectStorage -----------------------------------------------------------
 
@@ -219,7 +224,7 @@ class HttpObjectStorage(ChannelClient):
         route = self._file_route(key)
         ctype = content_type or DEFAULT_CONTENT_TYPE
         with self._upload_body(data) as body:
-            if self.use_presign:
+            if self._presigns(len(body)):
                 self._put_presigned(key, body, ctype)
                 return
             headers = {"Content-Type": ctype, **self._auth_headers("PUT", route, body)}
@@ -240,7 +245,7 @@ class HttpObjectStorage(ChannelClient):
         """
         route = self._file_route(key)
         window = _seekable_window(data)
-        if window is None or self.use_presign:
+        if window is None or self._presigns(window[1]):
             if self.has(key):
                 return None
             return self._put_checked_here(key, data, content_type, sha256, window)
@@ -355,6 +360,10 @@ class HttpObjectStorage(ChannelClient):
         confirm = self._json_call("POST", CONFIRM_PATH, {"key": key})
         if not confirm or confirm.get("ok") is not True:
             raise SyncTransportError(f"server did not confirm the upload of {key!r}", code="not_confirmed")
+
+    def _presigns(self, length: int) -> bool:
+        """Whether an upload of ``length`` bytes goes through ``files/presign`` rather than a direct PUT."""
+        return self.use_presign or (getattr(self.auth, "signs_body", True) and length > self.signed_put_limit)
 
     def _auth_headers(self, method: str, route: str, body: bytes | _UploadBody) -> dict[str, str]:
         path = self.signed_path(route)

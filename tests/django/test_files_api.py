@@ -146,6 +146,16 @@ def test_direct_url_is_bound_to_its_method_and_token(api: APIClient, alice_token
     assert_error(APIClient().get(tampered), 404, "not_found")
 
 
+def test_direct_put_url_is_single_use(api: APIClient, alice_token: str, notes_app: Any) -> None:
+    key = "apps/notes/syncable/single-use"
+    url = _local(_json(api.post("/apps/notes/files/presign", data=json.dumps({"key": key}),
+                                content_type="application/json", headers=bearer(alice_token)))["url"])
+    assert APIClient().put(url, data=DATA, content_type="application/octet-stream").status_code == 201
+    # A leaked URL cannot overwrite the blob while it is still inside its lifetime.
+    assert_error(APIClient().put(url, data=OTHER, content_type="application/octet-stream"), 410, "url_used")
+    assert _body(api.get(f"/apps/notes/files/{key}", headers=bearer(alice_token))) == DATA
+
+
 def test_direct_url_expires(api: APIClient, alice_token: str) -> None:
     key = drive_key(DATA)
     put_blob(api, f"/files/{key}", DATA, bearer(alice_token))

@@ -297,3 +297,26 @@ def test_f8_too_long_app_row_key_is_400_naming_the_field(victim: Any, table: str
     err = assert_error(response, 400)
     assert err["field"].startswith("appSyncableRows[0].row"), err
     assert AppRow.objects.count() == 0
+
+
+def test_the_python_client_uploads_signed_blobs_above_the_cap_through_presign(
+    live_server: Any, media: Path, victim: Any, victim_secret: Any
+) -> None:
+    from starkeep_sync.client import AppSignatureAuth, HttpObjectStorage
+
+    payload = b"b" * 4096
+    key = f"apps/notes/syncable/{sha(payload)}"
+    with override_settings(STARKEEP_SYNC={"NODE_ID": "cloud", "MAX_SIGNED_PUT_BYTES": 1024,
+                                          "THROTTLE_RATES": {"exchange": None, "files": None, "health": None}}):
+        storage = HttpObjectStorage(f"{live_server.url}/apps/notes",
+                                    auth=AppSignatureAuth("notes", victim_secret.secret, key_id=victim_secret.key_id),
+                                    signed_put_limit=1024)
+        try:
+            storage.put(key, payload, "application/octet-stream")
+            assert storage.get(key).data == payload
+            # Small blobs still go straight in a signed PUT.
+            small = b"s" * 100
+            storage.put(f"apps/notes/syncable/{sha(small)}", small)
+            assert storage.get(f"apps/notes/syncable/{sha(small)}").data == small
+        finally:
+            storage.close()
