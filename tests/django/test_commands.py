@@ -89,3 +89,16 @@ def test_status_for_a_user_with_nothing_says_so() -> None:
     out, _ = run("starkeep_status", "--user", "frank")
     assert out.startswith("No synced data yet: user 'frank' has no records")
     assert "starkeep_token create --user frank" in out
+
+
+def test_token_create_with_a_bad_channel_is_a_command_error() -> None:
+    with pytest.raises(CommandError, match="not/valid"):
+        run("starkeep_token", "create", "--user", "bob", "--create-user", "--channel", "not/valid")
+    assert DeviceToken.objects.count() == 0
+
+
+def test_app_secret_for_a_bad_app_id_is_a_command_error() -> None:
+    make_user("bob")
+    with pytest.raises(CommandError, match="no spaces"):
+        run("starkeep_app", "secret", "no spaces", "--user", "bob")
+    assert AppSecret.objects.count() == 0

@@ -76,7 +76,10 @@ class Command(BaseCommand):
             user = model.objects.get(**{model.USERNAME_FIELD: options["user"]})
         except model.DoesNotExist:
             raise CommandError(f"No user {options['user']!r}.") from None
-        secret = AppSecret.issue(user, options["app_id"])
+        try:
+            secret = AppSecret.issue(user, options["app_id"])
+        except ValueError as err:
+            raise CommandError(str(err)) from None
         # The key id goes to stderr so stdout carries only the secret.
         self.stderr.write(f"key id: {secret.key_id}")
         self.stdout.write(secret.secret)

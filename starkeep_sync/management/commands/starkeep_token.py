@@ -47,7 +47,10 @@ class Command(BaseCommand):
 
     def _create(self, options: dict[str, Any]) -> None:
         user = self._user(options["user"], options["create_user"])
-        _, plain = DeviceToken.issue(user, name=options["name"], channels=options["channel"])
+        try:
+            _, plain = DeviceToken.issue(user, name=options["name"], channels=options["channel"])
+        except ValueError as err:
+            raise CommandError(str(err)) from None
         self.stdout.write(plain)
 
     def _list(self, options: dict[str, Any]) -> None:
