@@ -18,7 +18,7 @@ from pathlib import Path
 # Runnable from a checkout without installing.
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from starkeep_sync import HLCClock, create_data_record, create_sync_engine, shared_object_key
+from starkeep_sync import HLCClock, SyncError, create_data_record, create_sync_engine, shared_object_key
 from starkeep_sync.client import HttpObjectStorage, create_http_sync_transport
 from starkeep_sync.sqlite import SqliteDeviceStore
 from starkeep_sync.supervisor import sync_until_done
@@ -59,7 +59,13 @@ def main(argv: list[str] | None = None) -> int:
         transport=create_http_sync_transport(base_url=base, auth=args.token),
         clock=clock, sync_state=state,
     )
-    results = sync_until_done(engine)
+    try:
+        results = sync_until_done(engine)
+    except SyncError as err:
+        # One line with the server's reason; a traceback would add nothing for the user.
+        print(f"{node_id}: sync with {args.url} failed: {err}", file=sys.stderr)
+        store.close()
+        return 1
     shipped = sum(r.shipped for r in results)
     applied = sum(r.applied for r in results)
     moved = sum(r.bytes_moved for r in results)

@@ -2,10 +2,16 @@
 
 from __future__ import annotations
 
+import json
 import os
+import shlex
+import signal
 import socket
 import subprocess
 import sys
+import threading
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -64,6 +70,97 @@ def test_demo_command_starts_the_server_and_shows_a_sync(tmp_path: Path) -> None
     assert any(line.startswith("py-phone: 1 round(s), shipped 3") for line in lines)
     assert any(line.startswith("py-laptop:") and "received 3" in line for line in lines)
     assert sum(line.startswith("py-phone") and "shipped 0, received 0" in line for line in lines) == 1
+
+
+class _Impostor(BaseHTTPRequestHandler):
+    """Another service on the port: answers every GET as our /health would, so only the port check tells."""
+
+    def do_GET(self) -> None:
+        self.server.hits.append(self.path)  # type: ignore[attr-defined]
+        body = json.dumps({"status": "ok", "db": True, "storage": True}).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+
+@pytest.fixture
+def busy_port() -> Iterator[ThreadingHTTPServer]:
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _Impostor)
+    server.hits = []  # type: ignore[attr-defined]
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+    thread.start()
+    try:
+        yield server
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def demo_env(tmp_path: Path) -> dict[str, str]:
+    env = {**os.environ, "DATABASE_URL": f"sqlite:///{tmp_path / 'db.sqlite3'}",
+           "STARKEEP_MEDIA": str(tmp_path / "media")}
+    env.pop("DJANGO_SETTINGS_MODULE", None)
+    env.pop("STARKEEP_SYNC_TOKEN", None)
+    return env
+
+
+def test_demo_moves_off_a_busy_port_and_prints_a_token_that_works(
+        tmp_path: Path, busy_port: ThreadingHTTPServer) -> None:
+    port = busy_port.server_address[1]
+    demo = subprocess.Popen([sys.executable, str(ROOT / "examples" / "demo.py"), "--port", str(port),
+                             "--workdir", str(tmp_path / "work")],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=demo_env(tmp_path),
+                            cwd=tmp_path)
+    lines: list[str] = []
+    try:
+        assert demo.stdout is not None
+        timer = threading.Timer(180, demo.kill)  # a hung demo fails the test instead of blocking it
+        timer.start()
+        for line in demo.stdout:
+            lines.append(line.rstrip("\n"))
+            if line.startswith("   python "):
+                break
+        timer.cancel()
+        output = "\n".join(lines)
+        assert lines and lines[-1].startswith("   python "), output
+        assert f"port {port} is busy" in output and "Traceback" not in output
+        token = next(line for line in lines if "device token" in line).rsplit(" ", 1)[1]
+        assert token.startswith("skt_") and "…" not in token
+        command = shlex.split(lines[-1])
+        assert command[command.index("--token") + 1] == token
+        url = command[command.index("--url") + 1]
+        assert url != f"http://127.0.0.1:{port}"
+        # The suggested command, run as printed (from the directory the demo ran in), syncs with the token.
+        done = subprocess.run([sys.executable, *command[1:]], capture_output=True, text=True, timeout=120,
+                              cwd=tmp_path, env=demo_env(tmp_path))
+        assert done.returncode == 0, done.stdout + done.stderr
+        assert "shipped 1" in done.stdout and "4 records held" in done.stdout
+        assert busy_port.hits == []  # type: ignore[attr-defined]  # the demo never took the impostor for its server
+    finally:
+        demo.send_signal(signal.SIGINT)
+        try:
+            demo.wait(30)
+        finally:
+            if demo.poll() is None:
+                demo.kill()
+
+
+def test_device_failure_is_one_line_without_the_token(tmp_path: Path) -> None:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        dead = s.getsockname()[1]
+    token = "skt_this-must-never-be-printed"
+    done = subprocess.run([sys.executable, str(ROOT / "examples" / "device.py"), "--url", f"http://127.0.0.1:{dead}",
+                           "--db", str(tmp_path / "x.db")], capture_output=True, text=True, timeout=120, cwd=ROOT,
+                          env={**os.environ, "STARKEEP_SYNC_TOKEN": token})
+    assert done.returncode == 1
+    assert "Traceback" not in done.stderr and token not in done.stdout + done.stderr
+    assert "sync with" in done.stderr and "failed" in done.stderr and "cannot reach" in done.stderr
 
 
 def test_example_project_prints_500_tracebacks_with_debug_off(tmp_path: Path) -> None:
