@@ -197,7 +197,7 @@ class SyncEngine:
             if node in failed_nodes:
                 continue
             if node == me:
-                # No echo (§7a): our own writes are held here by construction, so a
+                # No echo (PROTOCOL §5, rule 7a): our own writes are held here by construction, so a
                 # page cut does not bound them; only the highest one we still hold does
                 # (otherwise what we pushed this round comes back in the next one).
                 held = self.channel.coverage().get(me)

@@ -126,7 +126,7 @@ def test_S6_003_pagination_both_directions_at_once(pair, dt: DataType, order: st
     assert sum(r.applied for r in results) == N  # each cloud item landed exactly once
     assert sorted(i for batch in synced for i in batch) == cloud_ids
     assert_each_returned_once(pair, dt.channel)
-    # Our own writes never come back (§7a). Items of a third node that we carried can come
+    # Our own writes never come back (PROTOCOL §5, rule 7a). Items of a third node that we carried can come
     # back once in a later round when a page cut fell below them: the wire cannot tell us the
     # responder has nothing else of that node there. They are no-ops (``applied`` is exact).
     assert [k for k in echoed(pair, dt.channel) if k[-1].node_id == "local"] == []
