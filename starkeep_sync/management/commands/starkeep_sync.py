@@ -89,7 +89,8 @@ class Command(BaseCommand):
                                  "variable). Prefer the variable: arguments show up in process lists.")
         parser.add_argument("--node-id", default=None,
                             help="This instance's node id in the sync (default: STARKEEP_SYNC['NODE_ID']). "
-                                 "Must differ from the remote's.")
+                                 "Must be this instance's own: refused when the remote holds writes under it "
+                                 "that this instance did not make.")
         mode = parser.add_mutually_exclusive_group()
         mode.add_argument("--once", action="store_true",
                           help="Run a single round (at most --page-limit items each way) and say what is left.")
