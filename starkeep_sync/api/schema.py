@@ -36,8 +36,8 @@ from ..constants import (
     MAX_NODE_ID_LENGTH,
     MAX_WALL_TIME,
 )
-from ..keys import MAX_KEY_LENGTH
-from ..wire import MAX_ID_LENGTH, MAX_TEXT_LENGTH
+from ..keys import MAX_KEY_BYTES, MAX_KEY_ENCODED_LENGTH, MAX_KEY_LENGTH, PRESIGN_SEGMENT
+from ..wire import MAX_ID_LENGTH, MAX_JSON_DEPTH, MAX_SIZE_BYTES, MAX_TEXT_LENGTH, MAX_VERSION
 from . import views
 from .authentication import AppSignatureAuthentication, DeviceTokenAuthentication
 from .exceptions import SyncAPIException, exception_handler
@@ -49,7 +49,7 @@ try:  # the "openapi" extra
     from drf_spectacular.openapi import AutoSchema
     from drf_spectacular.renderers import OpenApiJsonRenderer2
     from drf_spectacular.settings import patched_settings
-    from drf_spectacular.utils import OpenApiExample, OpenApiParameter, OpenApiResponse, extend_schema
+    from drf_spectacular.utils import OpenApiExample, OpenApiResponse, extend_schema
     from drf_spectacular.views import SpectacularAPIView
 except ImportError:  # pragma: no cover - depends on the environment
     HAS_SPECTACULAR = False
@@ -68,8 +68,12 @@ def _nullable_ref(name: str) -> dict[str, Any]:
     return {"allOf": [_ref(name)], "nullable": True}
 
 
+#: Text the server stores: PostgreSQL text cannot hold NUL, so no field may carry one (400).
+NO_NUL_PATTERN = r"^[^\x00]*$"
+
+
 def _text(max_length: int, *, nullable: bool = False, min_length: int = 0, **extra: Any) -> dict[str, Any]:
-    out: dict[str, Any] = {"type": "string", "maxLength": max_length, **extra}
+    out: dict[str, Any] = {"type": "string", "maxLength": max_length, "pattern": NO_NUL_PATTERN, **extra}
     if min_length:
         out["minLength"] = min_length
     if nullable:
@@ -79,12 +83,38 @@ def _text(max_length: int, *, nullable: bool = False, min_length: int = 0, **ext
 
 #: A node id: non-empty, no ':' (the serialized HLC separator), no control characters.
 NODE_ID_PATTERN = r"^[^:\x00-\x1f\x7f]+$"
+
+# Key rules (PROTOCOL §7, starkeep_sync.keys) as ECMA-262 patterns. A segment is never empty,
+# "." or "..", never holds "/", a backslash or a control character; the last segment is never
+# "presign" (that is the presign route). Only the UTF-8 byte bound is beyond a pattern: it is
+# in ``maxLength`` (as characters: no valid key has more) and in the descriptions.
+_NOT_IN_SEGMENT = r"/\\\x00-\x1f\x7f"
+#: One segment of a per-app key: any text but "." and "..".
+_APP_SEGMENT = (
+    rf"(?:[^.{_NOT_IN_SEGMENT}][^{_NOT_IN_SEGMENT}]*"
+    rf"|\.[^.{_NOT_IN_SEGMENT}][^{_NOT_IN_SEGMENT}]*"
+    rf"|\.\.[^{_NOT_IN_SEGMENT}]+)"
+)
+_NOT_PRESIGN = rf"(?!{PRESIGN_SEGMENT}$)"
+_DRIVE_KEY = rf"shared/[a-z0-9_-]+/[A-Za-z0-9_-]+/{_NOT_PRESIGN}[A-Za-z0-9_-]+"
 #: Drive-channel keys: ``shared/<category>/<shard>/<hash>``.
-DRIVE_KEY_PATTERN = r"^shared/[a-z0-9_-]+/[A-Za-z0-9_-]+/[A-Za-z0-9_-]+$"
-#: Per-app keys: ``apps/<app_id>/syncable/<sub-key>`` (non-empty segments, no backslash or control characters).
+DRIVE_KEY_PATTERN = rf"^{_DRIVE_KEY}$"
+#: Per-app keys: ``apps/<app_id>/syncable/<sub-key>``; on ``apps/starkeep-drive/`` a Drive key.
 APP_KEY_PATTERN = (
-    r"^apps/[A-Za-z0-9._-]+/syncable/[^/\\\x00-\x1f\x7f]+(/[^/\\\x00-\x1f\x7f]+)*$"
-    r"|^shared/[a-z0-9_-]+/[A-Za-z0-9_-]+/[A-Za-z0-9_-]+$"
+    rf"^apps/{_APP_SEGMENT}/syncable/(?:{_APP_SEGMENT}/)*{_NOT_PRESIGN}{_APP_SEGMENT}$"
+    rf"|^{_DRIVE_KEY}$"
+)
+#: What every key description says about length.
+KEY_LENGTH_RULE = (
+    f"At most {MAX_KEY_BYTES} bytes in UTF-8 (so at most {MAX_KEY_LENGTH} characters, and only "
+    f"{MAX_KEY_BYTES // 4} of four-byte characters; longer is 400 `invalid_key`). Percent-encoded "
+    f"in a URL path a valid key is at most {MAX_KEY_ENCODED_LENGTH} characters, so its request line fits "
+    "any server whose request-line limit is 8190 (gunicorn's largest `limit_request_line`, nginx's "
+    "default 8k `large_client_header_buffers`)."
+)
+KEY_SYNTAX_RULE = (
+    "No empty, `.` or `..` segment, no leading `/`, no backslash, no control character "
+    f"(U+0000-U+001F, U+007F), and no final segment `{PRESIGN_SEGMENT}` (reserved for the presign route)."
 )
 APP_ID_PATTERN = r"^[A-Za-z0-9._-]{1,255}$"
 
@@ -94,21 +124,29 @@ _HASH = "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08"
 _RECORD_PROPERTIES: dict[str, Any] = {
     "id": _text(MAX_ID_LENGTH, min_length=1, description="Record id (a 26-character ULID in practice)."),
     "kind": {"type": "string", "enum": ["data"], "default": "data"},
-    "type": _text(255, pattern="/", description="`<category>/<format>`, e.g. `image/jpeg`."),
+    "type": _text(255, pattern=r"^[^\x00]*/[^\x00]*$", description="`<category>/<format>`, e.g. `image/jpeg`."),
     "createdAt": _ref("HLC"),
     "updatedAt": _ref("HLC"),
     "deletedAt": {**_nullable_ref("HLC"), "description": "Set on a tombstone (soft delete), else null."},
-    "version": {"type": "integer", "minimum": 0, "default": 1},
+    "version": {"type": "integer", "minimum": 0, "maximum": MAX_VERSION, "default": 1},
     "contentHash": _text(256, description="sha256 hex of the blob bytes."),
-    "objectStorageKey": _text(MAX_KEY_LENGTH, description="Blob key, `shared/<category>/<hash[:2]>/<hash>`."),
+    "objectStorageKey": _text(MAX_KEY_LENGTH, description=(
+        "Blob key, `shared/<category>/<hash[:2]>/<hash>`, or empty for a record without a blob.")),
     "mimeType": _text(255, nullable=True),
-    "sizeBytes": {"type": "integer", "minimum": 0, "default": 0},
+    "sizeBytes": {"type": "integer", "minimum": 0, "maximum": MAX_SIZE_BYTES, "default": 0},
     "originalFilename": _text(MAX_TEXT_LENGTH, nullable=True),
     "originAppId": _text(255),
     "parentId": _text(MAX_ID_LENGTH, nullable=True),
     "label": _text(MAX_TEXT_LENGTH, nullable=True),
 }
 _RECORD_REQUIRED_IN = ["id", "type", "createdAt", "updatedAt", "contentHash", "objectStorageKey", "originAppId"]
+#: On the Drive channel a record's key, when not empty, must be a Drive key (400 naming the field).
+_DRIVE_RECORD_PROPERTIES: dict[str, Any] = {
+    **_RECORD_PROPERTIES,
+    "objectStorageKey": _text(MAX_KEY_LENGTH, pattern=rf"^$|{DRIVE_KEY_PATTERN}", description=(
+        "Empty, or a Drive key `shared/<category>/<shard>/<hash>` (checked on the Drive channel; see "
+        "`DriveKey`).")),
+}
 
 _ENTRY_PROPERTIES: dict[str, Any] = {
     "timestamp": _ref("HLC"),
@@ -117,13 +155,24 @@ _ENTRY_PROPERTIES: dict[str, Any] = {
     "op": {"type": "string", "enum": ["insert", "update", "delete"]},
     "row": {
         "type": "object", "nullable": True, "additionalProperties": True,
-        "description": "`insert`: the full row; `update`: the patch; `delete`: the row (its primary key) or null.",
+        "description": (
+            "`insert`: the full row (on a per-app channel it must carry `updated_at`); `update`: the patch; "
+            f"`delete`: the row (its primary key) or null. No NUL in any text, no NaN or Infinity, at most "
+            f"{MAX_JSON_DEPTH} levels of nesting; the columns must suit the registered table."),
     },
     "where": {
         "type": "object", "nullable": True, "additionalProperties": True,
         "description": "Primary-key values of the row to change; required for `update`.",
     },
 }
+_FILLED = {"type": "object", "minProperties": 1, "additionalProperties": True}
+#: What each op needs (``wire.entry_from_wire``): an empty or null ``row``/``where`` counts as absent.
+_ENTRY_OP_RULES: list[dict[str, Any]] = [
+    {"properties": {"op": {"enum": ["insert"]}, "row": _FILLED}, "required": ["row"]},
+    {"properties": {"op": {"enum": ["update"]}, "row": _FILLED, "where": _FILLED}, "required": ["row", "where"]},
+    {"properties": {"op": {"enum": ["delete"]}, "row": _FILLED}, "required": ["row"]},
+    {"properties": {"op": {"enum": ["delete"]}, "where": _FILLED}, "required": ["where"]},
+]
 
 _RECORD_EXAMPLE = {
     "id": "01HF7Y8Z9ABCDEFGHJKMNPQRST",
@@ -152,6 +201,34 @@ _ENTRY_EXAMPLE = {
 }
 
 
+def _key_schema(pattern: str, description: str, example: str) -> dict[str, Any]:
+    return _text(MAX_KEY_LENGTH, min_length=1, pattern=pattern, example=example,
+                 description=f"{description} {KEY_SYNTAX_RULE} {KEY_LENGTH_RULE}",
+                 **{"x-maxBytes": MAX_KEY_BYTES, "x-maxEncodedLength": MAX_KEY_ENCODED_LENGTH})
+
+
+def _exchange_request(description: str, record: str) -> dict[str, Any]:
+    return {
+        "type": "object",
+        "description": (
+            f"{description} At most {sync_settings.MAX_ITEMS_PER_REQUEST} items (records and rows together; "
+            f"413 `too_many_items` above) and {sync_settings.MAX_REQUEST_BYTES} bytes (413) per request. "
+            "Unknown fields are ignored."),
+        "required": ["watermarks"],
+        "properties": {
+            "watermarks": _ref("Watermarks"),
+            "records": {"type": "array", "nullable": True, "items": _ref(record)},
+            "appSyncableRows": {"type": "array", "nullable": True, "items": _ref("AppSyncableRowInput")},
+            "limit": {"type": "integer", "nullable": True, "minimum": 1,
+                      "maximum": sync_settings.MAX_PAGE_LIMIT,
+                      "description": f"Page size; {sync_settings.DEFAULT_PAGE_LIMIT} when absent."},
+            "countPending": {"type": "boolean",
+                             "description": "Extension: ask for `pending` in the response (a count of "
+                                            "the backlog; ask once per catch-up)."},
+        },
+    }
+
+
 def component_schemas() -> dict[str, Any]:
     """The ``components.schemas`` of the API, with this server's configured limits."""
     return {
@@ -175,7 +252,19 @@ def component_schemas() -> dict[str, Any]:
         },
         "SharedRecordInput": {
             "type": "object",
-            "description": "A shared record as sent (PROTOCOL §2). Unknown fields are ignored.",
+            "description": (
+                "A shared record as sent to the Drive channel (PROTOCOL §2). Unknown fields are ignored. "
+                "An HLC further ahead of the server's clock than its skew bound is 400 `clock_skew`."),
+            "required": _RECORD_REQUIRED_IN,
+            "properties": _DRIVE_RECORD_PROPERTIES,
+            "example": _RECORD_EXAMPLE,
+        },
+        "AnySharedRecordInput": {
+            "type": "object",
+            "description": (
+                "A shared record as sent to `/apps/{app_id}/sync/exchange`: well formed on every channel; "
+                f"on `{DRIVE_APP_ID}` its key is also checked as in `SharedRecordInput`, elsewhere it is "
+                "ignored."),
             "required": _RECORD_REQUIRED_IN,
             "properties": _RECORD_PROPERTIES,
             "example": _RECORD_EXAMPLE,
@@ -195,6 +284,7 @@ def component_schemas() -> dict[str, Any]:
             ),
             "required": ["timestamp", "appId", "table", "op"],
             "properties": _ENTRY_PROPERTIES,
+            "anyOf": _ENTRY_OP_RULES,
             "example": _ENTRY_EXAMPLE,
         },
         "AppSyncableRow": {
@@ -204,26 +294,14 @@ def component_schemas() -> dict[str, Any]:
             "properties": _ENTRY_PROPERTIES,
             "example": _ENTRY_EXAMPLE,
         },
-        "ExchangeRequest": {
-            "type": "object",
-            "description": (
-                "One exchange round (PROTOCOL §4). The Drive channel takes `records` and ignores "
-                "`appSyncableRows`; a per-app channel does the reverse. At most "
-                f"{sync_settings.MAX_ITEMS_PER_REQUEST} items (records and rows together) per request."
-            ),
-            "required": ["watermarks"],
-            "properties": {
-                "watermarks": _ref("Watermarks"),
-                "records": {"type": "array", "nullable": True, "items": _ref("SharedRecordInput")},
-                "appSyncableRows": {"type": "array", "nullable": True, "items": _ref("AppSyncableRowInput")},
-                "limit": {"type": "integer", "nullable": True, "minimum": 1,
-                          "maximum": sync_settings.MAX_PAGE_LIMIT,
-                          "description": f"Page size; {sync_settings.DEFAULT_PAGE_LIMIT} when absent."},
-                "countPending": {"type": "boolean",
-                                 "description": "Extension: ask for `pending` in the response (a count of "
-                                                "the backlog; ask once per catch-up)."},
-            },
-        },
+        "ExchangeRequest": _exchange_request(
+            "One exchange round on the Drive channel (PROTOCOL §4). `records` are applied; `appSyncableRows` "
+            "must be well formed and are then ignored.", "SharedRecordInput"),
+        "ChannelExchangeRequest": _exchange_request(
+            "One exchange round on the channel of the path (PROTOCOL §4). A per-app channel applies "
+            "`appSyncableRows` of its own app and registered tables (others are 400 `unknown_app` / "
+            "`unknown_table` unless `UNKNOWN_APP_ROWS` is `halt`) and ignores well-formed `records`; "
+            f"`{DRIVE_APP_ID}` is the Drive channel (see `ExchangeRequest`).", "AnySharedRecordInput"),
         "ExchangeResponse": {
             "type": "object",
             "required": ["records", "appSyncableRows", "responderWatermarks", "hasMore"],
@@ -237,14 +315,19 @@ def component_schemas() -> dict[str, Any]:
                             "description": "Extension: how many such items remain after this page."},
             },
         },
-        "DriveKey": _text(MAX_KEY_LENGTH, min_length=1, pattern=DRIVE_KEY_PATTERN,
-                          description="A Drive-channel blob key: `shared/<category>/<shard>/<hash>`.",
-                          example=f"shared/image/{_HASH[:2]}/{_HASH}"),
-        "AppKey": _text(MAX_KEY_LENGTH, min_length=1, pattern=APP_KEY_PATTERN,
-                        description=(
-                            "A per-app blob key: `apps/<app_id>/syncable/<sub-key>` with the app id of the path "
-                            "(another app's prefix is 403); on `apps/starkeep-drive/` a Drive key."),
-                        example=f"apps/notes/syncable/{_HASH}"),
+        "DriveKey": _key_schema(
+            DRIVE_KEY_PATTERN,
+            "A Drive-channel blob key: `shared/<category>/<shard>/<hash>`, each segment `[A-Za-z0-9_-]+` and "
+            "the category `[a-z0-9_-]+`; the last segment is not `presign`. Any other key is 400 `invalid_key`.",
+            f"shared/image/{_HASH[:2]}/{_HASH}"),
+        "AppKey": _key_schema(
+            APP_KEY_PATTERN,
+            "A per-app blob key: `apps/<app_id>/syncable/<sub-key>` (one or more segments after `syncable/`). "
+            "The app id in the key must be the path's: another app's prefix is 403 `forbidden_key`, any other "
+            f"shape 400 `invalid_key`. On `apps/{DRIVE_APP_ID}/` (the Drive channel) a `DriveKey` instead. "
+            "On file-system storage an upload whose segment is over 255 bytes is 400, and a key that is a "
+            "prefix of another stored key (or extends one) is 409 `key_conflict`.",
+            f"apps/notes/syncable/{_HASH}"),
         "PresignRequest": {
             "type": "object",
             "required": ["key"],
@@ -290,15 +373,42 @@ def component_schemas() -> dict[str, Any]:
 
 
 ERROR_DESCRIPTIONS: dict[int, str] = {
-    400: "Bad request: malformed body, field or key (`field` names the culprit where there is one).",
-    401: "No valid credentials.",
-    403: "Credentials not valid for this channel, or a key of another app.",
-    404: "No such route or app (a malformed app id, key or token matches no route), or no blob at this key.",
-    409: "The key collides with another on this server's file storage (one is a prefix of the other).",
-    413: "Body, item count or blob larger than this server accepts.",
-    429: "Rate limited; `Retry-After` says when to retry.",
-    507: "The owner's quota is used up; nothing was stored.",
+    400: ("Bad request; nothing is applied or stored. `invalid_request` (`field` names the culprit), "
+          "`invalid_json`, `invalid_key`, `integrity_mismatch` (bytes that do not hash to the key or to "
+          "`Content-Digest`), `clock_skew`, `unknown_app` / `unknown_table` (app rows), `incomplete_body` "
+          "(shorter than its `Content-Length`)."),
+    401: ("No valid credentials: `not_authenticated`, `authentication_failed` (a bad, revoked, expired or "
+          "replayed credential). `WWW-Authenticate` names the scheme."),
+    403: ("`permission_denied`: the credentials are not valid for this channel; `forbidden_key`: a key under "
+          "another app's prefix."),
+    404: ("`not_found`: no such route (a malformed app id, key or token matches none), no blob at this key, or "
+          "an unknown or expired signed URL; `unknown_app`: no app with this id is registered."),
+    409: "`key_conflict`: on file-system storage the key is a prefix of another stored key, or extends one.",
+    411: ("`length_required`: a signed upload without `Content-Length` (its signature covers the body, which is "
+           "read whole before it is stored)."),
+    412: "`already_exists`: `If-None-Match: *` was sent and a blob is stored at this key; nothing was written.",
+    413: ("`payload_too_large`, `too_many_items`: the body, the number of items or the blob is larger than this "
+          "server accepts."),
+    414: ("Request-URI too long: answered by the HTTP server in front of the app (gunicorn's "
+          "`limit_request_line`, nginx's `large_client_header_buffers`), not by this API, so not with its JSON "
+          f"error body. A valid key percent-encodes to at most {MAX_KEY_ENCODED_LENGTH} characters, so with a "
+          "limit of 8190 only a request whose key is already invalid (over "
+          f"{MAX_KEY_BYTES} bytes) can meet it."),
+    429: "`throttled`: rate limited; `Retry-After` says when to retry.",
+    503: ("`unverified_capacity`: too many bytes of requests whose signature is not yet checked are being read "
+          "(`Retry-After`: a few seconds); `storage_unavailable`: the blob storage failed or is out of reach "
+          "(`Retry-After`)."),
+    507: ("`quota_exceeded`: the owner's quota is used up; `insufficient_storage`: the server's storage is full. "
+          "Nothing was stored."),
 }
+#: Responses that carry a header, by status.
+RESPONSE_HEADERS: dict[str, dict[str, Any]] = {
+    "401": {"WWW-Authenticate": {"description": "The expected scheme.", "schema": {"type": "string"}}},
+    "429": {"Retry-After": {"description": "Seconds to wait.", "schema": {"type": "integer", "minimum": 1}}},
+    "503": {"Retry-After": {"description": "Seconds to wait.", "schema": {"type": "integer", "minimum": 1}}},
+}
+#: Statuses answered whatever the route, for every request with a key in its path.
+PATH_KEY_STATUSES = ("414",)
 
 
 def openapi_security_schemes() -> dict[str, Any]:
@@ -351,12 +461,27 @@ def postprocess(schema: dict[str, Any]) -> dict[str, Any]:
                     param["schema"] = _ref("AppKey" if per_app else "DriveKey")
                     param["description"] = "The blob key (its `/` may be sent as is or percent-encoded)."
             if per_app:
+                # One route serves every channel, the Drive one included: its rules are the union.
                 _swap_refs(operation, _ref("DriveKey"), _ref("AppKey"))
+                _swap_refs(operation, _ref("ExchangeRequest"), _ref("ChannelExchangeRequest"))
             if method == "post" and "requestBody" in operation:
                 operation["requestBody"]["required"] = True  # a missing JSON body is a 400
-        if "get" in item and "put" in item and "head" not in item:
-            item["head"] = _head_of(item["get"])
+            _add_response_headers(operation)
+            if "{key}" in path or "{token}" in path:
+                for status in PATH_KEY_STATUSES:
+                    operation["responses"].setdefault(status, {"description": ERROR_DESCRIPTIONS[int(status)]})
+        if "get" in item and "head" not in item and ("put" in item or path.endswith("/presign")):
+            item["head"] = _head_of(item["get"], presign=path.endswith("/presign"))
     return schema
+
+
+def _add_response_headers(operation: dict[str, Any]) -> None:
+    for status, response in operation.get("responses", {}).items():
+        if status not in RESPONSE_HEADERS:
+            continue
+        if response.get("content", {}).get("application/json", {}).get("schema") != _ref("Error"):
+            continue  # health's 503 is its own report, sent without Retry-After
+        response.setdefault("headers", {}).update(copy.deepcopy(RESPONSE_HEADERS[status]))
 
 
 def _swap_refs(node: Any, old: dict[str, Any], new: dict[str, Any]) -> None:
@@ -374,12 +499,17 @@ def _swap_refs(node: Any, old: dict[str, Any], new: dict[str, Any]) -> None:
                 _swap_refs(v, old, new)
 
 
-def _head_of(get: dict[str, Any]) -> dict[str, Any]:
-    """``HEAD files/{key}``: GET's parameters and security, no bodies (introspection skips HEAD)."""
+def _head_of(get: dict[str, Any], *, presign: bool = False) -> dict[str, Any]:
+    """``HEAD``: GET's parameters, security and statuses, no bodies (introspection skips HEAD)."""
     head = copy.deepcopy(get)
     head["operationId"] = get["operationId"].removesuffix("_retrieve") + "_head"
-    head["summary"] = "Whether a blob is present"
-    head["description"] = "200 with `Content-Type` and `Content-Length` if present, 404 if not; never a body."
+    if presign:
+        head["summary"] = "Whether a presigned download URL would be given"
+        head["description"] = "The answer GET would give, without its body: 200 if the blob is present, else 404."
+    else:
+        head["summary"] = "Whether a blob is present"
+        head["description"] = ("200 with `Content-Type` and `Content-Length` if present, 404 if not; never a "
+                               "body.")
     responses: dict[str, Any] = {}
     for code, response in get["responses"].items():
         responses[code] = {"description": response.get("description", "")}
@@ -394,15 +524,15 @@ def _head_of(get: dict[str, Any]) -> dict[str, Any]:
 
 if HAS_SPECTACULAR:
 
-    _RETRY_AFTER = OpenApiParameter(
-        "Retry-After", int, OpenApiParameter.HEADER, response=[429], description="Seconds to wait.")
-    _AUTHENTICATE = OpenApiParameter(
-        "WWW-Authenticate", str, OpenApiParameter.HEADER, response=[401], description="The expected scheme.")
-
     def _errors(*codes: int) -> dict[int, Any]:
         # 404 everywhere: a malformed app id, key or token matches no route and gets our JSON 404.
         return {code: OpenApiResponse(_ref("Error"), description=ERROR_DESCRIPTIONS[code])
                 for code in sorted({*codes, 404})}
+
+    #: What every authenticated route can answer: a bad request, no or wrong credentials, an unknown app
+    #: (404), a rate limit, and 503 (a signed body while too many unverified bytes are being read, or the
+    #: blob storage out of reach).
+    _AUTHENTICATED = (400, 401, 403, 404, 429, 503)
 
     def _operation(**kwargs: Any) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
         """``extend_schema`` on drf-spectacular's AutoSchema, whatever DEFAULT_SCHEMA_CLASS names."""
@@ -449,11 +579,11 @@ if HAS_SPECTACULAR:
                 description=(
                     "Applies the items sent (LWW; items refused one by one are logged, not fatal) and answers "
                     "the items above the requester's `watermarks`, a page at a time (PROTOCOL §4-6). A body "
-                    "that does not match is refused whole with 400 naming the field; nothing is applied."),
+                    "that does not match is refused whole with 400 naming the field; nothing is applied. "
+                    "Items beyond the owner's record quota are 507, nothing applied."),
                 request={"application/json": _ref("ExchangeRequest")},
                 responses={200: OpenApiResponse(_ref("ExchangeResponse"), description="The answer."),
-                           **_errors(400, 401, 403, 404, 413, 429, 507)},
-                parameters=[_RETRY_AFTER, _AUTHENTICATE],
+                           **_errors(*_AUTHENTICATED, 413, 507)},
                 examples=[*_EXCHANGE_REQUEST_EXAMPLES, _EXCHANGE_RESPONSE_EXAMPLE],
             ))
 
@@ -462,24 +592,27 @@ if HAS_SPECTACULAR:
         match_subclasses = True
 
         def view_replacement(self) -> type[APIView]:
-            common = {"tags": ["files"], "parameters": [_RETRY_AFTER, _AUTHENTICATE]}
+            common = {"tags": ["files"]}
             return _documented(
                 self.target,
                 get=dict(common, summary="Download a blob",
                          description="The bytes, with the Content-Type they were stored with.",
                          responses={(200, "application/octet-stream"): OpenApiResponse(
                              _ref("Binary"), description="The bytes."),
-                             **_errors(400, 401, 403, 404, 429)}),
+                             **_errors(*_AUTHENTICATED)}),
                 put=dict(common, summary="Upload a blob",
                          description=(
                              "Stores the body under the caller's owner; its Content-Type is kept. When the key "
-                             "ends in a sha256 (64 hex digits) the bytes must hash to it, or nothing is stored."),
+                             "ends in a sha256 (64 hex digits) the bytes must hash to it, or nothing is stored. "
+                             "`If-None-Match: *` stores only if the key is absent (else 412); "
+                             "`Content-Digest: sha-256=:<base64>:` is checked too (400 on a mismatch). "
+                             "A signed upload needs `Content-Length` (411)."),
                          request={"application/octet-stream": _ref("Binary")},
                          responses={201: OpenApiResponse(_ref("Stored"), description="Stored."),
-                                    **_errors(400, 401, 403, 409, 413, 429, 507)}),
+                                    **_errors(*_AUTHENTICATED, 409, 411, 412, 413, 507)}),
                 delete=dict(common, summary="Delete a blob",
                             responses={204: OpenApiResponse(description="Removed (or was absent)."),
-                                       **_errors(400, 401, 403, 429)}),
+                                       **_errors(*_AUTHENTICATED)}),
             )
 
     class PresignPutViewSchema(OpenApiViewExtension):
@@ -492,23 +625,24 @@ if HAS_SPECTACULAR:
                 description="An S3 presigned URL, or a short-lived signed URL of this server (`files-direct`).",
                 request={"application/json": _ref("PresignRequest")},
                 responses={200: OpenApiResponse(_ref("Url"), description="Where to PUT the bytes."),
-                           **_errors(400, 401, 403, 413, 429)},
-                parameters=[_RETRY_AFTER, _AUTHENTICATE],
+                           **_errors(*_AUTHENTICATED, 413)},
             ))
 
     class PresignGetViewSchema(OpenApiViewExtension):
         target_class = views.PresignGetView
         match_subclasses = True
-        priority = 1  # a FileView subclass: this extension, not FileView's
+        priority = 1  # when it is a FileView subclass: this extension, not FileView's
 
         def view_replacement(self) -> type[APIView]:
-            # PUT and DELETE there are the file routes of a key ending in "/presign": not documented twice.
-            return _documented(self.target, put=dict(exclude=True), delete=dict(exclude=True), get=dict(
+            get = dict(
                 tags=["files"], summary="A URL to download a blob from directly",
+                description="No key ends with `/presign`, so this route is never a file's.",
                 responses={200: OpenApiResponse(_ref("Url"), description="Where to GET the bytes."),
-                           **_errors(400, 401, 403, 404, 429)},
-                parameters=[_RETRY_AFTER, _AUTHENTICATE],
-            ))
+                           **_errors(*_AUTHENTICATED)},
+            )
+            # Inherited PUT/DELETE handlers (a FileView subclass) are not presign operations.
+            hidden = {m: dict(exclude=True) for m in ("put", "delete") if hasattr(self.target, m)}
+            return _documented(self.target, get=get, **hidden)
 
     class ConfirmViewSchema(OpenApiViewExtension):
         target_class = views.ConfirmView
@@ -521,8 +655,7 @@ if HAS_SPECTACULAR:
                             "are removed and refused with 400.",
                 request={"application/json": _ref("ConfirmRequest")},
                 responses={200: OpenApiResponse(_ref("Ok"), description="Present."),
-                           **_errors(400, 401, 403, 404, 413, 429)},
-                parameters=[_RETRY_AFTER, _AUTHENTICATE],
+                           **_errors(*_AUTHENTICATED, 413)},
             ))
 
     class DirectBlobViewSchema(OpenApiViewExtension):
@@ -530,18 +663,18 @@ if HAS_SPECTACULAR:
         match_subclasses = True
 
         def view_replacement(self) -> type[APIView]:
-            common = {"tags": ["files"], "parameters": [_RETRY_AFTER]}
+            common = {"tags": ["files"]}
             return _documented(
                 self.target,
                 get=dict(common, summary="Download through a signed URL",
                          description="The token in the path is the credential.",
                          responses={(200, "application/octet-stream"): OpenApiResponse(
-                             _ref("Binary"), description="The bytes."), **_errors(404, 429)}),
+                             _ref("Binary"), description="The bytes."), **_errors(404, 429, 503)}),
                 put=dict(common, summary="Upload through a signed URL",
                          description="The token in the path is the credential.",
                          request={"application/octet-stream": _ref("Binary")},
                          responses={201: OpenApiResponse(_ref("Ok"), description="Stored."),
-                                    **_errors(400, 409, 413, 429, 507)}),
+                                    **_errors(400, 409, 412, 413, 429, 503, 507)}),
             )
 
     class HealthViewSchema(OpenApiViewExtension):
@@ -555,7 +688,6 @@ if HAS_SPECTACULAR:
                 responses={200: OpenApiResponse(_ref("Health"), description="All reachable."),
                            503: OpenApiResponse(_ref("Health"), description="Something is unreachable."),
                            **_errors(429)},
-                parameters=[_RETRY_AFTER],
             ))
 
     class DeviceTokenScheme(OpenApiAuthenticationExtension):
@@ -597,7 +729,11 @@ if HAS_SPECTACULAR:
             "The Starkeep sync protocol over HTTP: exchange rounds (PROTOCOL §4) and blobs (§7) on the Drive "
             f"channel (the un-prefixed routes, or `/apps/{DRIVE_APP_ID}/…`) and on per-app channels "
             "(`/apps/{app_id}/…`). Every route but `health`, `schema` and `files-direct` needs a principal "
-            "(§8). Errors are `{\"error\": {\"code\", \"message\", \"field\"?}}`."),
+            "(§8). Errors are `{\"error\": {\"code\", \"message\", \"field\"?}}`. A method a path does not "
+            "list is 405 `method_not_allowed` with that body and an `Allow` header (OPTIONS answers DRF's "
+            "description of the view, after authentication). Blob keys: at most "
+            f"{MAX_KEY_BYTES} bytes in UTF-8 (see `DriveKey`, `AppKey`); a request line over the front "
+            "server's limit is 414 from that server."),
         "VERSION": __version__,
         "OAS_VERSION": "3.0.3",
         "SERVERS": [],

@@ -28,7 +28,7 @@ DOCUMENTED: dict[str, set[str]] = {
     "exchange": {"post"},
     "presign": {"post"},
     "confirm": {"post"},
-    "presign-get": {"get"},
+    "presign-get": {"get", "head"},
     "file": {"get", "put", "delete", "head"},
 }
 UNDOCUMENTED = {"no-route"}  # the JSON 404 behind everything else under our prefixes
@@ -118,12 +118,20 @@ def test_error_bodies_and_wire_shapes(schema: dict[str, Any]) -> None:
     for path, item in schema["paths"].items():
         for method, operation in item.items():
             for status, response in operation["responses"].items():
-                if int(status) < 400 or status == "503":
+                if int(status) < 400:
                     continue
-                if method == "head":
-                    assert "content" not in response  # a HEAD answer never has a body
+                if method == "head" or status == "414":
+                    # A HEAD answer never has a body; 414 comes from the server in front, not from us.
+                    assert "content" not in response, (method, path, status)
+                elif path.endswith("/health") and status == "503":
+                    assert response["content"] == {"application/json": {"schema": {
+                        "$ref": "#/components/schemas/Health"}}}
+                    assert "headers" not in response
                 else:
                     assert response["content"] == {"application/json": {"schema": error}}, (method, path, status)
+                    header = {"401": "WWW-Authenticate", "429": "Retry-After", "503": "Retry-After"}.get(status)
+                    if header:
+                        assert header in response["headers"], (method, path, status)
     components = schema["components"]["schemas"]
     assert set(components["HLC"]["required"]) == {"wallTime", "counter", "nodeId"}
     assert set(components["SharedRecord"]["required"]) == {
@@ -186,3 +194,94 @@ print(json.dumps({"status": response.status_code, "type": response["Content-Type
     assert result["body"]["error"]["code"] == "not_found"
     assert "drf-spectacular" in result["body"]["error"]["message"]
     assert result["loaded"] is False
+
+
+#: The statuses each operation documents (PROTOCOL §4, §7, §8 and the hostile-client findings of issue 14).
+#: tests/django/test_schema_truth.py makes the server answer each one that it can provoke.
+AUTHENTICATED = {"400", "401", "403", "404", "429", "503"}
+STATUSES: dict[tuple[str, str], set[str]] = {
+    ("post", "/sync/exchange"): {"200", "413", "507"} | AUTHENTICATED,
+    ("get", "/files/{key}"): {"200", "414"} | AUTHENTICATED,
+    ("head", "/files/{key}"): {"200", "414"} | AUTHENTICATED,
+    ("put", "/files/{key}"): {"201", "409", "411", "412", "413", "414", "507"} | AUTHENTICATED,
+    ("delete", "/files/{key}"): {"204", "414"} | AUTHENTICATED,
+    ("post", "/files/presign"): {"200", "413"} | AUTHENTICATED,
+    ("get", "/files/{key}/presign"): {"200", "414"} | AUTHENTICATED,
+    ("head", "/files/{key}/presign"): {"200", "414"} | AUTHENTICATED,
+    ("post", "/files/confirm"): {"200", "413"} | AUTHENTICATED,
+    ("get", "/files-direct/{token}"): {"200", "404", "414", "429", "503"},
+    ("head", "/files-direct/{token}"): {"200", "404", "414", "429", "503"},
+    ("put", "/files-direct/{token}"): {"201", "400", "404", "409", "412", "413", "414", "429", "503", "507"},
+    ("get", "/health"): {"200", "404", "429", "503"},
+    ("get", "/schema"): {"200", "404", "429"},
+}
+
+
+def test_statuses_of_every_operation(schema: dict[str, Any]) -> None:
+    for (method, path), statuses in STATUSES.items():
+        assert set(schema["paths"][path][method]["responses"]) == statuses, (method, path)
+        app_path = "/apps/{app_id}" + path
+        if app_path in schema["paths"]:
+            assert set(schema["paths"][app_path][method]["responses"]) == statuses, (method, app_path)
+
+
+def test_key_rules_in_the_schema_are_the_servers(schema: dict[str, Any]) -> None:
+    """Each key pattern accepts exactly what ``validate_key`` accepts, up to the byte bound."""
+    from starkeep_sync.exceptions import InvalidKeyError
+    from starkeep_sync.keys import MAX_KEY_BYTES, validate_key
+
+    components = schema["components"]["schemas"]
+    drive, app = components["DriveKey"], components["AppKey"]
+    for key_schema in (drive, app):
+        assert key_schema["maxLength"] == MAX_KEY_BYTES and key_schema["minLength"] == 1
+        assert key_schema["x-maxBytes"] == MAX_KEY_BYTES and key_schema["x-maxEncodedLength"] == 3 * MAX_KEY_BYTES
+        assert f"At most {MAX_KEY_BYTES} bytes in UTF-8" in key_schema["description"]
+    h = "ab" * 32
+    samples = [
+        f"shared/image/ab/{h}", "shared/my_cat-2/A_b-9/Z", "shared/Image/ab/x", "shared/image/ab", "shared/a/b/c/d",
+        "shared/image/ab/presign", "shared/image/ab/presignx", "shared/i.mg/ab/x", "shared/image/a b/x",
+        "apps/notes/syncable/x", "apps/notes/syncable/a/b/c.jpg", "apps/notes/syncable/presign",
+        "apps/notes/syncable/a/presign", "apps/notes/syncable/presign/a", "apps/notes/syncable/./x",
+        "apps/notes/syncable/../x", "apps/notes/syncable/...", "apps/notes/syncable/.x", "apps/notes/syncable/x.",
+        "apps/notes/syncable//x", "apps/notes/syncable/x/", "apps/notes/syncable/a\\b", "apps/notes/syncable/a\x00",
+        "apps/notes/syncable/a\x7f", "apps/notes/syncable/a\x1f", "apps/notes/syncable/\u00e9\U0001f600 ok",
+        "apps/notes/syncable/a\x85", "apps/other/syncable/x", "apps/notes/other/x", "apps/notes/syncable",
+        "/apps/notes/syncable/x", "apps/../syncable/x", "apps/notes/syncable/a?b#c%20",
+    ]
+
+    def accepted(key: str, channel: str) -> bool:
+        try:
+            validate_key(key, channel)
+        except InvalidKeyError:
+            return False
+        return True
+
+    for key in samples:
+        assert bool(re.search(drive["pattern"], key)) == accepted(key, "starkeep-drive"), key
+        # The per-app routes serve every channel: their pattern is "notes" keys or Drive keys, with
+        # any app id in the key (another app's is 403, not 400: the path decides, a pattern cannot).
+        as_app = accepted(key, "notes") or accepted(key, "starkeep-drive") or accepted(key, key.split("/")[1])
+        assert bool(re.search(app["pattern"], key)) == as_app, key
+
+
+def test_path_keys_may_meet_the_front_servers_request_line_limit(schema: dict[str, Any]) -> None:
+    for path, item in schema["paths"].items():
+        for method, operation in item.items():
+            assert ("414" in operation["responses"]) == ("{key}" in path or "{token}" in path), (method, path)
+
+
+def test_exchange_request_rules(schema: dict[str, Any]) -> None:
+    components = schema["components"]["schemas"]
+    per_app = schema["paths"]["/apps/{app_id}/sync/exchange"]["post"]["requestBody"]["content"]
+    assert per_app["application/json"]["schema"] == {"$ref": "#/components/schemas/ChannelExchangeRequest"}
+    assert components["ExchangeRequest"]["properties"]["records"]["items"] == {
+        "$ref": "#/components/schemas/SharedRecordInput"}
+    assert components["ChannelExchangeRequest"]["properties"]["records"]["items"] == {
+        "$ref": "#/components/schemas/AnySharedRecordInput"}
+    drive_key = components["SharedRecordInput"]["properties"]["objectStorageKey"]["pattern"]
+    assert re.search(drive_key, "") and re.search(drive_key, "shared/image/ab/cd")
+    assert not re.search(drive_key, "apps/notes/syncable/x")
+    # What each op needs: an empty or null row/where counts as absent (wire.entry_from_wire).
+    rules = components["AppSyncableRowInput"]["anyOf"]
+    assert {tuple(r["properties"]["op"]["enum"]) + tuple(r["required"]) for r in rules} == {
+        ("insert", "row"), ("update", "row", "where"), ("delete", "row"), ("delete", "where")}
