@@ -4,51 +4,102 @@ The schema is the one the server serves at ``/schema`` (read through Django's te
 client at collection: building it needs no database), so the fuzzing checks the
 server against its own published description. Each operation runs schemathesis'
 examples, coverage (boundary and negative cases) and fuzzing phases against
-pytest-django's ``live_server``, authenticated with a device token of a fresh
-owner, with the app "notes" registered.
+pytest-django's ``live_server``, once with a device token and once with Starkeep
+app signatures (computed over the exact bytes sent, by a ``requests`` auth hook), as
+a fresh owner, with the app "notes" registered.
+
+Checks: no 5xx; every status, content type and body as documented; and every
+request the schema calls invalid is refused with a 4xx (``negative_data_rejection``).
+``STARKEEP_FUZZ_EXAMPLES`` raises the examples per operation (default 25, which keeps
+the run well under a minute) for a deeper exploration.
 """
 
 from __future__ import annotations
 
 import json
+import os
+import re
 from typing import Any
+from urllib.parse import unquote
 
 import pytest
 
 schemathesis = pytest.importorskip("schemathesis")
 pytest.importorskip("drf_spectacular")
 
+import requests  # noqa: E402
 from django.test import Client  # noqa: E402
 from django.urls import reverse  # noqa: E402
 from hypothesis import HealthCheck, settings  # noqa: E402
 from schemathesis.checks import not_a_server_error  # noqa: E402
 from schemathesis.specs.openapi.checks import (  # noqa: E402
+    content_type_conformance,
+    negative_data_rejection,
     response_schema_conformance,
     status_code_conformance,
 )
 
-from tests.factories import make_token, make_user, register_app  # noqa: E402
+from starkeep_sync.client.auth import AppSignatureAuth  # noqa: E402
+from starkeep_sync.constants import DRIVE_APP_ID  # noqa: E402
+from tests.factories import make_secret, make_token, make_user, register_app  # noqa: E402
+
+EXAMPLES = int(os.environ.get("STARKEEP_FUZZ_EXAMPLES", "25"))
+CHECKS = [
+    not_a_server_error,
+    status_code_conformance,
+    response_schema_conformance,
+    content_type_conformance,
+    negative_data_rejection,
+]
 
 # schemathesis.pytest.from_fixture("...") would load it from the live server at run time, but its
 # lazy loader breaks on pytest 9.2 (it sets Node._nodeid, gone there); the served JSON is the same document.
 schema = schemathesis.openapi.from_dict(json.loads(Client().get(reverse("starkeep_sync:schema")).content))
-# Requests authenticate with a device token (below): no values generated for the signature headers.
+# Requests authenticate through the fixtures below: no values generated for the credential headers.
 schema.config.generation.update(with_security_parameters=False)
 
+_APP_PATH = re.compile(r"^/apps/([^/]+)(/.*)$")
+_APP_ID = re.compile(r"[A-Za-z0-9._-]{1,255}")  # what the app-id route accepts; the rest is a 404 unsigned
 
-@pytest.fixture
-def auth_headers(transactional_db: None) -> dict[str, str]:
+
+class SignEachRequest(requests.auth.AuthBase):
+    """Signs the request as sent: its method, its percent-decoded path relative to ``/apps/<id>``, its body.
+
+    The app id is the path's (the Drive channel for un-prefixed routes); an app without a
+    secret of this owner is signed with a made-up secret, which the server must refuse with 401.
+    """
+
+    def __init__(self, secrets: dict[str, str]) -> None:
+        self.secrets = secrets
+
+    def __call__(self, request: requests.PreparedRequest) -> requests.PreparedRequest:
+        path = unquote((request.path_url or "/").split("?", 1)[0])
+        match = _APP_PATH.match(path)
+        app_id, relative = (match.group(1), match.group(2)) if match else (DRIVE_APP_ID, path)
+        if not _APP_ID.fullmatch(app_id):
+            return request  # no route takes this app id (a header could not even carry some): unsigned
+        body = request.body or b""
+        if isinstance(body, str):
+            body = body.encode()
+        signer = AppSignatureAuth(app_id, self.secrets.get(app_id, "not-a-secret-of-this-server"))
+        request.headers.update(signer.headers(request.method or "GET", relative, body))
+        return request
+
+
+@pytest.fixture(params=["token", "signature"])
+def session(request: pytest.FixtureRequest, transactional_db: None) -> Any:
     owner = make_user("fuzzer")
     register_app("notes", {"notes": ["id"]}, files=True)
-    return {"Authorization": f"Bearer {make_token(owner)}"}
+    with requests.Session() as http:
+        if request.param == "token":
+            http.headers["Authorization"] = f"Bearer {make_token(owner)}"
+        else:
+            http.auth = SignEachRequest({app: make_secret(owner, app).secret for app in ("notes", DRIVE_APP_ID)})
+        yield http
 
 
 @pytest.mark.django_db(transaction=True)
 @schema.parametrize()
-@settings(max_examples=25, deadline=None, suppress_health_check=list(HealthCheck))
-def test_api(case: Any, live_server: Any, auth_headers: dict[str, str]) -> None:
-    case.call_and_validate(
-        base_url=live_server.url,
-        headers=auth_headers,
-        checks=[not_a_server_error, response_schema_conformance, status_code_conformance],
-    )
+@settings(max_examples=EXAMPLES, deadline=None, suppress_health_check=list(HealthCheck))
+def test_api(case: Any, live_server: Any, session: requests.Session) -> None:
+    case.call_and_validate(base_url=live_server.url, session=session, checks=CHECKS)
