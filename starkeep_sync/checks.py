@@ -17,6 +17,8 @@ from django.core.checks import CheckMessage, Error, Warning, register
 from django.core.exceptions import ImproperlyConfigured
 from django.utils.module_loading import import_string
 
+from .constants import UNKNOWN_ROWS_POLICIES
+
 #: Throttle scopes the views use (starkeep_sync.api.throttling).
 THROTTLE_SCOPES = ("exchange", "files", "health")
 
@@ -113,7 +115,7 @@ def _authentication_classes(value: Any) -> str | None:
 
 
 def _unknown_app_rows(value: Any) -> str | None:
-    return None if value in ("reject", "halt") else f"is {value!r}"
+    return None if value in UNKNOWN_ROWS_POLICIES else f"is {value!r}"
 
 
 def _unverified_bounds(values: dict[str, Any]) -> str | None:
@@ -167,7 +169,7 @@ RULES: dict[str, Rule] = {
         "['starkeep_sync.api.authentication.DeviceTokenAuthentication'].",
     ),
     "UNKNOWN_APP_ROWS": Rule("starkeep_sync.E003", _unknown_app_rows,
-                             "Use 'reject' (refuse the request, the default) or 'halt' (halt that node, PROTOCOL §6)."),
+                             "Use 'halt' (halt that node, PROTOCOL §6; the default) or 'reject' (refuse the request)."),
     "COUNT_PENDING": Rule("starkeep_sync.E023", _bool, "Write True or False."),
     "THROTTLE_RATES": Rule(
         "starkeep_sync.E024", _throttle_rates,

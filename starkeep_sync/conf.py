@@ -13,18 +13,22 @@ from django.core.exceptions import ImproperlyConfigured
 from django.core.signals import setting_changed
 from django.utils.module_loading import import_string
 
+from .constants import DEFAULT_PAGE_LIMIT, MAX_ITEMS_PER_REQUEST, MAX_PAGE_LIMIT
+
 DEFAULTS: dict[str, Any] = {
     # Alias in Django's STORAGES of the storage that holds blobs.
     "STORAGE_ALIAS": "default",
     # Every blob is stored under "<STORAGE_PREFIX>/<owner pk>/<key>".
     "STORAGE_PREFIX": "starkeep",
-    # This server's node id (the responder's clock; it never stamps writes).
+    # This server's node id: the responder's clock, and the stamp of writes made on the
+    # server (starkeep_sync.server, the admin).
     "NODE_ID": "cloud",
-    # Page size when a request names no limit, and the largest limit honoured.
-    "DEFAULT_PAGE_LIMIT": 1000,
-    "MAX_PAGE_LIMIT": 10000,
-    # Most records + app rows one exchange request may carry.
-    "MAX_ITEMS_PER_REQUEST": 10000,
+    # Request policy (PROTOCOL §6), defaults shared with the in-process responder:
+    # page size when a request names no limit, and the largest page (a larger limit is clamped).
+    "DEFAULT_PAGE_LIMIT": DEFAULT_PAGE_LIMIT,
+    "MAX_PAGE_LIMIT": MAX_PAGE_LIMIT,
+    # Most records + app rows one exchange request may carry (413 past it).
+    "MAX_ITEMS_PER_REQUEST": MAX_ITEMS_PER_REQUEST,
     # Largest exchange body in bytes (413 past it).
     "MAX_REQUEST_BYTES": 64 * 1024 * 1024,
     # Largest blob in bytes (413 past it).
@@ -51,10 +55,10 @@ DEFAULTS: dict[str, Any] = {
         "starkeep_sync.api.authentication.AppSignatureAuthentication",
     ],
     # App rows of an app or table this server does not know, on a per-app channel:
-    # "reject" refuses the whole request (400 unknown_app / unknown_table, nothing
-    # applied); "halt" follows PROTOCOL §6 exactly (that node halts for the round,
-    # the rest applies; for mixed-version fleets where newer devices know more tables).
-    "UNKNOWN_APP_ROWS": "reject",
+    # "halt" halts that node for the round and applies the rest, recording the refusal
+    # (PROTOCOL §6, the reference's behaviour: a 400 would stop a TypeScript device's
+    # whole channel); "reject" refuses the whole request (400 unknown_app / unknown_table).
+    "UNKNOWN_APP_ROWS": "halt",
     # Answer a request's "countPending" with the progress extension field "pending" (an index count).
     "COUNT_PENDING": True,
     # DRF rate strings per scope ("<n>/<sec|min|hour|day>"), per owner; None disables a scope.

@@ -44,6 +44,17 @@ HEADER_APP_SIG = "X-Starkeep-App-Sig"
 HEADER_APP_TS = "X-Starkeep-App-Ts"
 HEADER_KEY_ID = "X-Starkeep-Key-Id"
 
+# Request policy defaults (PROTOCOL §6), the same in process and over HTTP.
+#: Page size when a request names no ``limit``.
+DEFAULT_PAGE_LIMIT = 1000
+#: Largest page a responder answers; a larger ``limit`` is clamped to it.
+MAX_PAGE_LIMIT = 10_000
+#: Most records plus app rows one request may carry.
+MAX_ITEMS_PER_REQUEST = 10_000
+#: What a responder does with app rows of an app or table it does not know:
+#: "halt" their node for the round (the reference's behaviour), or "reject" the request whole.
+UNKNOWN_ROWS_POLICIES = ("halt", "reject")
+
 #: Default bound for the clock skew guard: 24 hours in milliseconds.
 DEFAULT_MAX_SKEW_MS = 86_400_000
 

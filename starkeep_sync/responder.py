@@ -1,7 +1,10 @@
 """The responder side of one exchange round (PROTOCOL §6).
 
 The in-process transport and the DRF exchange view both run
-:class:`SyncResponder`; only the adapters differ.
+:class:`SyncResponder`; only the adapters differ. So does the request policy
+(PROTOCOL §6 "Request policy"): the page-limit clamp, the item cap, the checks
+that refuse a malformed request whole, and what happens to app rows of an app
+or table this side does not know live here, with the same defaults everywhere.
 """
 
 from __future__ import annotations
@@ -13,8 +16,17 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .channel import ChannelView, Item, group_by_node
-from .constants import DRIVE_APP_ID, LOGGER_NAME
-from .exceptions import SyncError
+from .constants import (
+    DEFAULT_PAGE_LIMIT,
+    DRIVE_APP_ID,
+    FILE_RECORDS_TABLE,
+    LOGGER_NAME,
+    MAX_ITEMS_PER_REQUEST,
+    MAX_PAGE_LIMIT,
+    UNKNOWN_ROWS_POLICIES,
+    UPDATED_AT,
+)
+from .exceptions import InvalidKeyError, SyncError, WireFormatError
 from .hlc import HLCClock
 from .keys import validate_key
 from .protocols import AppSource, DatabaseAdapter, ObjectStorage
@@ -22,7 +34,20 @@ from .wire import SyncExchangeRequest, SyncExchangeResponse
 
 logger = logging.getLogger(LOGGER_NAME)
 
-DEFAULT_LIMIT = 1000
+DEFAULT_LIMIT = DEFAULT_PAGE_LIMIT
+
+
+class TooManyItems(SyncError):
+    """A request carries more records and app rows than the responder takes at once."""
+
+    code = "too_many_items"
+    status = 413
+
+
+class UnknownRows(SyncError):
+    """App rows of an app or table this responder does not know, under the ``"reject"`` policy."""
+
+    status = 400
 
 
 @dataclass(slots=True)
@@ -59,11 +84,15 @@ class SyncResponder:
         app_source: AppSource | None = None,
         sync_shared_records: bool = True,
         app_id: str | None = None,
-        default_limit: int = DEFAULT_LIMIT,
-        max_limit: int | None = None,
-        count_pending: bool = False,
+        default_limit: int = DEFAULT_PAGE_LIMIT,
+        max_limit: int | None = MAX_PAGE_LIMIT,
+        max_items: int | None = MAX_ITEMS_PER_REQUEST,
+        unknown_rows: str = "halt",
+        count_pending: bool = True,
         on_refused: Callable[[Refusal], None] | None = None,
     ) -> None:
+        if unknown_rows not in UNKNOWN_ROWS_POLICIES:
+            raise ValueError(f"unknown_rows must be one of {UNKNOWN_ROWS_POLICIES}, not {unknown_rows!r}")
         self.channel = ChannelView(
             database=database,
             app_source=app_source,
@@ -74,6 +103,8 @@ class SyncResponder:
         self.clock = clock
         self.default_limit = default_limit
         self.max_limit = max_limit
+        self.max_items = max_items
+        self.unknown_rows = unknown_rows
         self.count_pending = count_pending
         self.on_refused = on_refused
 
@@ -88,7 +119,11 @@ class SyncResponder:
         when answering fails afterwards (applied items may be committed by then).
         """
         report = ExchangeReport() if report is None else report
+        carried = len(request.records) + len(request.app_syncable_rows)
+        if self.max_items is not None and carried > self.max_items:
+            raise TooManyItems(f"{carried} items in one request; this responder takes at most {self.max_items}.")
         items = self.channel.inbound_items(request.records, request.app_syncable_rows, side="responder")
+        self._check_request(request, items)
         report.received = len(items)
         received: set[tuple[object, ...]] = set()
         for node, run in group_by_node(items).items():
@@ -101,6 +136,45 @@ class SyncResponder:
             limit = min(limit, self.max_limit)
         with self._read_snapshot():
             return self._answer(request, limit, received, report), report
+
+    def _check_request(self, request: SyncExchangeRequest, items: list[Item]) -> None:
+        """Refuse a malformed request whole, naming the field, before anything of it is applied.
+
+        What no applier could ever accept (keys that break the key rules, entries
+        without a usable primary key or ``updated_at``) is the sender's bug, not one
+        node's bad luck: a 400 says so. Rows of an app or table this side does not
+        know halt their node (they may come from a newer app version), unless the
+        policy is ``"reject"``.
+        """
+        if self.channel.shared:
+            for i, r in enumerate(request.records):
+                if r.object_storage_key:
+                    _checked_key(r.object_storage_key, DRIVE_APP_ID, f"records[{i}].objectStorageKey")
+            return
+        entries = request.app_syncable_rows
+        for i, e in enumerate(entries):
+            if e.op == "insert" and (not e.row or UPDATED_AT not in e.row):
+                # A full row always carries its stamp (scans emit stored rows, which have one);
+                # patches and deletes may leave it to the entry's timestamp.
+                raise WireFormatError(f"appSyncableRows[{i}].row.updated_at", "is required on an insert (the full row)")
+            if e.table == FILE_RECORDS_TABLE and e.op != "delete" and e.row and e.row.get("object_storage_key"):
+                _checked_key(str(e.row["object_storage_key"]), e.app_id,
+                             f"appSyncableRows[{i}].row.object_storage_key")
+        refused = [item for item in items if item.error]
+        if not refused:
+            return
+        position = {id(e): i for i, e in enumerate(entries)}
+        for item in refused:
+            assert item.entry is not None
+            where = f"appSyncableRows[{position[id(item.entry)]}]"
+            ns = self.channel.namespace_for(item.entry.app_id)
+            if ns is None or ns.table(item.entry.table) is None:
+                if self.unknown_rows == "reject":
+                    field = f"{where}.appId" if ns is None else f"{where}.table"
+                    raise UnknownRows(f"{field}: {item.error}", code="unknown_app" if ns is None else "unknown_table",
+                                      field=field)
+                continue  # halts its node when applied
+            raise WireFormatError(f"{where}.row", item.error)  # type: ignore[arg-type]
 
     def _read_snapshot(self) -> AbstractContextManager[object]:
         """One consistent view of the holdings for everything a response reads.
@@ -128,12 +202,10 @@ class SyncResponder:
             out, has_more = self.channel.changes_since(request.watermarks, limit, exclude=received)
         report.sent = len(out) + len(wire)
         pending: int | None = None
-        if not has_more:
-            pending = 0
-        elif self.count_pending and request.count_pending:
+        if self.count_pending and request.count_pending:
             # Only when asked: a count reads the whole backlog, and a requester that
             # counted once estimates the next pages from it (see ``SyncEngine``).
-            total = self.channel.count_since(request.watermarks)
+            total = 0 if not has_more else self.channel.count_since(request.watermarks)
             if total is not None:
                 # What is above the vector, less this page and what this request
                 # itself stored (it will never be sent back).
@@ -145,7 +217,7 @@ class SyncResponder:
             app_syncable_rows=[i.entry for i in out if i.entry is not None],
             responder_watermarks=self.channel.coverage(),
             has_more=has_more,
-            pending=pending if self.count_pending else None,
+            pending=pending,
         )
 
     def _refuse(self, node: str, item: Item, reason: str, report: ExchangeReport) -> None:
@@ -160,11 +232,7 @@ class SyncResponder:
         if item.error:
             return item.error
         try:
-            if item.record is not None and item.record.object_storage_key:
-                validate_key(item.record.object_storage_key, DRIVE_APP_ID)
-            elif item.manifest is not None and item.entry is not None:
-                validate_key(item.manifest.object_storage_key, item.entry.app_id)
-            self.clock.observe(item.hlc)
+            self.clock.observe(item.hlc)  # keys were checked with the whole request (``_check_request``)
         except SyncError as err:
             return str(err)
         return None
@@ -242,12 +310,13 @@ def create_in_process_sync_transport(
     app_source: AppSource | None = None,
     sync_shared_records: bool = True,
     app_id: str | None = None,
-    max_limit: int | None = None,
+    **policy: Any,
 ) -> SyncResponder:
     """A responder answering ``exchange(request)`` in this process (tests, embedded peers).
 
     Requests and responses go through the wire codec both ways, so what an
-    in-process round moves is exactly what would cross HTTP.
+    in-process round moves is exactly what would cross HTTP; ``policy`` takes
+    :class:`SyncResponder`'s request-policy arguments, whose defaults are the server's.
     """
     return InProcessTransport(
         database=database,
@@ -256,7 +325,7 @@ def create_in_process_sync_transport(
         app_source=app_source,
         sync_shared_records=sync_shared_records,
         app_id=app_id,
-        max_limit=max_limit,
+        **policy,
     )
 
 
@@ -265,3 +334,12 @@ class InProcessTransport(SyncResponder):
         decoded = SyncExchangeRequest.from_wire(request.to_wire())
         response = self.handle(decoded)[0]
         return SyncExchangeResponse.from_wire(response.to_wire())
+
+
+def _checked_key(key: str, channel: str, field: str) -> None:
+    try:
+        validate_key(key, channel)
+    except InvalidKeyError as err:
+        err.field = field
+        err.message = f"{field}: {err.message}"
+        raise

@@ -24,17 +24,18 @@ from django.http import FileResponse, HttpResponse
 from django.urls import reverse
 from django.utils import timezone
 from rest_framework import authentication, status
+from rest_framework.exceptions import UnsupportedMediaType
 from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from ..adapters import sql
-from ..adapters.orm import OrmAppSource, OrmDatabaseAdapter, OrmNamespaceStore
+from ..adapters.orm import OrmAppSource, OrmDatabaseAdapter
 from ..adapters.storage import DjangoObjectStorage, get_blob_storage
 from ..blobs import CHUNK_SIZE
 from ..conf import sync_settings
 from ..constants import DRIVE_APP_ID, LOGGER_NAME
-from ..exceptions import BlobIntegrityError, SyncError, WireFormatError
+from ..exceptions import BlobIntegrityError, SyncError
 from ..hlc import HLCClock
 from ..keys import expected_sha256, validate_key
 from ..models import AppNamespace, ChannelActivity
@@ -46,7 +47,6 @@ from .bodies import read_body
 from .exceptions import (
     BlobNotFound,
     InvalidRequest,
-    PayloadTooLarge,
     RouteNotFound,
     SyncAPIException,
     UnknownChannel,
@@ -56,7 +56,6 @@ from .permissions import ChannelAllowed, HasPrincipal
 from .quotas import check_record_quota
 from .throttling import ExchangeRateThrottle, FilesRateThrottle, HealthRateThrottle
 from .uploads import checked_content_type, store_upload
-from .validation import validate_exchange
 
 logger = logging.getLogger(LOGGER_NAME)
 
@@ -144,6 +143,8 @@ class ExchangeView(SyncAPIView):
         if app_source is not None and app_source.namespaces.get(self.channel()) is None:
             # Through the responder's own (caching) namespace store: one lookup per request.
             raise UnknownChannel(f"App {self.channel()!r} is not registered on this server.")
+        if request.content_type.split(";", 1)[0].strip().lower() != "application/json":
+            raise UnsupportedMediaType(request.content_type or "(none)")
         body = read_body(request)
         try:
             data = _loads(body)
@@ -151,14 +152,6 @@ class ExchangeView(SyncAPIView):
             raise InvalidRequest("Body is not valid JSON.", code="invalid_json", field="body") from None
         exchange = SyncExchangeRequest.from_wire(data)
         items = len(exchange.records) + len(exchange.app_syncable_rows)
-        if items > sync_settings.MAX_ITEMS_PER_REQUEST:
-            raise PayloadTooLarge(
-                f"{items} items in one request; this server accepts at most "
-                f"{sync_settings.MAX_ITEMS_PER_REQUEST}.", code="too_many_items",
-            )
-        if exchange.limit is not None and exchange.limit > sync_settings.MAX_PAGE_LIMIT:
-            raise WireFormatError("limit", f"must be at most {sync_settings.MAX_PAGE_LIMIT} on this server")
-        validate_exchange(exchange, self.channel(), app_source.namespaces if app_source else OrmNamespaceStore())
         check_record_quota(self.owner().pk, self.channel() == DRIVE_APP_ID, self.channel(), exchange)
         report = ExchangeReport()
         with _one_write_transaction(items):
@@ -273,12 +266,14 @@ def _count_sql(vendor: str, with_error: bool, relaxed: bool) -> str:
 
 
 def build_responder(owner: Any, channel: str) -> SyncResponder:
-    clock = HLCClock(sync_settings.NODE_ID, max_skew_ms=sync_settings.MAX_CLOCK_SKEW_MS)
+    """The core responder for ``owner`` on ``channel``, with this server's request policy."""
     common = {
-        "clock": clock,
+        "clock": HLCClock(sync_settings.NODE_ID, max_skew_ms=sync_settings.MAX_CLOCK_SKEW_MS),
         "storage": DjangoObjectStorage(owner),
         "default_limit": sync_settings.DEFAULT_PAGE_LIMIT,
         "max_limit": sync_settings.MAX_PAGE_LIMIT,
+        "max_items": sync_settings.MAX_ITEMS_PER_REQUEST,
+        "unknown_rows": sync_settings.UNKNOWN_APP_ROWS,
         "count_pending": sync_settings.COUNT_PENDING,
     }
     if channel == DRIVE_APP_ID:

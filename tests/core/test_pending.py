@@ -56,7 +56,7 @@ def test_first_cut_page_asks_and_later_pages_count_down() -> None:
             break
     assert pending == [7, 4, 1, 0]
     assert spy.asked == [True, False, False, False]
-    assert spy.answered == [7, None, None, 0]  # counted once; a page that is not cut says 0 for free
+    assert spy.answered == [7, None, None, None]  # counted once, and only when asked (PROTOCOL §6)
 
 
 def test_a_new_catch_up_counts_afresh() -> None:

@@ -456,7 +456,7 @@ def test_lists_show_hlcs_readably(admin_client: Client, synced_rows: None) -> No
 
 
 def test_channel_activity_list_shows_the_last_refusal(
-    admin_client: Client, api: APIClient, alice_token: str, notes_app: Any, halt_unknown_rows: None
+    admin_client: Client, api: APIClient, alice_token: str, notes_app: Any
 ) -> None:
     rows = [entry("notes", "ghost", "g1", BASE_MS, "nodeB")]
     exchange_ok(exchange(api, NOTES_EXCHANGE, body(rows=rows), bearer(alice_token)))

@@ -9,7 +9,7 @@ import pytest
 from django.test import override_settings
 from rest_framework.test import APIClient
 
-from starkeep_sync.models import AppRow, FileRecord, NodeCoverage, SharedRecord
+from starkeep_sync.models import AppRow, ChannelActivity, FileRecord, NodeCoverage, SharedRecord
 
 from .support import (
     BASE_MS,
@@ -172,29 +172,42 @@ def test_app_channel_ignores_shared_records(api: APIClient, alice_token: str, no
     assert data["records"] == [] and data["responderWatermarks"] == {}
 
 
-def test_app_channel_refuses_a_request_with_rows_of_another_app(
+def test_app_channel_refuses_a_request_with_rows_of_another_app_under_reject(
     api: APIClient, alice_token: str, notes_app: Any, todo_app: Any
 ) -> None:
     foreign = entry("todo", "items", "t1", BASE_MS, "nodeB")
     own = entry("notes", "notes", "n1", BASE_MS, "nodeA")
-    response = exchange(api, NOTES_URL, body(rows=[own, foreign]), bearer(alice_token))
+    with _sync_settings(UNKNOWN_APP_ROWS="reject"):
+        response = exchange(api, NOTES_URL, body(rows=[own, foreign]), bearer(alice_token))
     assert_error(response, 400, "unknown_app")
     assert response.json()["error"]["field"] == "appSyncableRows[1].appId"
     assert not AppRow.objects.exists()  # not even the legitimate row before it
 
 
-def test_unknown_table_refuses_the_request(api: APIClient, alice_token: str, notes_app: Any) -> None:
+def test_unknown_table_refuses_the_request_under_reject(api: APIClient, alice_token: str, notes_app: Any) -> None:
     rows = [entry("notes", "notes", "n1", BASE_MS, "nodeA"), entry("notes", "nope", "x1", BASE_MS, "nodeB")]
-    response = exchange(api, NOTES_URL, body(rows=rows), bearer(alice_token))
-    assert_error(response, 400, "unknown_table")
-    assert "nope" in response.json()["error"]["message"]
-    assert not AppRow.objects.exists()
-    exchange_ok(exchange(api, NOTES_URL, body(rows=rows[:1]), bearer(alice_token)))  # still serving
+    with _sync_settings(UNKNOWN_APP_ROWS="reject"):
+        response = exchange(api, NOTES_URL, body(rows=rows), bearer(alice_token))
+        assert_error(response, 400, "unknown_table")
+        assert "nope" in response.json()["error"]["message"]
+        assert not AppRow.objects.exists()
+        exchange_ok(exchange(api, NOTES_URL, body(rows=rows[:1]), bearer(alice_token)))  # still serving
     assert AppRow.objects.count() == 1
 
 
-def test_app_channel_halts_the_node_of_another_apps_rows_under_halt(
-    api: APIClient, alice_token: str, notes_app: Any, todo_app: Any, halt_unknown_rows: None
+def test_unknown_table_halts_its_node_by_default_and_the_refusal_is_recorded(
+    api: APIClient, alice: Any, alice_token: str, notes_app: Any
+) -> None:
+    rows = [entry("notes", "notes", "n1", BASE_MS, "nodeA"), entry("notes", "nope", "x1", BASE_MS, "nodeB")]
+    data = exchange_ok(exchange(api, NOTES_URL, body(rows=rows), bearer(alice_token)))
+    assert data["responderWatermarks"] == {"nodeA": hlc(BASE_MS)}  # nodeB halted, not covered
+    assert AppRow.objects.count() == 1
+    activity = ChannelActivity.objects.get(owner=alice, channel="notes")
+    assert "nope" in activity.last_error and "nodeB" in activity.last_error
+
+
+def test_app_channel_halts_the_node_of_another_apps_rows_by_default(
+    api: APIClient, alice_token: str, notes_app: Any, todo_app: Any
 ) -> None:
     foreign = entry("todo", "items", "t1", BASE_MS, "nodeB")
     own = entry("notes", "notes", "n1", BASE_MS, "nodeA")
@@ -217,7 +230,7 @@ def test_app_channel_does_not_send_another_apps_rows(
 
 
 def test_unknown_table_halts_that_node_only_under_halt(
-    api: APIClient, alice_token: str, notes_app: Any, halt_unknown_rows: None
+    api: APIClient, alice_token: str, notes_app: Any
 ) -> None:
     rows = [
         entry("notes", "nope", "x1", BASE_MS, "nodeB"),
@@ -374,12 +387,20 @@ def test_too_many_items_is_413(api: APIClient, alice_token: str, notes_app: Any,
 
 
 @pytest.mark.parametrize("url", [*DRIVE_EXCHANGE_URLS, NOTES_URL])
-def test_limit_above_max_page_limit_is_400(api: APIClient, alice_token: str, notes_app: Any, url: str) -> None:
+def test_limit_above_max_page_limit_is_clamped(api: APIClient, alice_token: str, notes_app: Any, url: str) -> None:
+    """As the TypeScript engine expects (it asks with the page size it pushes with): clamped, hasMore exact."""
+    if url == "/apps/notes/sync/exchange":
+        payload = body(rows=[entry("notes", "notes", f"n{i}", BASE_MS + i) for i in range(7)])
+        stream = "appSyncableRows"
+    else:
+        payload = body(records=[record(f"01HREC000000000000000000{i:02d}", BASE_MS + i) for i in range(7)])
+        stream = "records"
+    exchange_ok(exchange(api, url, payload, bearer(alice_token)))
     with _sync_settings(MAX_PAGE_LIMIT=5):
-        response = exchange(api, url, body(records=[VALID], limit=6), bearer(alice_token))
-        assert_error(response, 400, "invalid_request", "limit")
-        _nothing_applied()
-        exchange_ok(exchange(api, url, body(limit=5), bearer(alice_token)))
+        data = exchange_ok(exchange(api, url, body(limit=6), bearer(alice_token)))
+        assert len(data[stream]) == 5 and data["hasMore"] is True
+        data = exchange_ok(exchange(api, url, body(limit=500), bearer(alice_token)))
+        assert len(data[stream]) == 5
 
 
 def test_default_page_limit_applies_without_limit(api: APIClient, alice_token: str) -> None:
@@ -411,8 +432,10 @@ def test_pending_is_counted_only_when_the_request_asks(
     # Not asked: the backlog is not counted (a requester carries its first count forward).
     silent = exchange_ok(exchange(api, url, body(limit=2), bearer(alice_token)))
     assert silent["hasMore"] is True and "pending" not in silent
-    # A page that is not cut has nothing pending, asked or not.
+    # A page that is not cut has nothing pending; said only when asked.
     last = exchange_ok(exchange(api, url, body(limit=5), bearer(alice_token)))
+    assert last["hasMore"] is False and "pending" not in last
+    last = exchange_ok(exchange(api, url, _asking(body(limit=5)), bearer(alice_token)))
     assert last["hasMore"] is False and last["pending"] == 0
     with _sync_settings(COUNT_PENDING=False):
         off = exchange_ok(exchange(api, url, _asking(body(limit=2)), bearer(alice_token)))

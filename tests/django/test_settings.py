@@ -11,7 +11,7 @@ from rest_framework.test import APIClient
 
 from starkeep_sync.conf import DEFAULTS, sync_settings
 
-from .support import assert_error, bearer, body, exchange, exchange_ok
+from .support import BASE_MS, assert_error, bearer, body, exchange, exchange_ok, record
 
 
 def test_defaults() -> None:
@@ -72,8 +72,9 @@ def test_pytest_settings_fixture_is_picked_up(settings: Any) -> None:
 @pytest.mark.django_db
 def test_override_reaches_the_views(api: APIClient, alice_token: str) -> None:
     exchange_ok(exchange(api, "/sync/exchange", body(limit=50), bearer(alice_token)))  # settings cached
-    with override_settings(STARKEEP_SYNC={"MAX_PAGE_LIMIT": 10}):
-        assert_error(exchange(api, "/sync/exchange", body(limit=50), bearer(alice_token)), 400, field="limit")
+    with override_settings(STARKEEP_SYNC={"MAX_ITEMS_PER_REQUEST": 1}):
+        two = [record(f"01HREC000000000000000000{i:02d}", BASE_MS + i) for i in range(2)]
+        assert_error(exchange(api, "/sync/exchange", body(records=two), bearer(alice_token)), 413, "too_many_items")
     exchange_ok(exchange(api, "/sync/exchange", body(limit=50), bearer(alice_token)))
 
 

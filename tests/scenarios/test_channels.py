@@ -92,7 +92,7 @@ def test_channel_split_watermarks_are_kept_per_channel(pair):
         assert_converged_round(pair, channel)
 
 
-def test_channel_split_responder_ignores_foreign_items(pair, halt_unknown_rows):
+def test_channel_split_responder_ignores_foreign_items(pair):
     """Hand-made requests: a per-app responder ignores shared records and refuses other apps' rows
     (halting their node, PROTOCOL §6); the Drive responder ignores app rows. None of it is stored,
     none of it is covered."""

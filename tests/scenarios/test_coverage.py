@@ -72,7 +72,7 @@ def test_responder_coverage_skips_a_halted_node(pair, dt: DataType):
         assert peer["nodeX"] == dt.hlc(ok)  # the refused item is not covered, so it is offered again
 
 
-def test_responder_coverage_halts_a_node_at_its_first_refused_row(pair, halt_unknown_rows):
+def test_responder_coverage_halts_a_node_at_its_first_refused_row(pair):
     """Hand-made request: a row of an unregistered table halts its node for the round."""
     z = pair.local.node_clock("nodeZ")
     t1, t2, t3 = z.now(), z.now(), z.now()
