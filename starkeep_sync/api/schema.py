@@ -220,8 +220,8 @@ def _exchange_request(description: str, record: str) -> dict[str, Any]:
             "records": {"type": "array", "nullable": True, "items": _ref(record)},
             "appSyncableRows": {"type": "array", "nullable": True, "items": _ref("AppSyncableRowInput")},
             "limit": {"type": "integer", "nullable": True, "minimum": 1,
-                      "maximum": sync_settings.MAX_PAGE_LIMIT,
-                      "description": f"Page size; {sync_settings.DEFAULT_PAGE_LIMIT} when absent."},
+                      "description": (f"Page size; {sync_settings.DEFAULT_PAGE_LIMIT} when absent, and at most "
+                                      f"{sync_settings.MAX_PAGE_LIMIT} (a larger one is lowered to that).")},
             "countPending": {"type": "boolean",
                              "description": "Extension: ask for `pending` in the response (a count of "
                                             "the backlog; ask once per catch-up)."},
@@ -299,8 +299,11 @@ def component_schemas() -> dict[str, Any]:
             "must be well formed and are then ignored.", "SharedRecordInput"),
         "ChannelExchangeRequest": _exchange_request(
             "One exchange round on the channel of the path (PROTOCOL §4). A per-app channel applies "
-            "`appSyncableRows` of its own app and registered tables (others are 400 `unknown_app` / "
-            "`unknown_table` unless `UNKNOWN_APP_ROWS` is `halt`) and ignores well-formed `records`; "
+            "`appSyncableRows` of its own app and registered tables and ignores well-formed `records`. Rows of "
+            "another app or an unregistered table "
+            + ("halt their node for the round (`UNKNOWN_APP_ROWS` is `halt`)"
+               if sync_settings.UNKNOWN_APP_ROWS == "halt" else "are 400 `unknown_app` / `unknown_table`")
+            + "; an `insert` without `row.updated_at` is 400; "
             f"`{DRIVE_APP_ID}` is the Drive channel (see `ExchangeRequest`).", "AnySharedRecordInput"),
         "ExchangeResponse": {
             "type": "object",
@@ -384,6 +387,8 @@ ERROR_DESCRIPTIONS: dict[int, str] = {
     404: ("`not_found`: no such route (a malformed app id, key or token matches none), no blob at this key, or "
           "an unknown or expired signed URL; `unknown_app`: no app with this id is registered."),
     409: "`key_conflict`: on file-system storage the key is a prefix of another stored key, or extends one.",
+    410: ("`url_used`: this server's signed upload URL was already used once (it is single-use); ask "
+          "`files/presign` for a new one."),
     411: ("`length_required`: a signed upload without `Content-Length` (its signature covers the body, which is "
            "read whole before it is stored)."),
     412: "`already_exists`: `If-None-Match: *` was sent and a blob is stored at this key; nothing was written.",
@@ -394,6 +399,7 @@ ERROR_DESCRIPTIONS: dict[int, str] = {
           f"error body. A valid key percent-encodes to at most {MAX_KEY_ENCODED_LENGTH} characters, so with a "
           "limit of 8190 only a request whose key is already invalid (over "
           f"{MAX_KEY_BYTES} bytes) can meet it."),
+    415: "`unsupported_media_type`: the body is not sent as `Content-Type: application/json`.",
     429: "`throttled`: rate limited; `Retry-After` says when to retry.",
     503: ("`unverified_capacity`: too many bytes of requests whose signature is not yet checked are being read "
           "(`Retry-After`: a few seconds); `storage_unavailable`: the blob storage failed or is out of reach "
@@ -583,7 +589,7 @@ if HAS_SPECTACULAR:
                     "Items beyond the owner's record quota are 507, nothing applied."),
                 request={"application/json": _ref("ExchangeRequest")},
                 responses={200: OpenApiResponse(_ref("ExchangeResponse"), description="The answer."),
-                           **_errors(*_AUTHENTICATED, 413, 507)},
+                           **_errors(*_AUTHENTICATED, 413, 415, 507)},
                 examples=[*_EXCHANGE_REQUEST_EXAMPLES, _EXCHANGE_RESPONSE_EXAMPLE],
             ))
 
@@ -671,10 +677,12 @@ if HAS_SPECTACULAR:
                          responses={(200, "application/octet-stream"): OpenApiResponse(
                              _ref("Binary"), description="The bytes."), **_errors(404, 429, 503)}),
                 put=dict(common, summary="Upload through a signed URL",
-                         description="The token in the path is the credential.",
+                         description=(
+                             "The token in the path is the credential; it is good for one PUT (a second is 410, "
+                             "whatever became of the first)."),
                          request={"application/octet-stream": _ref("Binary")},
                          responses={201: OpenApiResponse(_ref("Ok"), description="Stored."),
-                                    **_errors(400, 409, 412, 413, 429, 503, 507)}),
+                                    **_errors(400, 409, 410, 412, 413, 429, 503, 507)}),
             )
 
     class HealthViewSchema(OpenApiViewExtension):
