@@ -27,12 +27,19 @@ def advance_watermark(w: Mapping[str, HLCTimestamp], hlc: HLCTimestamp) -> Water
 
 def advance_watermarks(w: Mapping[str, HLCTimestamp], hlcs: Iterable[HLCTimestamp]) -> Watermarks:
     """A copy of ``w`` with each node moved up to the highest of ``hlcs`` for it (never down)."""
-    out = dict(w)
+    return raise_watermarks(dict(w), hlcs)
+
+
+def raise_watermarks(w: Watermarks, hlcs: Iterable[HLCTimestamp]) -> Watermarks:
+    """``w`` itself, each node moved up to the highest of ``hlcs`` for it (never down).
+
+    In place, for a coverage summary raised on every write (the memory adapters).
+    """
     for hlc in hlcs:
-        current = out.get(hlc[2])
+        current = w.get(hlc[2])
         if current is None or hlc > current:
-            out[hlc[2]] = hlc
-    return out
+            w[hlc[2]] = hlc
+    return w
 
 
 def merge_watermarks(
