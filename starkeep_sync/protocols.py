@@ -8,7 +8,8 @@ storage client.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Hashable, Mapping, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import IO, Any, Protocol, runtime_checkable
 
@@ -66,12 +67,16 @@ class DatabaseAdapter(Protocol):
         """All records in HLC order, paged; ``cursor`` is the previous page's ``next_cursor``."""
 
     def query_since(
-        self, watermarks: Mapping[str, HLCTimestamp], limit: int, cursor: str | None = None
+        self, watermarks: Mapping[str, HLCTimestamp], limit: int, cursor: str | None = None,
+        exclude: Collection[tuple[str, HLCTimestamp]] | None = None,
     ) -> RecordPage:
         """Records with ``updated_at > watermarks[node]`` in HLC order, at most ``limit``.
 
-        Must use an ordered per-node index: cost independent of the rows below the
-        watermarks.
+        ``has_more`` is exact. ``exclude`` holds ``(record id, updated_at)`` of
+        versions never to return (a responder's echoes, PROTOCOL §5 rule 7a); the
+        channel passes it only when it is not empty. Must use an ordered per-node
+        index: cost independent of the rows below the watermarks.
+        :func:`starkeep_sync.paging.page_since` does all of this given a per-node read.
         """
 
     def get_node_watermarks(self) -> Watermarks:
@@ -101,11 +106,128 @@ class AppSyncableApplier(Protocol):
         since: Mapping[str, HLCTimestamp],
         limit: int | None = None,
         cursor: str | None = None,
+        exclude: Collection[tuple[tuple[Any, ...], HLCTimestamp]] | None = None,
     ) -> ScanPage:
-        """Rows above ``since`` per node, HLC order: live rows as ``insert``, tombstones as ``delete``."""
+        """Rows above ``since`` per node, HLC order: live rows as ``insert``, tombstones as ``delete``.
+
+        At most ``limit`` (``None``: all), ``has_more`` exact; an empty page for an
+        unknown table. ``exclude`` holds ``(primary-key values, updated_at)`` of
+        versions never to return, as in ``DatabaseAdapter.query_since``.
+        """
 
     def get_node_watermarks(self, app_id: str, table: str) -> Watermarks:
         """Per node, the highest HLC taken in for one table (``{}`` for a missing table)."""
+
+
+# -- optional capabilities ------------------------------------------------------
+#
+# An adapter offers these when it can do better than the required protocol; the
+# core checks with ``isinstance`` (they are runtime-checkable, which looks at the
+# names only) and falls back when an adapter lacks one.
+
+
+@runtime_checkable
+class RecordCounter(Protocol):
+    """A ``DatabaseAdapter`` that can count what lies above a vector (for a response's ``pending``)."""
+
+    def count_since(self, watermarks: Mapping[str, HLCTimestamp]) -> int:
+        """How many records ``query_since(watermarks, ...)`` would return in all, from an index."""
+        ...
+
+
+@runtime_checkable
+class RowCounter(Protocol):
+    """An ``AppSyncableApplier`` that can count the rows of one table above a vector."""
+
+    def count_since(self, app_id: str, table: str, since: Mapping[str, HLCTimestamp]) -> int:
+        """How many rows ``scan_since(app_id, table, since)`` would return in all (0 for an unknown table)."""
+        ...
+
+
+@runtime_checkable
+class WireRecordReader(Protocol):
+    """A ``DatabaseAdapter`` that reads a responder's page straight into wire dicts (no ``DataRecord``)."""
+
+    def query_wire_since(
+        self, watermarks: Mapping[str, HLCTimestamp], limit: int,
+        exclude: Collection[tuple[str, HLCTimestamp]] | None = None,
+    ) -> tuple[list[dict[str, Any]], bool]:
+        """What ``query_since(watermarks, limit, exclude=exclude)`` gives, each record as
+        ``record_to_wire`` would encode it; and whether more remain (exact)."""
+        ...
+
+
+@runtime_checkable
+class WireRowScanner(Protocol):
+    """An ``AppSyncableApplier`` that reads a responder's page straight into wire dicts."""
+
+    def scan_wire_since(
+        self, app_id: str, table: str, since: Mapping[str, HLCTimestamp], limit: int,
+        exclude: Collection[tuple[tuple[Any, ...], HLCTimestamp]] | None = None,
+    ) -> tuple[list[tuple[str, dict[str, Any]]], bool]:
+        """What ``scan_since`` gives, as ``(serialized HLC, entry as entry_to_wire encodes it)`` pairs
+        in HLC order; and whether more remain (exact). The serialized HLC is the merge key across tables."""
+        ...
+
+
+@runtime_checkable
+class BatchApplier(Protocol):
+    """An ``AppSyncableApplier`` that applies a run of one node's entries in one transaction."""
+
+    def apply_many(
+        self, entries: Sequence[AppSyncableRowEntry], written: list[AppSyncableRowEntry] | None = None,
+    ) -> tuple[int, int, Exception | None]:
+        """Apply ``entries`` in order, stopping at the first that cannot apply.
+
+        Returns ``(landed, applied, error)``: how many were taken in (the failing
+        one and those after it are not), how many of them changed a row, and
+        the error (``ValueError`` or ``SyncError``) that stopped the run, else
+        ``None``; it does not raise for a refused entry. ``written`` receives
+        the entries that changed a row, in order.
+        """
+        ...
+
+
+@runtime_checkable
+class RowReader(Protocol):
+    """An ``AppSyncableApplier`` that can read one stored row."""
+
+    def get_row(self, app_id: str, table: str, pk: Sequence[Any]) -> dict[str, Any] | None:
+        """The stored row with its ``updated_at``/``deleted_at``/``node_id`` (tombstones included);
+        ``None`` when not held."""
+        ...
+
+
+@runtime_checkable
+class SnapshotReader(Protocol):
+    """A ``DatabaseAdapter`` or ``AppSource`` that can read one response from one snapshot."""
+
+    def read_snapshot(self) -> AbstractContextManager[Any]:
+        """A context inside which the page, the counts and the coverage all see one set of commits
+        (see ``SyncResponder._read_snapshot``). Raises nothing of its own on entry."""
+        ...
+
+
+@runtime_checkable
+class ChangeTracking(Protocol):
+    """A ``DatabaseAdapter`` that says cheaply whether it was written (lets the engine read ahead)."""
+
+    def change_token(self) -> Hashable:
+        """A value that moves on every write: two equal tokens mean nothing was written in between."""
+        ...
+
+
+@runtime_checkable
+class PrefetchTransport(Protocol):
+    """A ``SyncTransport`` whose calls may overlap the engine's own work (over HTTP, not in-process)."""
+
+    #: True when a call may run on a helper thread while the engine reads and applies.
+    prefetch_safe: bool
+
+    def exchange_json(self, request: Any) -> Any:
+        """Send a ``SyncExchangeRequest``; the response body as parsed JSON, not yet checked.
+        Raises what ``exchange`` raises for transport and HTTP errors."""
+        ...
 
 
 class AppSource(Protocol):
@@ -148,10 +270,9 @@ class SyncStateStore(Protocol):
 class SyncTransport(Protocol):
     """How a requester reaches its responder.
 
-    Optional: a transport with ``prefetch_safe = True`` and
-    ``exchange_json(request)`` (the response body as parsed JSON, unchecked)
-    lets the engine ask for the next page of a catch-up on a helper thread;
-    it never makes two calls at once (``SyncEngine._predict_next``).
+    Optional: a :class:`PrefetchTransport` (``prefetch_safe = True`` and
+    ``exchange_json``) lets the engine ask for the next page of a catch-up on
+    a helper thread; it never makes two calls at once (``SyncEngine._predict_next``).
     """
 
     def exchange(self, request: Any) -> Any:
@@ -162,12 +283,21 @@ __all__ = [
     "AppSource",
     "AppSyncableApplier",
     "AppSyncableNamespaceStore",
+    "BatchApplier",
+    "ChangeTracking",
     "DatabaseAdapter",
     "ObjectStorage",
+    "PrefetchTransport",
+    "RecordCounter",
     "RecordPage",
+    "RowCounter",
+    "RowReader",
     "ScanPage",
+    "SnapshotReader",
     "StoredObject",
     "SyncStateStore",
     "SyncTransport",
     "Watermarks",
+    "WireRecordReader",
+    "WireRowScanner",
 ]
