@@ -3,18 +3,20 @@
 from __future__ import annotations
 
 import bisect
-import heapq
 import io
 import threading
-from collections.abc import Callable, Hashable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Collection, Hashable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import replace
+from itertools import islice
 from typing import IO, Any
 
+from . import paging
 from .approws import next_row, resolve_entry, row_to_entry
-from .hlc import ZERO_HLC, ClockState, HLCTimestamp, deserialize_hlc, serialize_hlc
+from .hlc import ClockState, HLCTimestamp, serialize_hlc
 from .keys import check_key_syntax
 from .protocols import RecordPage, ScanPage, StoredObject
 from .records import AppSyncableNamespace, AppSyncableRowEntry, DataRecord
+from .watermarks import raise_watermarks
 
 Watermarks = dict[str, HLCTimestamp]
 
@@ -26,9 +28,10 @@ def _hlc_key(entry: tuple[HLCTimestamp, Hashable]) -> HLCTimestamp:
 class NodeIndex:
     """Per-node sorted ``(hlc, key)`` lists plus a per-node coverage summary.
 
-    Entries go stale when a key is overwritten; ``iter_since`` skips them by
-    asking ``current(key)`` for the key's live HLC. Finding what is above a
-    watermark is a bisect per node, never a scan of every row.
+    Entries go stale when a key is overwritten; ``read`` skips them by asking
+    ``current(key)`` for the key's live HLC. Finding what is above a
+    watermark is a bisect per node, never a scan of every row; the paging
+    itself is :mod:`starkeep_sync.paging`'s.
     """
 
     def __init__(self, current: Callable[[Hashable], HLCTimestamp | None]) -> None:
@@ -39,56 +42,48 @@ class NodeIndex:
     def add(self, hlc: HLCTimestamp, key: Hashable) -> None:
         entries = self._by_node.setdefault(hlc[2], [])
         item = (hlc, key)
-        if not entries or entries[-1][0] <= hlc:
+        if not entries or entries[-1][0] < hlc:
             entries.append(item)
         else:
-            bisect.insort(entries, item, key=_hlc_key)
-        self.cover(hlc)
+            lo = bisect.bisect_left(entries, hlc, key=_hlc_key)
+            hi = bisect.bisect_right(entries, hlc, lo=lo, key=_hlc_key)
+            # The same version put again is listed once, or it would ship once per put (issue #16).
+            if item not in entries[lo:hi]:
+                entries.insert(hi, item)
+        raise_watermarks(self.coverage, (hlc,))
 
     def cover(self, hlc: HLCTimestamp) -> None:
-        current = self.coverage.get(hlc[2])
-        if current is None or hlc > current:
-            self.coverage[hlc[2]] = hlc
+        raise_watermarks(self.coverage, (hlc,))
 
-    def _iter_node(self, node: str, after: HLCTimestamp) -> Iterator[tuple[HLCTimestamp, Hashable]]:
-        entries = self._by_node[node]
-        i = bisect.bisect_right(entries, after, key=_hlc_key)
+    def read(self, node: str, floor: HLCTimestamp, limit: int | None,
+             skip: Collection[tuple[Hashable, HLCTimestamp]]) -> Iterator[tuple[HLCTimestamp, Hashable]]:
+        """Live entries of ``node`` above ``floor``, lazily (the ``paging.NodeReader`` primitive)."""
+        entries = self._by_node.get(node)
+        if not entries:
+            return iter(())
+        live = self._live(entries, bisect.bisect_right(entries, floor, key=_hlc_key), set(skip))
+        return live if limit is None else islice(live, limit)
+
+    def _live(self, entries: list[tuple[HLCTimestamp, Hashable]], start: int,
+              skip: set[tuple[Hashable, HLCTimestamp]]) -> Iterator[tuple[HLCTimestamp, Hashable]]:
         current = self._current
-        for j in range(i, len(entries)):
+        for j in range(start, len(entries)):
             hlc, key = entries[j]
-            if current(key) == hlc:
+            if current(key) == hlc and (not skip or (key, hlc) not in skip):
                 yield hlc, key
 
-    def iter_since(
-        self, watermarks: Mapping[str, HLCTimestamp], after: HLCTimestamp | None = None
-    ) -> Iterator[tuple[HLCTimestamp, Hashable]]:
-        """Live entries above ``watermarks`` (and above ``after``) in global HLC order."""
-        streams = []
-        for node in self._by_node:
-            floor = watermarks.get(node, ZERO_HLC)
-            if after is not None and after > floor:
-                floor = after
-            if self.coverage.get(node, ZERO_HLC) <= floor:
-                continue  # nothing above: skip without touching the list
-            streams.append(self._iter_node(node, floor))
-        if len(streams) == 1:
-            return streams[0]
-        return heapq.merge(*streams, key=_hlc_key)
+    def page(self, watermarks: Mapping[str, HLCTimestamp], limit: int | None, cursor: str | None = None,
+             exclude: Collection[tuple[Hashable, HLCTimestamp]] | None = None,
+             ) -> tuple[list[tuple[HLCTimestamp, Hashable]], bool]:
+        return paging.page_since(self.coverage, watermarks, self.read, _hlc_key, limit, cursor, exclude)
+
+    def count(self, watermarks: Mapping[str, HLCTimestamp]) -> int:
+        return paging.count_since(self.coverage, watermarks,
+                                  lambda node, floor: sum(1 for _ in self.read(node, floor, None, ())))
 
     def clear(self) -> None:
         self._by_node.clear()
         self.coverage.clear()
-
-
-def _page(items: Iterator[Any], limit: int | None) -> tuple[list[Any], bool]:
-    if limit is None:
-        return list(items), False
-    out = []
-    for item in items:
-        if len(out) == limit:
-            return out, True
-        out.append(item)
-    return out, False
 
 
 class MemoryDatabaseAdapter:
@@ -146,18 +141,18 @@ class MemoryDatabaseAdapter:
         return self.query_since({}, limit, cursor)
 
     def query_since(
-        self, watermarks: Mapping[str, HLCTimestamp], limit: int, cursor: str | None = None
+        self, watermarks: Mapping[str, HLCTimestamp], limit: int, cursor: str | None = None,
+        exclude: Collection[tuple[str, HLCTimestamp]] | None = None,
     ) -> RecordPage:
-        after = deserialize_hlc(cursor) if cursor else None
         with self._lock:
-            entries, more = _page(self._index.iter_since(watermarks, after), limit)
+            entries, more = self._index.page(watermarks, limit, cursor, exclude)
             records = [self._records[k] for _, k in entries]  # type: ignore[index]
         next_cursor = serialize_hlc(records[-1].updated_at) if more and records else None
         return RecordPage(records, next_cursor, more)
 
     def count_since(self, watermarks: Mapping[str, HLCTimestamp]) -> int:
         with self._lock:
-            return sum(1 for _ in self._index.iter_since(watermarks))
+            return self._index.count(watermarks)
 
     def get_node_watermarks(self) -> Watermarks:
         return dict(self._index.coverage)
@@ -304,13 +299,13 @@ class MemoryApplier:
         since: Mapping[str, HLCTimestamp],
         limit: int | None = None,
         cursor: str | None = None,
+        exclude: Collection[tuple[tuple[Any, ...], HLCTimestamp]] | None = None,
     ) -> ScanPage:
         t = self._tables.get((app_id, table))
         if t is None:
             return ScanPage([], None, False)
-        after = deserialize_hlc(cursor) if cursor else None
         with self._lock:
-            entries, more = _page(t.index.iter_since(since, after), limit)
+            entries, more = t.index.page(since, limit, cursor, exclude)
             rows = [row_to_entry(app_id, table, t.rows[pk]) for _, pk in entries]  # type: ignore[index]
         next_cursor = serialize_hlc(rows[-1].timestamp) if more and rows else None
         return ScanPage(rows, next_cursor, more)
@@ -320,7 +315,7 @@ class MemoryApplier:
         if t is None:
             return 0
         with self._lock:
-            return sum(1 for _ in t.index.iter_since(since))
+            return t.index.count(since)
 
     def get_node_watermarks(self, app_id: str, table: str) -> Watermarks:
         t = self._tables.get((app_id, table))
