@@ -8,21 +8,21 @@ blobs in a directory. No Django needed.
 
 from __future__ import annotations
 
-import heapq
 import json
 import os
 import sqlite3
 import tempfile
 import threading
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import replace
 from pathlib import Path
 from typing import IO, Any
 
+from . import paging
 from .approws import next_row, resolve_entry, row_to_entry
 from .blobs import CHUNK_SIZE
 from .constants import DELETED_AT, NODE_ID, UPDATED_AT
-from .hlc import ZERO_HLC, HLCTimestamp, deserialize_hlc, serialize_hlc
+from .hlc import HLCTimestamp, deserialize_hlc, serialize_hlc
 from .keys import check_key_syntax
 from .protocols import RecordPage, ScanPage, StoredObject
 from .records import AppSyncableNamespace, AppSyncableRowEntry, AppSyncableTableInfo, DataRecord
@@ -106,41 +106,51 @@ class _Db:
         return out
 
     def bump(self, scope: str, hlcs: Iterable[HLCTimestamp]) -> None:
-        best: dict[str, HLCTimestamp] = {}
-        for h in hlcs:
-            if h[2] not in best or h > best[h[2]]:
-                best[h[2]] = h
         self.conn.executemany(
             "INSERT INTO sk_coverage (scope, node_id, hlc) VALUES (?, ?, ?) "
             "ON CONFLICT (scope, node_id) DO UPDATE SET hlc = excluded.hlc WHERE sk_coverage.hlc < excluded.hlc",
-            [(scope, node, serialize_hlc(h)) for node, h in best.items()],
+            [(scope, node, serialize_hlc(h)) for node, h in paging.coverage_bump(hlcs).items()],
         )
 
-    def since(self, sql: str, params: tuple[Any, ...], coverage: Watermarks,
-              watermarks: Mapping[str, HLCTimestamp], limit: int | None,
-              cursor: str | None) -> tuple[list[tuple[Any, ...]], bool]:
-        """Rows above the per-node floors in HLC order; ``sql`` selects rows with updated_at last-but-one."""
-        after = deserialize_hlc(cursor) if cursor else None
-        fetch = -1 if limit is None else limit + 1
-        streams = []
+    def since(self, select: str, params: tuple[Any, ...], coverage: Watermarks,
+              watermarks: Mapping[str, HLCTimestamp], limit: int | None, cursor: str | None,
+              exclude: Collection[tuple[Any, HLCTimestamp]] | None = None,
+              ident: Callable[[Any], str] = str) -> tuple[list[tuple[Any, ...]], bool]:
+        """Rows above the per-node floors in HLC order (:func:`paging.page_since`).
+
+        ``select`` selects rows whose first column is the row's identity text and
+        whose last is ``updated_at``; ``ident`` turns an excluded id into that text.
+        """
+        def read(node: str, floor: HLCTimestamp, fetch: int | None,
+                 skip: Collection[tuple[Any, HLCTimestamp]]) -> list[tuple[Any, ...]]:
+            op, bound = node_floor_bound(node, floor)
+            rows = self.conn.execute(
+                f"{select} AND node_id = ? AND updated_at {op} ? ORDER BY updated_at LIMIT ?",
+                (*params, node, serialize_hlc(bound), -1 if fetch is None else fetch + len(skip)),
+            ).fetchall()
+            if skip:
+                drop = {(ident(i), serialize_hlc(h)) for i, h in skip}
+                rows = [r for r in rows if (r[0], r[-1]) not in drop][:fetch]
+            return rows
+
         with self.lock:
-            for node, top in coverage.items():
-                floor = watermarks.get(node, ZERO_HLC)
-                if after is not None and after > floor:
-                    floor = after
-                if top <= floor:
-                    continue
-                op, bound = node_floor_bound(node, floor)
-                rows = self.conn.execute(
-                    f"{sql} AND node_id = ? AND updated_at {op} ? ORDER BY updated_at LIMIT ?",
-                    (*params, node, serialize_hlc(bound), fetch),
-                ).fetchall()
-                if rows:
-                    streams.append([(deserialize_hlc(r[-1]), i, r) for i, r in enumerate(rows)])
-        merged = [t[2] for t in heapq.merge(*streams, key=lambda t: t[0])]
-        if limit is not None and len(merged) > limit:
-            return merged[:limit], True
-        return merged, False
+            return paging.page_since(coverage, watermarks, read, _last, limit, cursor, exclude)
+
+    def count(self, table: str, where: str, params: tuple[Any, ...], coverage: Watermarks,
+              watermarks: Mapping[str, HLCTimestamp]) -> int:
+        def count_node(node: str, floor: HLCTimestamp) -> int:
+            op, bound = node_floor_bound(node, floor)
+            return int(self.conn.execute(
+                f"SELECT COUNT(*) FROM {table} WHERE {where} AND node_id = ? AND updated_at {op} ?",
+                (*params, node, serialize_hlc(bound)),
+            ).fetchone()[0])
+
+        with self.lock:
+            return paging.count_since(coverage, watermarks, count_node)
+
+
+def _last(row: tuple[Any, ...]) -> Any:
+    return row[-1]
 
 
 class SqliteDatabaseAdapter:
@@ -195,14 +205,17 @@ class SqliteDatabaseAdapter:
     def query(self, limit: int, cursor: str | None = None) -> RecordPage:
         return self.query_since({}, limit, cursor)
 
-    def query_since(self, watermarks: Mapping[str, HLCTimestamp], limit: int,
-                    cursor: str | None = None) -> RecordPage:
+    def query_since(self, watermarks: Mapping[str, HLCTimestamp], limit: int, cursor: str | None = None,
+                    exclude: Collection[tuple[str, HLCTimestamp]] | None = None) -> RecordPage:
         rows, more = self._db.since(
             f"SELECT {', '.join(_RECORD_COLS)}, updated_at FROM sk_records WHERE 1 = 1", (),
-            self.get_node_watermarks(), watermarks, limit, cursor,
+            self.get_node_watermarks(), watermarks, limit, cursor, exclude,
         )
         records = [_record_from(r[:-1]) for r in rows]
-        return RecordPage(records, serialize_hlc(records[-1].updated_at) if more and records else None, more)
+        return RecordPage(records, rows[-1][-1] if more and rows else None, more)
+
+    def count_since(self, watermarks: Mapping[str, HLCTimestamp]) -> int:
+        return self._db.count("sk_records", "1 = 1", (), self.get_node_watermarks(), watermarks)
 
     def get_node_watermarks(self) -> Watermarks:
         return self._db.coverage([RECORDS_SCOPE])
@@ -290,13 +303,19 @@ class SqliteApplier:
             return True
 
     def scan_since(self, app_id: str, table: str, since: Mapping[str, HLCTimestamp],
-                   limit: int | None = None, cursor: str | None = None) -> ScanPage:
+                   limit: int | None = None, cursor: str | None = None,
+                   exclude: Collection[tuple[tuple[Any, ...], HLCTimestamp]] | None = None) -> ScanPage:
         rows, more = self._db.since(
-            "SELECT data, updated_at, deleted_at, node_id, updated_at FROM sk_app_rows WHERE app_id = ? AND tbl = ?",
-            (app_id, table), self.get_node_watermarks(app_id, table), since, limit, cursor,
+            "SELECT pk, data, updated_at, deleted_at, node_id, updated_at FROM sk_app_rows "
+            "WHERE app_id = ? AND tbl = ?",
+            (app_id, table), self.get_node_watermarks(app_id, table), since, limit, cursor, exclude, _pk_text,
         )
-        entries = [row_to_entry(app_id, table, self._to_row(*r[:4])) for r in rows]
-        return ScanPage(entries, serialize_hlc(entries[-1].timestamp) if more and entries else None, more)
+        entries = [row_to_entry(app_id, table, self._to_row(*r[1:5])) for r in rows]
+        return ScanPage(entries, rows[-1][-1] if more and rows else None, more)
+
+    def count_since(self, app_id: str, table: str, since: Mapping[str, HLCTimestamp]) -> int:
+        return self._db.count("sk_app_rows", "app_id = ? AND tbl = ?", (app_id, table),
+                              self.get_node_watermarks(app_id, table), since)
 
     def get_node_watermarks(self, app_id: str, table: str) -> Watermarks:
         return self._db.coverage([f"{app_id}/{table}"])
