@@ -9,7 +9,6 @@ per-node coverage summary, so a converged round reads no data rows.
 from __future__ import annotations
 
 import hashlib
-import heapq
 import json
 from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager, ExitStack, contextmanager
@@ -19,6 +18,7 @@ from typing import Any
 from django.db import DataError, IntegrityError, connection, transaction
 from django.db.models import Model, QuerySet
 
+from .. import paging
 from ..approws import EntryRefused, next_row, resolve_entry
 from ..constants import DELETED_AT, FILE_RECORDS_TABLE, NODE_ID, UPDATED_AT
 from ..exceptions import SyncError
@@ -26,7 +26,7 @@ from ..hlc import ZERO_HLC, HLCTimestamp, deserialize_hlc, serialize_hlc
 from ..models import AppNamespace, AppRow, FileRecord, NodeCoverage, SharedRecord
 from ..protocols import RecordPage, ScanPage
 from ..records import AppSyncableNamespace, AppSyncableRowEntry, AppSyncableTableInfo, DataRecord
-from ..watermarks import advance_watermarks, node_floor_bound
+from ..watermarks import node_floor_bound
 from . import sql
 
 Watermarks = dict[str, HLCTimestamp]
@@ -75,7 +75,7 @@ def node_floor_lookup(node: str, floor: HLCTimestamp) -> dict[str, str]:
 
 def bump_coverage(owner_id: int, scope: str, hlcs: Iterable[HLCTimestamp]) -> None:
     """Raise the per-node coverage summary to the highest of ``hlcs`` per node (one statement)."""
-    best = advance_watermarks({}, hlcs)
+    best = paging.coverage_bump(hlcs)
     if not best:
         return
     table = connection.ops.quote_name(NodeCoverage._meta.db_table)
@@ -182,48 +182,57 @@ def rows_since(
     watermarks: Mapping[str, HLCTimestamp],
     limit: int | None,
     cursor: str | None,
-    skip: set[tuple[Any, str]] | None = None,
-    fresh: Mapping[str, HLCTimestamp | None] | None = None,
+    exclude: Collection[tuple[Any, HLCTimestamp]] | None = None,
+    fresh: tuple[Mapping[str, HLCTimestamp | None], Mapping[str, set[tuple[str, str]]]] | None = None,
+    ident: Callable[[Any], str] = str,
 ) -> tuple[list[tuple[Any, ...]], bool]:
     """Rows (tuples of ``fields``, ``updated_at`` first) above ``watermarks`` and the cursor, in HLC order.
 
-    One indexed query per node with news. Serialized HLCs sort as HLCs do, so
-    the per-node streams merge on the stored strings without parsing them.
-    Rows whose ``(first field, updated_at)`` is in ``skip`` are left out before
-    anything is built from them.
+    The paging is :func:`paging.page_since`'s; this supplies one indexed range
+    query per node with news. Serialized HLCs sort as HLCs do, so the per-node
+    streams merge on the stored strings without parsing them. ``exclude``
+    holds ``(id, hlc)`` of rows to leave out (``ident`` turns an id into the
+    first field's text); they are dropped before anything is built from them.
+    ``fresh`` is ``OrmDatabaseAdapter``'s knowledge of what this request merged.
     """
-    after = deserialize_hlc(cursor) if cursor else None
-    fetch = None if limit is None else limit + 1 + len(skip or ())
-    echoes: dict[str, list[str]] = {}
-    for _, stamp in skip or ():
-        echoes.setdefault(stamp[18:], []).append(stamp)  # a serialized HLC ends with its node id
-    streams = []
-    for node, top in coverage.items():
-        floor = watermarks.get(node, ZERO_HLC)
-        if after is not None and after > floor:
-            floor = after
-        if top <= floor:
-            continue
-        if node in echoes:
-            if fresh is not None and node in fresh and _held_nothing_above(fresh[node], floor):
-                # Everything of this node above the floor was stored by this very request (see
-                # ``OrmDatabaseAdapter.merge``): all echoes, none to read back.
-                floor = stored_hlc(max(echoes[node]))
-            else:
-                floor = _past_echoes(queryset, fields[0], node, floor, echoes[node], skip)  # type: ignore[arg-type]
-            if top <= floor:
-                continue
+    dropped: dict[str, set[tuple[str, str]]] = {}
+
+    def drop_of(node: str, skip: Collection[tuple[Any, HLCTimestamp]]) -> set[tuple[str, str]]:
+        if node not in dropped:
+            # Excluded items were checked and stored by this request: their HLCs serialize without checks.
+            dropped[node] = {(ident(i), f"{h[0]:012x}:{h[1]:04x}:{h[2]}") for i, h in skip}
+        return dropped[node]
+
+    def read(node: str, floor: HLCTimestamp, fetch: int | None,
+             skip: Collection[tuple[Any, HLCTimestamp]]) -> list[tuple[Any, ...]]:
         qs = queryset.filter(node_id=node, **node_floor_lookup(node, floor)).order_by("updated_at")
         qs = qs.values_list("updated_at", *fields)
-        rows = list(qs[:fetch] if fetch is not None else qs)
-        if skip:
-            rows = [t for t in rows if (t[1], t[0]) not in skip]
-        if rows:
-            streams.append(rows)
-    merged = streams[0] if len(streams) == 1 else list(heapq.merge(*streams, key=lambda t: t[0]))
-    if limit is not None and len(merged) > limit:
-        return merged[:limit], True
-    return merged, False
+        if not skip:
+            return list(qs[:fetch] if fetch is not None else qs)
+        drop = drop_of(node, skip)
+        rows = [t for t in (qs[:fetch + len(skip)] if fetch is not None else qs) if (t[1], t[0]) not in drop]
+        return rows[:fetch] if fetch is not None else rows
+
+    def skip_floor(node: str, floor: HLCTimestamp, skip: Collection[tuple[Any, HLCTimestamp]]) -> HLCTimestamp:
+        drop = drop_of(node, skip)
+        highest = max(stamp for _, stamp in drop)
+        if fresh is not None and node in fresh[0] and _held_nothing_above(fresh[0][node], floor) \
+                and fresh[1].get(node, set()) <= drop:
+            # Everything of this node above the floor was stored by this very request (see
+            # ``OrmDatabaseAdapter.merge``) and is excluded: all echoes, none to read back.
+            return stored_hlc(highest)
+        return _past_echoes(queryset, fields[0], node, floor, highest, drop)
+
+    return paging.page_since(coverage, watermarks, read, _first, limit, cursor, exclude, skip_floor)
+
+
+def _first(row: tuple[Any, ...]) -> Any:
+    return row[0]
+
+
+def _node_counter(queryset: QuerySet) -> Callable[[str, HLCTimestamp], int]:
+    """``paging.count_since``'s per-node count: one indexed ``COUNT`` per node with news."""
+    return lambda node, floor: queryset.filter(node_id=node, **node_floor_lookup(node, floor)).count()
 
 
 #: In ``OrmDatabaseAdapter._fresh``: the node's coverage before this request is not known.
@@ -234,8 +243,8 @@ def _held_nothing_above(before: HLCTimestamp | None, floor: HLCTimestamp) -> boo
     return before is None or (before is not _UNKNOWN and before <= floor)
 
 
-def _past_echoes(queryset: QuerySet, ident: str, node: str, floor: HLCTimestamp, stamps: list[str],
-                 skip: set[tuple[Any, str]]) -> HLCTimestamp:
+def _past_echoes(queryset: QuerySet, ident: str, node: str, floor: HLCTimestamp, highest: str,
+                 skip: set[tuple[str, str]]) -> HLCTimestamp:
     """``floor`` raised past this request's own items of ``node`` when nothing else lies among them.
 
     A device pushing a page finds its own rows right above its vector; reading
@@ -243,10 +252,9 @@ def _past_echoes(queryset: QuerySet, ident: str, node: str, floor: HLCTimestamp,
     of at most one row more than there are echoes tell whether every row up to
     the highest echo is one; if so the page starts after it, else ``floor`` stays.
     """
-    highest = max(stamps)
     span = list(queryset.filter(node_id=node, updated_at__lte=highest, **node_floor_lookup(node, floor))
-                .order_by("updated_at").values_list("updated_at", ident)[:len(stamps) + 1])
-    if len(span) <= len(stamps) and all((i, stamp) in skip for stamp, i in span):
+                .order_by("updated_at").values_list("updated_at", ident)[:len(skip) + 1])
+    if len(span) <= len(skip) and all((i, stamp) in skip for stamp, i in span):
         return stored_hlc(highest)
     return floor
 
@@ -365,6 +373,8 @@ class OrmDatabaseAdapter:
         #: Per node merged by this request: its coverage before the merge (``None``: none held).
         #: Kept only on SQLite inside a transaction that spans the merges and the answer (see ``merge``).
         self._fresh: dict[str, HLCTimestamp | None] = {}
+        #: Per such node, ``(id, serialized hlc)`` of what this request merged of it.
+        self._fresh_items: dict[str, set[tuple[str, str]]] = {}
         self._fresh_mark = -1
 
     @contextmanager
@@ -374,6 +384,7 @@ class OrmDatabaseAdapter:
                 yield
         finally:
             self._fresh.clear()  # what it says holds only up to this request's answer
+            self._fresh_items.clear()
 
     def get(self, id: str) -> DataRecord | None:
         m = self._qs.filter(record_id=id).first()
@@ -461,15 +472,17 @@ class OrmDatabaseAdapter:
     def _note_fresh(self, records: Iterable[DataRecord]) -> None:
         """Keep each node's coverage as it was before this merge's ``bump_coverage``."""
         before = coverage_by_scope(self.owner_id).get(RECORDS_SCOPE, {})
-        for node in {r.updated_at[2] for r in records}:
+        merged: dict[str, set[tuple[str, str]]] = {}
+        for r in records:
+            h = r.updated_at
+            merged.setdefault(h[2], set()).add((r.id, f"{h[0]:012x}:{h[1]:04x}:{h[2]}"))
+        for node, items in merged.items():
             # A node merged twice in one request: its first merge's rows are there too.
             self._fresh[node] = _UNKNOWN if node in self._fresh else before.get(node)
+            self._fresh_items.setdefault(node, set()).update(items)
 
     def query(self, limit: int, cursor: str | None = None) -> RecordPage:
         return self.query_since({}, limit, cursor)
-
-    #: ``query_since`` takes ``exclude`` (see ``ChannelView.changes_since``).
-    excludes_items = True
 
     def query_since(self, watermarks: Mapping[str, HLCTimestamp], limit: int, cursor: str | None = None,
                     exclude: Collection[tuple[str, HLCTimestamp]] | None = None) -> RecordPage:
@@ -487,20 +500,13 @@ class OrmDatabaseAdapter:
     def _rows_since(self, watermarks: Mapping[str, HLCTimestamp], limit: int, cursor: str | None,
                     exclude: Collection[tuple[str, HLCTimestamp]] | None) -> tuple[list[tuple[Any, ...]], bool]:
         self._coverage.before_scan(_is_records_scope, watermarks)
-        # The excluded items were checked and stored by this request: their HLCs serialize without checks.
-        skip = {(rid, f"{h[0]:012x}:{h[1]:04x}:{h[2]}") for rid, h in exclude} if exclude else None
-        fresh = self._fresh if self._fresh_valid() else None
-        return rows_since(self._qs, _RECORD_READ, self.get_node_watermarks(), watermarks, limit, cursor, skip,
+        fresh = (self._fresh, self._fresh_items) if exclude and self._fresh_valid() else None
+        return rows_since(self._qs, _RECORD_READ, self.get_node_watermarks(), watermarks, limit, cursor, exclude,
                           fresh)
 
     def count_since(self, watermarks: Mapping[str, HLCTimestamp]) -> int:
         self._coverage.before_scan(_is_records_scope, watermarks)
-        total = 0
-        for node, top in self.get_node_watermarks().items():
-            floor = watermarks.get(node, ZERO_HLC)
-            if top > floor:
-                total += self._qs.filter(node_id=node, **node_floor_lookup(node, floor)).count()
-        return total
+        return paging.count_since(self.get_node_watermarks(), watermarks, _node_counter(self._qs))
 
     def get_node_watermarks(self) -> Watermarks:
         return self._coverage.get(RECORDS_SCOPE)
@@ -816,9 +822,6 @@ class OrmApplier:
                 rows, update_conflicts=True, unique_fields=["owner", "app_id", "table", "row_key"],
                 update_fields=["data", "updated_at", "deleted_at", "node_id"])
 
-    #: ``scan_since`` takes ``exclude`` (see ``ChannelView.changes_since``).
-    excludes_items = True
-
     def scan_since(self, app_id: str, table: str, since: Mapping[str, HLCTimestamp],
                    limit: int | None = None, cursor: str | None = None,
                    exclude: Collection[tuple[tuple[Any, ...], HLCTimestamp]] | None = None) -> ScanPage:
@@ -845,20 +848,14 @@ class OrmApplier:
         prefix = f"{app_id}/"
         self.coverage.before_scan(lambda scope: scope.startswith(prefix), since)
         fields = _FILE_SCAN if table == FILE_RECORDS_TABLE else _ROW_SCAN
-        skip = {(self._key_text(table, pk), serialize_hlc(h)) for pk, h in exclude} if exclude else None
         return rows_since(self._qs(app_id, table), fields, self.get_node_watermarks(app_id, table),
-                          since, limit, cursor, skip)
+                          since, limit, cursor, exclude, ident=lambda pk: self._key_text(table, pk))
 
     def count_since(self, app_id: str, table: str, since: Mapping[str, HLCTimestamp]) -> int:
         prefix = f"{app_id}/"
         self.coverage.before_scan(lambda scope: scope.startswith(prefix), since)
-        total = 0
-        qs = self._qs(app_id, table)
-        for node, top in self.get_node_watermarks(app_id, table).items():
-            floor = since.get(node, ZERO_HLC)
-            if top > floor:
-                total += qs.filter(node_id=node, **node_floor_lookup(node, floor)).count()
-        return total
+        return paging.count_since(self.get_node_watermarks(app_id, table), since,
+                                  _node_counter(self._qs(app_id, table)))
 
     def get_node_watermarks(self, app_id: str, table: str) -> Watermarks:
         return self.coverage.get(f"{app_id}/{table}")
