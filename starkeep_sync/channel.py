@@ -6,19 +6,19 @@ items the same way (PROTOCOL §3).
 
 from __future__ import annotations
 
-import heapq
 import logging
 import operator
 from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 from .approws import check_entry
 from .blobs import FileSyncManifest
 from .constants import DRIVE_APP_ID, FILE_RECORDS_TABLE, LOGGER_NAME
 from .exceptions import SyncError
 from .hlc import HLCTimestamp
-from .protocols import AppSource, DatabaseAdapter
+from .paging import merge_page
+from .protocols import AppSource, DatabaseAdapter, RecordCounter, RowCounter, WireRecordReader, WireRowScanner
 from .records import AppSyncableNamespace, AppSyncableRowEntry, DataRecord
 from .watermarks import merge_watermarks
 
@@ -86,6 +86,7 @@ def _row_skip(exclude: Collection[tuple[Any, HLCTimestamp]] | None, app_id: str,
 
 
 _item_hlc = operator.attrgetter("hlc")
+_first = operator.itemgetter(0)
 
 
 def group_by_node(items: Iterable[Item]) -> dict[str, list[Item]]:
@@ -124,6 +125,13 @@ class ChannelView:
             )
         if self.shared and database is None:
             raise ValueError("the Drive channel needs a database adapter for shared records")
+        # Optional capabilities, looked up once: a runtime-checkable isinstance costs microseconds,
+        # as much as a whole no-op round on memory adapters.
+        applier = app_source.applier if app_source is not None else None
+        self._wire_records = isinstance(database, WireRecordReader)
+        self._wire_rows = isinstance(applier, WireRowScanner)
+        self._counts_records = isinstance(database, RecordCounter)
+        self._counts_rows = isinstance(applier, RowCounter)
 
     @property
     def channel_app_id(self) -> str:
@@ -155,59 +163,9 @@ class ChannelView:
         """Items above ``watermarks``, earliest first, at most ``limit``; and whether more remain.
 
         ``exclude`` names items by ``(identity, hlc)`` that must not be returned
-        (a responder's echoes); ``hasMore`` stays exact. Adapters that can leave
-        them out while reading (``excludes_items = True``, the ORM) do; for the
-        others they are read and dropped here.
+        (a responder's echoes); the adapters leave them out while reading
+        (``exclude`` of ``query_since`` / ``scan_since``), and ``hasMore`` stays exact.
         """
-        if not exclude:
-            return self._changes(watermarks, limit, page_size, None)
-        adapter = self.database if self.shared else (self.app_source.applier if self.app_source else None)
-        if getattr(adapter, "excludes_items", False):
-            return self._changes(watermarks, limit, page_size, exclude)
-        # Fetch past the limit by the number of items that may be dropped, plus one
-        # to learn hasMore exactly. When fewer than limit + 1 survive, every excluded
-        # item was among those fetched, so ``beyond`` still tells whether more remain.
-        items, beyond = self._changes(watermarks, limit + len(exclude), page_size, None)
-        drop = set(exclude)
-        items = [i for i in items if (i.identity, i.hlc) not in drop]
-        return items[:limit], len(items) > limit or beyond
-
-    def wire_changes_since(
-        self, watermarks: Mapping[str, HLCTimestamp], limit: int,
-        exclude: Collection[tuple[Any, HLCTimestamp]] = (),
-    ) -> tuple[list[dict[str, Any]], bool] | None:
-        """Like ``changes_since``, as wire dicts (records on the Drive channel, else row entries); ``None`` if
-        the adapter cannot.
-
-        For a responder, which only serialises what it sends: an adapter with
-        ``query_wire_since(watermarks, limit, exclude)`` (shared records) or
-        ``scan_wire_since(app_id, table, since, limit, exclude)`` (app rows; the
-        ORM has both) reads rows straight into wire form, leaving out
-        ``exclude`` and keeping hasMore exact.
-        """
-        if self.shared:
-            read = getattr(self.database, "query_wire_since", None)
-            if read is None:
-                return None
-            return read(watermarks, limit, _record_skip(exclude))  # type: ignore[no-any-return]
-        scan = getattr(self.app_source.applier, "scan_wire_since", None) if self.app_source else None
-        if scan is None:
-            return None
-        streams: list[list[tuple[str, dict[str, Any]]]] = []
-        for ns in self.namespaces():
-            for table in ns.tables:
-                # One more than the page from each table: the merge then knows hasMore exactly.
-                rows, _ = scan(ns.app_id, table.name, watermarks, limit + 1, _row_skip(exclude, ns.app_id, table.name))
-                if rows:
-                    streams.append(rows)
-        # Each entry comes with its stored HLC, whose order is the HLC order.
-        merged = streams[0] if len(streams) == 1 else list(heapq.merge(*streams, key=lambda r: r[0]))
-        return [wire for _, wire in merged[:limit]], len(merged) > limit
-
-    def _changes(
-        self, watermarks: Mapping[str, HLCTimestamp], limit: int, page_size: int | None,
-        exclude: Collection[tuple[Any, HLCTimestamp]] | None,
-    ) -> tuple[list[Item], bool]:
         page_size = max(1, min(page_size or limit + 1, limit + 1))
         streams: list[list[Item]] = []
         if self.shared:
@@ -218,13 +176,38 @@ class ChannelView:
                 for table in ns.tables:
                     streams.append(self._collect_rows(ns, table.pk_columns, table.name, watermarks, limit + 1,
                                                       page_size, _row_skip(exclude, ns.app_id, table.name)))
-        streams = [s for s in streams if s]
-        if not streams:
-            return [], False
-        merged = streams[0] if len(streams) == 1 else list(heapq.merge(*streams, key=lambda i: i.hlc))
-        if len(merged) > limit:
-            return merged[:limit], True
-        return merged, False
+        return merge_page(streams, _item_hlc, limit)
+
+    def wire_changes_since(
+        self, watermarks: Mapping[str, HLCTimestamp], limit: int,
+        exclude: Collection[tuple[Any, HLCTimestamp]] = (),
+    ) -> tuple[list[dict[str, Any]], bool] | None:
+        """Like ``changes_since``, as wire dicts (records on the Drive channel, else row entries); ``None`` if
+        the adapter cannot.
+
+        For a responder, which only serialises what it sends: a
+        :class:`~starkeep_sync.protocols.WireRecordReader` database (shared
+        records) or :class:`~starkeep_sync.protocols.WireRowScanner` applier
+        (app rows; the ORM has both) reads rows straight into wire form,
+        leaving out ``exclude`` and keeping hasMore exact.
+        """
+        if self.shared:
+            if not self._wire_records:
+                return None
+            return cast(WireRecordReader, self.database).query_wire_since(watermarks, limit, _record_skip(exclude))
+        if not self._wire_rows:
+            return None
+        applier = cast(WireRowScanner, cast(AppSource, self.app_source).applier)
+        streams: list[list[tuple[str, dict[str, Any]]]] = []
+        for ns in self.namespaces():
+            for table in ns.tables:
+                # One more than the page from each table: the merge then knows hasMore exactly.
+                rows, _ = applier.scan_wire_since(ns.app_id, table.name, watermarks, limit + 1,
+                                                  _row_skip(exclude, ns.app_id, table.name))
+                streams.append(rows)
+        # Each entry comes with its stored HLC, whose order is the HLC order.
+        merged, more = merge_page(streams, _first, limit)
+        return [wire for _, wire in merged], more
 
     def _collect_records(self, watermarks: Mapping[str, HLCTimestamp], want: int, page_size: int,
                          skip: set[tuple[Any, HLCTimestamp]] | None = None) -> list[Item]:
@@ -262,14 +245,13 @@ class ChannelView:
     def count_since(self, watermarks: Mapping[str, HLCTimestamp]) -> int | None:
         """How many items are above ``watermarks`` (an index count), ``None`` if the adapters cannot say."""
         if self.shared:
-            count = getattr(self.database, "count_since", None)
-            return count(watermarks) if count is not None else None
+            return cast(RecordCounter, self.database).count_since(watermarks) if self._counts_records else None
         if self.app_source is None:
             return 0
-        count = getattr(self.app_source.applier, "count_since", None)
-        if count is None:
+        if not self._counts_rows:
             return None
-        return sum(count(ns.app_id, t.name, watermarks) for ns in self.namespaces() for t in ns.tables)
+        applier = cast(RowCounter, self.app_source.applier)
+        return sum(applier.count_since(ns.app_id, t.name, watermarks) for ns in self.namespaces() for t in ns.tables)
 
     def coverage(self) -> Watermarks:
         """Per node, the highest HLC this side has taken in on the channel."""
