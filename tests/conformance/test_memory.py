@@ -1,0 +1,23 @@
+"""The adapter contract on the in-memory adapters."""
+
+from __future__ import annotations
+
+import pytest
+
+from starkeep_sync.memory import MemoryAppSource, MemoryDatabaseAdapter
+
+from .contract import NOTES, AppSourceContract, DatabaseAdapterContract
+
+pytestmark = pytest.mark.nodb
+
+
+class TestMemoryDatabase(DatabaseAdapterContract):
+    @pytest.fixture
+    def database(self) -> MemoryDatabaseAdapter:
+        return MemoryDatabaseAdapter()
+
+
+class TestMemoryAppSource(AppSourceContract):
+    @pytest.fixture
+    def app_source(self) -> MemoryAppSource:
+        return MemoryAppSource([NOTES])
