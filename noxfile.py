@@ -8,8 +8,8 @@
 - ``newest``: Python 3.13 with the latest Django 6.0.x and the latest DRF.
 
 ``nox -s matrix`` runs every supported Python x Django pair (latest patch
-releases). Each session runs the protocol core, the Django app and the
-scenario catalogue on SQLite; the heavy tiers that start their own servers
+releases). Each session runs the protocol core, the adapter contract suite,
+the Django app and the scenario catalogue on SQLite; the heavy tiers that start their own servers
 (``tests/load``, ``tests/s3``, the fuzzing and benchmark runs) are left to the
 main test commands. Interpreters are looked up on PATH as ``python3.11`` and so
 on; a missing one fails the session rather than skipping it.
@@ -29,7 +29,7 @@ nox.options.sessions = ["oldest", "newest"]
 nox.options.reuse_existing_virtualenvs = False
 
 ROOT = Path(__file__).resolve().parent
-TEST_PATHS = ("tests/core", "tests/django", "tests/scenarios")
+TEST_PATHS = ("tests/core", "tests/conformance", "tests/django", "tests/scenarios")
 PYTEST_ARGS = ("-q", "-p", "no:cacheprovider", *TEST_PATHS)
 #: The Django and scenario tests' own imports that are not runtime dependencies.
 TEST_TOOLS = ("pytest>=8", "pytest-django>=4.8")
