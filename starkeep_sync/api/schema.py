@@ -602,13 +602,15 @@ if HAS_SPECTACULAR:
             return _documented(
                 self.target,
                 get=dict(common, summary="Download a blob",
-                         description="The bytes, with the Content-Type they were stored with.",
-                         responses={(200, "application/octet-stream"): OpenApiResponse(
+                         description=("The bytes, with the Content-Type they were stored with (any media type; "
+                                      "`application/octet-stream` when none was given)."),
+                         responses={(200, "*/*"): OpenApiResponse(
                              _ref("Binary"), description="The bytes."),
                              **_errors(*_AUTHENTICATED)}),
                 put=dict(common, summary="Upload a blob",
                          description=(
-                             "Stores the body under the caller's owner; its Content-Type is kept. When the key "
+                             "Stores the body under the caller's owner; its Content-Type (any media type, at "
+                             "most 255 characters, no control characters) is kept. When the key "
                              "ends in a sha256 (64 hex digits) the bytes must hash to it, or nothing is stored. "
                              "`If-None-Match: *` stores only if the key is absent (else 412); "
                              "`Content-Digest: sha-256=:<base64>:` is checked too (400 on a mismatch). "
@@ -674,7 +676,7 @@ if HAS_SPECTACULAR:
                 self.target,
                 get=dict(common, summary="Download through a signed URL",
                          description="The token in the path is the credential.",
-                         responses={(200, "application/octet-stream"): OpenApiResponse(
+                         responses={(200, "*/*"): OpenApiResponse(
                              _ref("Binary"), description="The bytes."), **_errors(404, 429, 503)}),
                 put=dict(common, summary="Upload through a signed URL",
                          description=(
