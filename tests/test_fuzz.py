@@ -10,8 +10,8 @@ a fresh owner, with the app "notes" registered.
 
 Checks: no 5xx; every status, content type and body as documented; and every
 request the schema calls invalid is refused with a 4xx (``negative_data_rejection``).
-``STARKEEP_FUZZ_EXAMPLES`` raises the examples per operation (default 25, which keeps
-the run well under a minute) for a deeper exploration.
+``STARKEEP_FUZZ_EXAMPLES`` raises the examples per operation (default 25, which keeps the
+file under a minute) for a deeper exploration.
 """
 
 from __future__ import annotations
@@ -54,9 +54,15 @@ CHECKS = [
 
 # schemathesis.pytest.from_fixture("...") would load it from the live server at run time, but its
 # lazy loader breaks on pytest 9.2 (it sets Node._nodeid, gone there); the served JSON is the same document.
-schema = schemathesis.openapi.from_dict(json.loads(Client().get(reverse("starkeep_sync:schema")).content))
-# Requests authenticate through the fixtures below: no values generated for the credential headers.
-schema.config.generation.update(with_security_parameters=False)
+DOCUMENT = json.loads(Client().get(reverse("starkeep_sync:schema")).content)
+schema = schemathesis.openapi.from_dict(DOCUMENT)
+# The signed run leaves out the coverage phase (its boundary cases are the token run's, and they
+# are most of the time): signatures only change authentication, which must hold for any body.
+signed_schema = schemathesis.openapi.from_dict(DOCUMENT)
+signed_schema.config.phases.update(phases=["examples", "fuzzing"])
+for _schema in (schema, signed_schema):
+    # Requests authenticate through the fixtures below: no values generated for the credential headers.
+    _schema.config.generation.update(with_security_parameters=False)
 
 _APP_PATH = re.compile(r"^/apps/([^/]+)(/.*)$")
 _APP_ID = re.compile(r"[A-Za-z0-9._-]{1,255}")  # what the app-id route accepts; the rest is a 404 unsigned
@@ -86,20 +92,48 @@ class SignEachRequest(requests.auth.AuthBase):
         return request
 
 
-@pytest.fixture(params=["token", "signature"])
-def session(request: pytest.FixtureRequest, transactional_db: None) -> Any:
+def _owner() -> Any:
     owner = make_user("fuzzer")
     register_app("notes", {"notes": ["id"]}, files=True)
+    return owner
+
+
+@pytest.fixture
+def token_session(transactional_db: None) -> Any:
     with requests.Session() as http:
-        if request.param == "token":
-            http.headers["Authorization"] = f"Bearer {make_token(owner)}"
-        else:
-            http.auth = SignEachRequest({app: make_secret(owner, app).secret for app in ("notes", DRIVE_APP_ID)})
+        http.headers["Authorization"] = f"Bearer {make_token(_owner())}"
+        yield http
+
+
+@pytest.fixture
+def signing_session(transactional_db: None) -> Any:
+    owner = _owner()
+    with requests.Session() as http:
+        http.auth = SignEachRequest({app: make_secret(owner, app).secret for app in ("notes", DRIVE_APP_ID)})
         yield http
 
 
 @pytest.mark.django_db(transaction=True)
 @schema.parametrize()
 @settings(max_examples=EXAMPLES, deadline=None, suppress_health_check=list(HealthCheck))
-def test_api(case: Any, live_server: Any, session: requests.Session) -> None:
-    case.call_and_validate(base_url=live_server.url, session=session, checks=CHECKS)
+def test_api_with_a_token(case: Any, live_server: Any, token_session: requests.Session) -> None:
+    case.call_and_validate(base_url=live_server.url, session=token_session, checks=CHECKS)
+
+
+@pytest.mark.django_db(transaction=True)
+@signed_schema.parametrize()
+@settings(max_examples=EXAMPLES, deadline=None, suppress_health_check=list(HealthCheck))
+def test_api_with_signatures(case: Any, live_server: Any, signing_session: requests.Session) -> None:
+    case.call_and_validate(base_url=live_server.url, session=signing_session, checks=CHECKS)
+
+
+@pytest.mark.django_db(transaction=True)
+def test_the_signing_hook_makes_signatures_the_server_accepts(live_server: Any, signing_session: requests.Session
+                                                              ) -> None:
+    """Else the signed run would only ever meet 401s and check nothing past authentication."""
+    url = live_server.url
+    assert signing_session.post(f"{url}/sync/exchange", json={"watermarks": {}}).status_code == 200
+    key = "apps/notes/syncable/caf%C3%A9%2Fx"  # percent-encoded, as schemathesis sends path parameters
+    assert signing_session.put(f"{url}/apps/notes/files/{key}", data=b"x").status_code == 201
+    assert signing_session.get(f"{url}/apps/{DRIVE_APP_ID}/files/shared/a/b/c").status_code == 404
+    assert signing_session.get(f"{url}/apps/other/files/apps/other/syncable/x").status_code == 401
