@@ -29,7 +29,7 @@ from .constants import (
 from .exceptions import InvalidKeyError, SyncError, WireFormatError
 from .hlc import HLCClock
 from .keys import validate_key
-from .protocols import AppSource, DatabaseAdapter, ObjectStorage
+from .protocols import AppSource, BatchApplier, DatabaseAdapter, ObjectStorage, SnapshotReader
 from .wire import SyncExchangeRequest, SyncExchangeResponse
 
 logger = logging.getLogger(LOGGER_NAME)
@@ -187,8 +187,7 @@ class SyncResponder:
         Adapters that can read from one snapshot offer ``read_snapshot()``.
         """
         adapter = self.channel.database if self.channel.shared else self.channel.app_source
-        snapshot = getattr(adapter, "read_snapshot", None)
-        return snapshot() if snapshot is not None else nullcontext()
+        return adapter.read_snapshot() if isinstance(adapter, SnapshotReader) else nullcontext()
 
     def _answer(self, request: SyncExchangeRequest, limit: int, received: set[tuple[object, ...]],
                 report: ExchangeReport) -> SyncExchangeResponse:
@@ -272,14 +271,13 @@ class SyncResponder:
                 continue
             assert self.channel.app_source is not None and item.entry is not None
             applier = self.channel.app_source.applier
-            apply_many = getattr(applier, "apply_many", None)
-            if apply_many is not None:
+            if isinstance(applier, BatchApplier):
                 # Adapters that can apply a run of entries in one transaction (the ORM) do.
                 j = i
                 while j < len(prefix) and prefix[j].entry is not None:
                     j += 1
                 written: list[Any] = []
-                took, wrote, error = apply_many([p.entry for p in prefix[i:j]], written)
+                took, wrote, error = applier.apply_many([p.entry for p in prefix[i:j]], written)  # type: ignore[misc]
                 report.applied += wrote
                 by_entry = {id(p.entry): p for p in prefix[i:j]}
                 for e in written:
