@@ -25,6 +25,7 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from .. import __version__
+from ..approws import MAX_FILE_RECORD_ID_LENGTH, MAX_ROW_KEY_LENGTH
 from ..conf import sync_settings
 from ..constants import (
     DRIVE_APP_ID,
@@ -158,7 +159,10 @@ _ENTRY_PROPERTIES: dict[str, Any] = {
         "description": (
             "`insert`: the full row (on a per-app channel it must carry `updated_at`); `update`: the patch; "
             f"`delete`: the row (its primary key) or null. No NUL in any text, no NaN or Infinity, at most "
-            f"{MAX_JSON_DEPTH} levels of nesting; the columns must suit the registered table."),
+            f"{MAX_JSON_DEPTH} levels of nesting. On a per-app channel the columns must suit the registered "
+            "table: its primary-key columns present and scalar, the key at most "
+            f"{MAX_ROW_KEY_LENGTH} characters as compact JSON ({MAX_FILE_RECORD_ID_LENGTH} for a file record's "
+            "id), `updated_at` equal to the entry's `timestamp`; else 400 naming `appSyncableRows[i].row`."),
     },
     "where": {
         "type": "object", "nullable": True, "additionalProperties": True,
