@@ -48,7 +48,7 @@ keepalive = 5
 # The same bounds as nginx's large_client_header_buffers (4 x 8k): a request
 # line or header that nginx accepted is never refused here, and one that reaches
 # gunicorn directly cannot be larger. 8190 is gunicorn's maximum; an object key
-# is at most 1,024 characters, 3,072 bytes once percent-encoded.
+# is at most 1,024 bytes in UTF-8, so at most 3,072 characters once percent-encoded.
 limit_request_line = 8190
 limit_request_field_size = 8190
 limit_request_fields = 100

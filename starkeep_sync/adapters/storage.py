@@ -113,6 +113,10 @@ def _s3_status(err: BaseException) -> int:
     return status if isinstance(status, int) else 0
 
 
+#: What a file system answers for a name that holds no blob: absent, a directory, under a file, too long.
+_ABSENT_ERRNOS = frozenset({errno.ENOENT, errno.EISDIR, errno.ENOTDIR, errno.ENAMETOOLONG})
+
+
 @contextlib.contextmanager
 def _storage_faults(action: str) -> Iterator[None]:
     """Turn a failure of the storage (not of the request) into :class:`StorageFull` / :class:`StorageUnavailable`.
@@ -397,8 +401,12 @@ class DjangoObjectStorage:
             return body  # type: ignore[no-any-return]
         try:
             return self.storage.open(name, "rb")  # type: ignore[return-value]
-        except (FileNotFoundError, OSError):
-            return None
+        except OSError as err:
+            if err.errno in _ABSENT_ERRNOS:
+                return None
+            # A failing disk or a lost mount is an outage (503), not a missing blob (404).
+            with _storage_faults("opening a blob"):
+                raise
         except Exception as err:  # backends raise their own "not found" errors
             if "404" in str(err) or "NoSuchKey" in str(err) or "Not Found" in str(err):
                 return None

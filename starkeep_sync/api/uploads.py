@@ -24,8 +24,9 @@ from .bodies import IncompleteBody, declared_length
 from .exceptions import InvalidRequest, PayloadTooLarge, SyncAPIException
 from .quotas import QuotaExceeded, blob_bytes_remaining
 
-#: Control characters: never part of a media type (PostgreSQL text cannot even hold NUL).
-_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+#: ``type/subtype[; param=value ...]`` with RFC 9110 tokens: what a client can be answered with again.
+_TOKEN = r"[!#$%&'*+.^_`|~0-9A-Za-z-]+"
+_MEDIA_TYPE = re.compile(rf"{_TOKEN}/{_TOKEN}(?:[ \t]*;[ \t]*{_TOKEN}=(?:{_TOKEN}|\"[^\"\\\x00-\x1f\x7f]*\"))*")
 
 
 class AlreadyStored(SyncAPIException):
@@ -40,8 +41,9 @@ def checked_content_type(value: Any, field: str) -> str | None:
     """A Content-Type to keep with a blob: a string that fits its column, without control characters."""
     if value is None or value == "":
         return None
-    if not isinstance(value, str) or len(value) > 255 or _CONTROL.search(value):
-        raise InvalidRequest(f"{field} must be a media type of at most 255 characters.", field=field)
+    if not isinstance(value, str) or len(value) > 255 or not _MEDIA_TYPE.fullmatch(value.strip()):
+        raise InvalidRequest(f"{field} must be a media type such as 'image/jpeg' (type/subtype, optional "
+                             "parameters), of at most 255 characters.", field=field)
     return value
 
 

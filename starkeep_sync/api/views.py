@@ -466,11 +466,16 @@ class DirectBlobView(APIView):
         claims = self._claims(token, "PUT")
         # Single use: a URL that leaked (a log, a proxy) cannot overwrite the blob again until it expires.
         used = f"starkeep_sync:direct-put:{hashlib.sha256(token.encode()).hexdigest()}"
-        if not caches[sync_settings.REPLAY_CACHE_ALIAS].add(used, 1, timeout=sync_settings.PRESIGN_EXPIRES_SECONDS + 5):
+        cache = caches[sync_settings.REPLAY_CACHE_ALIAS]
+        if not cache.add(used, 1, timeout=sync_settings.PRESIGN_EXPIRES_SECONDS + 5):
             raise UrlAlreadyUsed()
         storage = self._storage(claims)
         key = claims["k"]
-        size, content_type = store_upload(request, storage, key, claims.get("c") or request.content_type)
+        try:
+            size, content_type = store_upload(request, storage, key, claims.get("c") or request.content_type)
+        except BaseException:
+            cache.delete(used)  # nothing was stored: the client may try again with the same URL
+            raise
         owner = get_user_model()._default_manager.filter(pk=storage.owner_id).first()
         if owner is not None:
             parts = key.split("/")

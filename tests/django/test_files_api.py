@@ -404,3 +404,22 @@ def test_file_routes_of_an_unregistered_app_are_404_and_store_nothing(api: APICl
     assert_error(api.get(f"{base}/{key}/presign", headers=auth), 404, "unknown_app")
     assert_error(api.post(f"{base}/confirm", {"key": key}, format="json", headers=auth), 404, "unknown_app")
     assert not Blob.objects.exists()
+
+
+def test_a_failed_direct_put_leaves_its_url_usable(api: APIClient, alice_token: str) -> None:
+    key = drive_key(DATA)
+    url = _local(_json(api.post("/files/presign", data=json.dumps({"key": key}), content_type="application/json",
+                                headers=bearer(alice_token)))["url"])
+    assert_error(APIClient().put(url, data=OTHER, content_type="application/octet-stream"), 400)  # wrong bytes
+    assert APIClient().put(url, data=DATA, content_type="application/octet-stream").status_code == 201
+    assert_error(APIClient().put(url, data=DATA, content_type="application/octet-stream"), 410, "url_used")
+
+
+@pytest.mark.parametrize("content_type", ["00", "image", "image/jpeg; q", "a b/c"])
+def test_a_content_type_that_is_no_media_type_is_400(api: APIClient, alice_token: str, content_type: str) -> None:
+    key = drive_key(DATA)
+    assert_error(put_blob(api, f"/files/{key}", DATA, bearer(alice_token), content_type=content_type),
+                 400, field="Content-Type")
+    r = api.post("/files/presign", data=json.dumps({"key": key, "contentType": content_type}),
+                 content_type="application/json", headers=bearer(alice_token))
+    assert_error(r, 400, field="contentType")

@@ -176,3 +176,18 @@ def test_a_full_disk_outside_the_blob_adapter_is_507_too(api: APIClient, alice_t
     monkeypatch.setattr(blob_storage, "_upsert_blob_row", disk_full)  # past the adapter's own guards
     data = b"w" * 100
     assert_error(put_blob(api, f"/files/{drive_key(data)}", data, bearer(alice_token)), 507, "insufficient_storage")
+
+
+@pytest.mark.django_db
+def test_a_failing_disk_on_get_is_503_not_a_missing_blob(api: APIClient, alice_token: str,
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    key = drive_key(b"held")
+    assert put_blob(api, f"/files/{key}", b"held", bearer(alice_token)).status_code == 201
+
+    def broken(self: FileSystemStorage, name: str, mode: str = "rb") -> Any:
+        raise OSError(errno.EIO, "Input/output error")
+
+    monkeypatch.setattr(FileSystemStorage, "open", broken)
+    assert_error(api.get(f"/files/{key}", headers=bearer(alice_token)), 503, "storage_unavailable")
+    monkeypatch.undo()
+    assert api.get(f"/files/{key}", headers=bearer(alice_token)).status_code == 200
