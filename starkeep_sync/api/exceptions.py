@@ -9,6 +9,7 @@ from django.core.exceptions import PermissionDenied
 from django.http import Http404
 from rest_framework import exceptions, status
 from rest_framework.response import Response
+from rest_framework.views import exception_handler as drf_exception_handler
 
 from ..exceptions import SyncError
 
@@ -92,26 +93,33 @@ def _message(detail: Any) -> str:
 
 
 def exception_handler(exc: Exception, context: dict[str, Any]) -> Response | None:
-    """``{"error": {"code", "message"[, "field"]}}`` for every error a view raises."""
+    """``{"error": {"code", "message"[, "field"]}}`` for every error a view raises.
+
+    DRF's own handler runs first, on the error as DRF knows it: it sets the
+    ``WWW-Authenticate`` and ``Retry-After`` headers and calls ``set_rollback()``,
+    so a handled error under ``ATOMIC_REQUESTS`` still rolls the request back.
+    Ours only reshapes the body into the protocol's.
+    """
     if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
         # A full disk outside the blob adapter (a spooled request body, say) is the same fault.
         exc = InsufficientStorage()
     if isinstance(exc, SyncError):
         exc = from_sync_error(exc)
-    elif isinstance(exc, Http404):
+    response = drf_exception_handler(exc, context)
+    if response is None:
+        return None
+    if isinstance(exc, Http404):
         exc = SyncAPIException(str(exc) or "Not found.", code="not_found")
         exc.status_code = status.HTTP_404_NOT_FOUND
     elif isinstance(exc, PermissionDenied):
         exc = exceptions.PermissionDenied()
-    if not isinstance(exc, exceptions.APIException):
-        return None
+    assert isinstance(exc, exceptions.APIException)
     body: dict[str, Any] = {"code": _code(exc), "message": _message(exc.detail)}
     field = getattr(exc, "field", None)
     if field:
         body["field"] = field
-    headers: dict[str, str] = {}
-    if getattr(exc, "auth_header", None):
-        headers["WWW-Authenticate"] = exc.auth_header  # type: ignore[attr-defined]
+    response.data = {"error": body}
     if getattr(exc, "wait", None):
-        headers["Retry-After"] = str(max(1, int(exc.wait)))  # type: ignore[attr-defined]
-    return Response({"error": body}, status=exc.status_code, headers=headers)
+        # DRF writes "%d": a wait under a second would read "0", which clients take as "now".
+        response["Retry-After"] = str(max(1, int(exc.wait)))  # type: ignore[attr-defined]
+    return response

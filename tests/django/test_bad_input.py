@@ -101,3 +101,22 @@ def test_server_keeps_serving_after_bad_input(api: APIClient, alice_token: str) 
     assert exchange(api, "/sync/exchange", body(records=[bad]), bearer(alice_token)).status_code == 400
     ok = exchange(api, "/sync/exchange", body(records=[record("ok", BASE_MS)]), bearer(alice_token))
     assert ok.status_code == 200 and SharedRecord.objects.count() == 1
+
+
+@pytest.mark.django_db(transaction=True)
+def test_the_error_handler_rolls_back_an_atomic_request() -> None:
+    """Our handler runs DRF's first, so a handled error under ATOMIC_REQUESTS still rolls back."""
+    from django.db import connection, transaction
+
+    from starkeep_sync.api.exceptions import InvalidRequest, exception_handler
+
+    connection.settings_dict["ATOMIC_REQUESTS"] = True
+    try:
+        with transaction.atomic():
+            response = exception_handler(InvalidRequest("bad", field="x"), {})
+            assert transaction.get_rollback() is True
+            transaction.set_rollback(False)
+    finally:
+        connection.settings_dict["ATOMIC_REQUESTS"] = False
+    assert response is not None and response.status_code == 400
+    assert response.data == {"error": {"code": "invalid_request", "message": "bad", "field": "x"}}
