@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 from django.db.models import Sum
 from rest_framework import status
 
@@ -54,7 +52,3 @@ def check_record_quota(owner_id: int, channel_is_drive: bool, app_id: str | None
             f"Storing {new} new item(s) would exceed this owner's quota of {quota} synced items "
             f"({held} held). Nothing in this request was applied.", field="records" if channel_is_drive
             else "appSyncableRows")
-
-
-def describe(owner: Any) -> dict[str, Any]:
-    return {"blob_bytes_remaining": blob_bytes_remaining(owner.pk)}
