@@ -31,9 +31,10 @@ nox.options.reuse_existing_virtualenvs = False
 ROOT = Path(__file__).resolve().parent
 TEST_PATHS = ("tests/core", "tests/conformance", "tests/django", "tests/scenarios")
 PYTEST_ARGS = ("-q", "-p", "no:cacheprovider", *TEST_PATHS)
-#: The Django and scenario tests' own imports that are not runtime dependencies.
-TEST_TOOLS = ("pytest>=8", "pytest-django>=4.8")
-#: Optional extras the chosen tests import (the OpenAPI schema test).
+#: What the tests import beyond the runtime dependencies: the whole ``test`` extra, so a new test
+#: module's imports (boto3, schemathesis, ...) are there without editing this file.
+WITH_TESTS = ".[test]"
+#: Optional runtime dependencies pinned in ``oldest`` too: the OpenAPI schema is served by the app itself.
 OPTIONAL = ("drf-spectacular",)
 #: Django releases this package supports, and the Pythons each one runs on.
 DJANGO_PYTHONS = {"5.2": ("3.11", "3.12", "3.13"), "6.0": ("3.12", "3.13")}
@@ -70,14 +71,14 @@ def run_tests(session: nox.Session) -> None:
 def oldest(session: nox.Session) -> None:
     """Python 3.11 and the lowest declared version of every runtime dependency, pinned exactly."""
     pins = [f"{name}=={version}" for name, version in sorted(declared_minimums().items())]
-    session.install(".", *TEST_TOOLS, *pins)
+    session.install(WITH_TESTS, *pins)
     run_tests(session)
 
 
 @nox.session(python="3.13")
 def newest(session: nox.Session) -> None:
     """Python 3.13, the latest Django 6.0.x and the latest of everything else."""
-    session.install("--upgrade", ".", *TEST_TOOLS, *OPTIONAL, "django>=6.0,<6.1")
+    session.install("--upgrade", WITH_TESTS, "django>=6.0,<6.1")
     run_tests(session)
 
 
@@ -89,5 +90,5 @@ def newest(session: nox.Session) -> None:
 def matrix(session: nox.Session, django: str) -> None:
     """One supported Python x Django pair, latest patch releases."""
     major, minor = django.split(".")
-    session.install(".", *TEST_TOOLS, *OPTIONAL, f"django>={django},<{major}.{int(minor) + 1}")
+    session.install(WITH_TESTS, f"django>={django},<{major}.{int(minor) + 1}")
     run_tests(session)
