@@ -173,12 +173,3 @@ def pair(request: pytest.FixtureRequest) -> Pair:
     from tests.http_harness import http_pair
 
     return http_pair(live_server.url)
-
-
-@pytest.fixture
-def halt_unknown_rows(settings: Any) -> None:
-    """The server follows PROTOCOL §6 for rows of unknown apps/tables: halt the node, apply the rest.
-
-    (The default, ``UNKNOWN_APP_ROWS = "reject"``, refuses such a request whole with 400.)
-    """
-    settings.STARKEEP_SYNC = {**settings.STARKEEP_SYNC, "UNKNOWN_APP_ROWS": "halt"}
