@@ -15,7 +15,8 @@ from contextlib import AbstractContextManager, ExitStack, contextmanager
 from functools import lru_cache
 from typing import Any
 
-from django.db import DataError, IntegrityError, connection, transaction
+from django.db import DataError, IntegrityError, connections, router, transaction
+from django.db.backends.base.base import BaseDatabaseWrapper
 from django.db.models import Model, QuerySet
 
 from .. import paging
@@ -29,6 +30,12 @@ from ..records import AppSyncableNamespace, AppSyncableRowEntry, AppSyncableTabl
 from ..watermarks import node_floor_bound
 from . import sql
 
+
+def _db() -> BaseDatabaseWrapper:
+    """The connection the synced data lives on, as the project's database routers say."""
+    return connections[router.db_for_write(SharedRecord)]
+
+
 Watermarks = dict[str, HLCTimestamp]
 RECORDS_SCOPE = "records"
 UPSERT_BATCH = 500
@@ -36,7 +43,7 @@ UPSERT_BATCH = 500
 
 def _lt(column: str, other: str) -> str:
     """``column < other`` in code-point order on every backend (PostgreSQL may collate otherwise)."""
-    if connection.vendor == "postgresql":
+    if _db().vendor == "postgresql":
         return f'{column} COLLATE "C" < {other} COLLATE "C"'
     return f"{column} < {other}"
 
@@ -51,13 +58,13 @@ def read_snapshot() -> Iterator[None]:
     A read-only REPEATABLE READ transaction sees one set; read-only, it never
     fails to serialize. SQLite reads inside one transaction from one snapshot.
     """
-    if connection.in_atomic_block:
+    if _db().in_atomic_block:
         # An outer transaction (ATOMIC_REQUESTS, a test) already fixes the isolation.
         yield
         return
-    with transaction.atomic():
-        if connection.vendor == "postgresql":
-            with connection.cursor() as cur:
+    with transaction.atomic(using=_db().alias):
+        if _db().vendor == "postgresql":
+            with _db().cursor() as cur:
                 cur.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY")
         yield
 
@@ -78,7 +85,7 @@ def bump_coverage(owner_id: int, scope: str, hlcs: Iterable[HLCTimestamp]) -> No
     best = paging.coverage_bump(hlcs)
     if not best:
         return
-    table = connection.ops.quote_name(NodeCoverage._meta.db_table)
+    table = _db().ops.quote_name(NodeCoverage._meta.db_table)
     placeholders = ", ".join(["(%s, %s, %s, %s)"] * len(best))
     params: list[Any] = []
     for node, h in sorted(best.items()):  # one lock order for every writer: no deadlock
@@ -88,7 +95,7 @@ def bump_coverage(owner_id: int, scope: str, hlcs: Iterable[HLCTimestamp]) -> No
         f"ON CONFLICT (owner_id, scope, node_id) DO UPDATE SET hlc = excluded.hlc "
         f"WHERE {_lt(table + '.hlc', 'excluded.hlc')}"
     )
-    with connection.cursor() as cur:
+    with _db().cursor() as cur:
         cur.execute(sql, params)
 
 
@@ -104,7 +111,7 @@ def coverage_of(owner_id: int, scopes: Sequence[str]) -> Watermarks:
 
 @lru_cache(maxsize=4)
 def _coverage_sql(vendor: str) -> str:
-    return (f"SELECT scope, node_id, hlc FROM {connection.ops.quote_name(NodeCoverage._meta.db_table)} "
+    return (f"SELECT scope, node_id, hlc FROM {_db().ops.quote_name(NodeCoverage._meta.db_table)} "
             "WHERE owner_id = %s")
 
 
@@ -115,8 +122,8 @@ def coverage_by_scope(owner_id: int) -> dict[str, Watermarks]:
     the ORM's queryset for it.
     """
     out: dict[str, Watermarks] = {}
-    with connection.cursor() as cur:
-        sql.execute(cur, _coverage_sql(connection.vendor), [owner_id])
+    with _db().cursor() as cur:
+        sql.execute(cur, _coverage_sql(_db().vendor), [owner_id])
         for scope, node, hlc in cur.fetchall():
             out.setdefault(scope, {})[node] = stored_hlc(hlc)
     return out
@@ -352,7 +359,7 @@ def _record_upsert_sql(vendor: str, rows: int, conditional: bool) -> str:
 
     Built once per shape: the same text comes back for every full batch.
     """
-    table = connection.ops.quote_name(SharedRecord._meta.db_table)
+    table = _db().ops.quote_name(SharedRecord._meta.db_table)
     cols = ", ".join(("owner_id", *_RECORD_COLUMNS))
     updates = ", ".join(f"{c} = excluded.{c}" for c in _RECORD_COLUMNS if c != "record_id")
     where = f" WHERE {_lt(table + '.updated_at', 'excluded.updated_at')}" if conditional else ""
@@ -394,7 +401,7 @@ class OrmDatabaseAdapter:
         self._upsert([record], conditional=False)
 
     def delete(self, id: str, hlc: HLCTimestamp) -> DataRecord | None:
-        with transaction.atomic():
+        with transaction.atomic(using=_db().alias):
             m = self._qs.select_for_update().filter(record_id=id).first()
             if m is None:
                 return None
@@ -434,9 +441,9 @@ class OrmDatabaseAdapter:
                 coverage: Iterable[DataRecord] | None = None) -> set[str]:
         rows = [_record_values(r) for r in records]
         written: set[str] = set()
-        outer = connection.in_atomic_block
-        with transaction.atomic(), connection.cursor() as cur:
-            if connection.vendor == "postgresql":
+        outer = _db().in_atomic_block
+        with transaction.atomic(using=_db().alias), _db().cursor() as cur:
+            if _db().vendor == "postgresql":
                 # One array per column: a fixed-shape statement whatever the batch size,
                 # so the driver binds 17 parameters instead of parsing thousands.
                 columns = [list(c) for c in zip(*rows, strict=True)]
@@ -450,13 +457,13 @@ class OrmDatabaseAdapter:
                     for row in batch:
                         params.append(owner)
                         params.extend(row)
-                    sql.execute(cur, _record_upsert_sql(connection.vendor, len(batch), conditional), params)
+                    sql.execute(cur, _record_upsert_sql(_db().vendor, len(batch), conditional), params)
                     written.update(row[0] for row in cur.fetchall())
-                if conditional and outer and connection.vendor == "sqlite":
+                if conditional and outer and _db().vendor == "sqlite":
                     self._note_fresh(coverage or records)
             bump_coverage(self.owner_id, RECORDS_SCOPE, (r.updated_at for r in (coverage or records)))
             if self._fresh:
-                self._fresh_mark = connection.connection.total_changes
+                self._fresh_mark = _db().connection.total_changes
         return written
 
     def _fresh_valid(self) -> bool:
@@ -466,8 +473,8 @@ class OrmDatabaseAdapter:
         write lock; a write on this connection (another adapter, say) moves
         ``total_changes`` past the mark taken after our last merge.
         """
-        return (bool(self._fresh) and connection.in_atomic_block and connection.connection is not None
-                and connection.connection.total_changes == self._fresh_mark)
+        return (bool(self._fresh) and _db().in_atomic_block and _db().connection is not None
+                and _db().connection.total_changes == self._fresh_mark)
 
     def _note_fresh(self, records: Iterable[DataRecord]) -> None:
         """Keep each node's coverage as it was before this merge's ``bump_coverage``."""
@@ -520,7 +527,7 @@ class OrmDatabaseAdapter:
 
     def clear(self) -> None:
         """Forget every record and the coverage summary of this owner (a wipe)."""
-        with transaction.atomic():
+        with transaction.atomic(using=_db().alias):
             self._qs.delete()
             NodeCoverage.objects.filter(owner_id=self.owner_id, scope=RECORDS_SCOPE).delete()
 
@@ -665,7 +672,7 @@ class OrmApplier:
         info, pk = resolve_entry(self.namespaces, entry)
         for attempt in range(2):
             try:
-                with transaction.atomic():
+                with transaction.atomic(using=_db().alias):
                     return self._apply_locked(entry, info, pk)
             except (DataError, OverflowError) as err:
                 # A value its column cannot hold (a key too long for PostgreSQL's varchar, an integer
@@ -705,11 +712,11 @@ class OrmApplier:
         advisory lock per key, in one sorted order (no deadlocks). SQLite
         serializes writers itself.
         """
-        if connection.vendor != "postgresql":
+        if _db().vendor != "postgresql":
             return
         ids = sorted({_advisory_id(self.owner_id, *k) for k in keys})
         if ids:
-            with connection.cursor() as cur:
+            with _db().cursor() as cur:
                 cur.execute("SELECT pg_advisory_xact_lock(k) FROM unnest(%s::bigint[]) AS k ORDER BY k", [ids])
 
     def lock_row(self, app_id: str, table: str, pk: Sequence[Any]) -> dict[str, Any] | None:
@@ -717,7 +724,7 @@ class OrmApplier:
 
         For writers that must read a row before they stamp its next version (the
         server's Python API): the same locks ``apply`` takes, so no exchange can
-        write that row in between. Call inside ``transaction.atomic()``.
+        write that row in between. Call inside ``transaction.atomic()`` on the data's database.
         """
         self._lock_keys([(app_id, table, self._key_text(table, pk))])
         m = self._qs(app_id, table).select_for_update().filter(**self._lookup(table, pk)).first()
@@ -746,7 +753,7 @@ class OrmApplier:
             return 0, 0, error
         won: list[AppSyncableRowEntry] = []
         try:
-            with transaction.atomic():
+            with transaction.atomic(using=_db().alias):
                 landed, applied, stopped = self._apply_checked(checked, won)
         except (DataError, OverflowError, IntegrityError):
             # A value its column cannot hold, somewhere in the batch: find which, one entry at a time.
@@ -868,7 +875,7 @@ class OrmApplier:
         return [self.to_row(m) for m in self._qs(app_id, table)]
 
     def clear(self) -> None:
-        with transaction.atomic():
+        with transaction.atomic(using=_db().alias):
             FileRecord.objects.filter(owner_id=self.owner_id).delete()
             AppRow.objects.filter(owner_id=self.owner_id).delete()
             NodeCoverage.objects.filter(owner_id=self.owner_id).exclude(scope=RECORDS_SCOPE).delete()

@@ -129,3 +129,29 @@ def test_a_cursor_some_tool_wrapped_is_used_through_its_own_execute(alice: Any) 
         sql.execute(tool, insert, [alice.pk, "records", "n", "0"])
     assert tool.seen == [insert]
     assert NodeCoverage.objects.filter(owner=alice, node_id="n").exists()
+
+
+class _RecordingRouter:
+    """Sends everything to "default", remembering which models it was asked about for writes."""
+
+    asked: list[str] = []
+
+    def db_for_write(self, model: Any, **hints: Any) -> str:
+        self.asked.append(model.__name__)
+        return "default"
+
+    def db_for_read(self, model: Any, **hints: Any) -> str:
+        return "default"
+
+
+@pytest.mark.django_db
+def test_the_orm_adapters_ask_the_database_routers_for_their_connection(settings: Any) -> None:
+    from starkeep_sync.adapters.orm import OrmDatabaseAdapter
+    from tests.factories import make_user
+
+    settings.DATABASE_ROUTERS = [f"{__name__}._RecordingRouter"]
+    _RecordingRouter.asked.clear()
+    owner = make_user("routed")
+    adapter = OrmDatabaseAdapter(owner)
+    adapter.get_node_watermarks()
+    assert "SharedRecord" in _RecordingRouter.asked
