@@ -32,10 +32,10 @@ import tempfile
 from collections.abc import Mapping, Sequence
 from typing import IO, Any
 
-from django.db import connection, transaction
+from django.db import transaction
 from django.db.models import F
 
-from .adapters.orm import OrmAppSource, OrmDatabaseAdapter, record_from_model
+from .adapters.orm import OrmAppSource, OrmDatabaseAdapter, record_from_model, synced_db
 from .adapters.storage import BlobTooLarge, DjangoObjectStorage
 from .api.quotas import QuotaExceeded, blob_bytes_remaining, check_record_quota
 from .approws import BOOKKEEPING, resolve_entry
@@ -118,7 +118,7 @@ def _stamp(current: HLCTimestamp | None) -> HLCTimestamp:
     (threads, worker processes) take turns and never issue the same stamp.
     """
     node = sync_settings.NODE_ID
-    if connection.vendor == "sqlite":
+    if synced_db().vendor == "sqlite":
         # Take SQLite's write lock with the first statement: a transaction that reads first
         # and writes later cannot upgrade its lock while another writer waits.
         ServerClock.objects.filter(node_id=node).update(counter=F("counter"))
@@ -195,7 +195,7 @@ def put_record(
     Drive key whose blob this owner's storage already holds (``BlobMissing`` else);
     ``put_file`` stores the bytes and writes the record in one call.
     """
-    with transaction.atomic():
+    with transaction.atomic(using=synced_db().alias):
         current = _locked_record(owner, record_id) if record_id else None
         stamp = _stamp(current.updated_at if current else None)
         record = _checked_record(DataRecord(
@@ -226,7 +226,7 @@ def update_record(owner: Any, record_id: str, **changes: Any) -> DataRecord:
                          f"{', '.join(sorted(EDITABLE_RECORD_FIELDS))} (replace the content with put_record/put_file)")
     if not changes:
         raise ValueError("update_record() needs at least one field to change")
-    with transaction.atomic():
+    with transaction.atomic(using=synced_db().alias):
         current = _locked_record(owner, record_id)
         if current is None or current.is_deleted:
             raise RecordNotFound(f"no live shared record {record_id!r} for this owner")
@@ -242,7 +242,7 @@ def delete_record(owner: Any, record_id: str) -> DataRecord:
     Deleting a record already deleted changes nothing and returns its tombstone;
     an unknown id raises ``RecordNotFound``. The blob stays (sync never deletes blobs).
     """
-    with transaction.atomic():
+    with transaction.atomic(using=synced_db().alias):
         current = _locked_record(owner, record_id)
         if current is None:
             raise RecordNotFound(f"no shared record {record_id!r} for this owner")
@@ -426,7 +426,7 @@ def put_row(owner: Any, app_id: str, table: str, row: Mapping[str, Any]) -> dict
     """
     rows_ = _Rows(owner, app_id, table)
     data = _data_columns(row, "row")
-    with transaction.atomic():
+    with transaction.atomic(using=synced_db().alias):
         probe = AppSyncableRowEntry(HLCTimestamp(0, 0, ""), app_id, table, "insert", data, None)
         pk = rows_.pk_of(probe)
         current = rows_.source.applier.lock_row(app_id, table, pk)
@@ -444,7 +444,7 @@ def update_row(owner: Any, app_id: str, table: str, pk: Sequence[Any], changes: 
     data = _data_columns(changes, "changes")
     if not data:
         raise ValueError("update_row() needs at least one column to change")
-    with transaction.atomic():
+    with transaction.atomic(using=synced_db().alias):
         key = tuple(where.values())
         current = rows_.source.applier.lock_row(app_id, table, key)
         if current is None or current.get(DELETED_AT):
@@ -460,7 +460,7 @@ def delete_row(owner: Any, app_id: str, table: str, pk: Sequence[Any]) -> dict[s
     """
     rows_ = _Rows(owner, app_id, table)
     where = rows_.where(pk)
-    with transaction.atomic():
+    with transaction.atomic(using=synced_db().alias):
         key = tuple(where.values())
         current = rows_.source.applier.lock_row(app_id, table, key)
         if current is None:

@@ -31,7 +31,7 @@ from ..watermarks import node_floor_bound
 from . import sql
 
 
-def _db() -> BaseDatabaseWrapper:
+def synced_db() -> BaseDatabaseWrapper:
     """The connection the synced data lives on, as the project's database routers say."""
     return connections[router.db_for_write(SharedRecord)]
 
@@ -43,7 +43,7 @@ UPSERT_BATCH = 500
 
 def _lt(column: str, other: str) -> str:
     """``column < other`` in code-point order on every backend (PostgreSQL may collate otherwise)."""
-    if _db().vendor == "postgresql":
+    if synced_db().vendor == "postgresql":
         return f'{column} COLLATE "C" < {other} COLLATE "C"'
     return f"{column} < {other}"
 
@@ -58,13 +58,13 @@ def read_snapshot() -> Iterator[None]:
     A read-only REPEATABLE READ transaction sees one set; read-only, it never
     fails to serialize. SQLite reads inside one transaction from one snapshot.
     """
-    if _db().in_atomic_block:
+    if synced_db().in_atomic_block:
         # An outer transaction (ATOMIC_REQUESTS, a test) already fixes the isolation.
         yield
         return
-    with transaction.atomic(using=_db().alias):
-        if _db().vendor == "postgresql":
-            with _db().cursor() as cur:
+    with transaction.atomic(using=synced_db().alias):
+        if synced_db().vendor == "postgresql":
+            with synced_db().cursor() as cur:
                 cur.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY")
         yield
 
@@ -85,7 +85,7 @@ def bump_coverage(owner_id: int, scope: str, hlcs: Iterable[HLCTimestamp]) -> No
     best = paging.coverage_bump(hlcs)
     if not best:
         return
-    table = _db().ops.quote_name(NodeCoverage._meta.db_table)
+    table = synced_db().ops.quote_name(NodeCoverage._meta.db_table)
     placeholders = ", ".join(["(%s, %s, %s, %s)"] * len(best))
     params: list[Any] = []
     for node, h in sorted(best.items()):  # one lock order for every writer: no deadlock
@@ -95,7 +95,7 @@ def bump_coverage(owner_id: int, scope: str, hlcs: Iterable[HLCTimestamp]) -> No
         f"ON CONFLICT (owner_id, scope, node_id) DO UPDATE SET hlc = excluded.hlc "
         f"WHERE {_lt(table + '.hlc', 'excluded.hlc')}"
     )
-    with _db().cursor() as cur:
+    with synced_db().cursor() as cur:
         cur.execute(sql, params)
 
 
@@ -111,7 +111,7 @@ def coverage_of(owner_id: int, scopes: Sequence[str]) -> Watermarks:
 
 @lru_cache(maxsize=4)
 def _coverage_sql(vendor: str) -> str:
-    return (f"SELECT scope, node_id, hlc FROM {_db().ops.quote_name(NodeCoverage._meta.db_table)} "
+    return (f"SELECT scope, node_id, hlc FROM {synced_db().ops.quote_name(NodeCoverage._meta.db_table)} "
             "WHERE owner_id = %s")
 
 
@@ -122,8 +122,8 @@ def coverage_by_scope(owner_id: int) -> dict[str, Watermarks]:
     the ORM's queryset for it.
     """
     out: dict[str, Watermarks] = {}
-    with _db().cursor() as cur:
-        sql.execute(cur, _coverage_sql(_db().vendor), [owner_id])
+    with synced_db().cursor() as cur:
+        sql.execute(cur, _coverage_sql(synced_db().vendor), [owner_id])
         for scope, node, hlc in cur.fetchall():
             out.setdefault(scope, {})[node] = stored_hlc(hlc)
     return out
@@ -359,7 +359,7 @@ def _record_upsert_sql(vendor: str, rows: int, conditional: bool) -> str:
 
     Built once per shape: the same text comes back for every full batch.
     """
-    table = _db().ops.quote_name(SharedRecord._meta.db_table)
+    table = synced_db().ops.quote_name(SharedRecord._meta.db_table)
     cols = ", ".join(("owner_id", *_RECORD_COLUMNS))
     updates = ", ".join(f"{c} = excluded.{c}" for c in _RECORD_COLUMNS if c != "record_id")
     where = f" WHERE {_lt(table + '.updated_at', 'excluded.updated_at')}" if conditional else ""
@@ -401,7 +401,7 @@ class OrmDatabaseAdapter:
         self._upsert([record], conditional=False)
 
     def delete(self, id: str, hlc: HLCTimestamp) -> DataRecord | None:
-        with transaction.atomic(using=_db().alias):
+        with transaction.atomic(using=synced_db().alias):
             m = self._qs.select_for_update().filter(record_id=id).first()
             if m is None:
                 return None
@@ -441,9 +441,9 @@ class OrmDatabaseAdapter:
                 coverage: Iterable[DataRecord] | None = None) -> set[str]:
         rows = [_record_values(r) for r in records]
         written: set[str] = set()
-        outer = _db().in_atomic_block
-        with transaction.atomic(using=_db().alias), _db().cursor() as cur:
-            if _db().vendor == "postgresql":
+        outer = synced_db().in_atomic_block
+        with transaction.atomic(using=synced_db().alias), synced_db().cursor() as cur:
+            if synced_db().vendor == "postgresql":
                 # One array per column: a fixed-shape statement whatever the batch size,
                 # so the driver binds 17 parameters instead of parsing thousands.
                 columns = [list(c) for c in zip(*rows, strict=True)]
@@ -457,13 +457,13 @@ class OrmDatabaseAdapter:
                     for row in batch:
                         params.append(owner)
                         params.extend(row)
-                    sql.execute(cur, _record_upsert_sql(_db().vendor, len(batch), conditional), params)
+                    sql.execute(cur, _record_upsert_sql(synced_db().vendor, len(batch), conditional), params)
                     written.update(row[0] for row in cur.fetchall())
-                if conditional and outer and _db().vendor == "sqlite":
+                if conditional and outer and synced_db().vendor == "sqlite":
                     self._note_fresh(coverage or records)
             bump_coverage(self.owner_id, RECORDS_SCOPE, (r.updated_at for r in (coverage or records)))
             if self._fresh:
-                self._fresh_mark = _db().connection.total_changes
+                self._fresh_mark = synced_db().connection.total_changes
         return written
 
     def _fresh_valid(self) -> bool:
@@ -473,8 +473,8 @@ class OrmDatabaseAdapter:
         write lock; a write on this connection (another adapter, say) moves
         ``total_changes`` past the mark taken after our last merge.
         """
-        return (bool(self._fresh) and _db().in_atomic_block and _db().connection is not None
-                and _db().connection.total_changes == self._fresh_mark)
+        return (bool(self._fresh) and synced_db().in_atomic_block and synced_db().connection is not None
+                and synced_db().connection.total_changes == self._fresh_mark)
 
     def _note_fresh(self, records: Iterable[DataRecord]) -> None:
         """Keep each node's coverage as it was before this merge's ``bump_coverage``."""
@@ -527,7 +527,7 @@ class OrmDatabaseAdapter:
 
     def clear(self) -> None:
         """Forget every record and the coverage summary of this owner (a wipe)."""
-        with transaction.atomic(using=_db().alias):
+        with transaction.atomic(using=synced_db().alias):
             self._qs.delete()
             NodeCoverage.objects.filter(owner_id=self.owner_id, scope=RECORDS_SCOPE).delete()
 
@@ -672,7 +672,7 @@ class OrmApplier:
         info, pk = resolve_entry(self.namespaces, entry)
         for attempt in range(2):
             try:
-                with transaction.atomic(using=_db().alias):
+                with transaction.atomic(using=synced_db().alias):
                     return self._apply_locked(entry, info, pk)
             except (DataError, OverflowError) as err:
                 # A value its column cannot hold (a key too long for PostgreSQL's varchar, an integer
@@ -712,11 +712,11 @@ class OrmApplier:
         advisory lock per key, in one sorted order (no deadlocks). SQLite
         serializes writers itself.
         """
-        if _db().vendor != "postgresql":
+        if synced_db().vendor != "postgresql":
             return
         ids = sorted({_advisory_id(self.owner_id, *k) for k in keys})
         if ids:
-            with _db().cursor() as cur:
+            with synced_db().cursor() as cur:
                 cur.execute("SELECT pg_advisory_xact_lock(k) FROM unnest(%s::bigint[]) AS k ORDER BY k", [ids])
 
     def lock_row(self, app_id: str, table: str, pk: Sequence[Any]) -> dict[str, Any] | None:
@@ -753,7 +753,7 @@ class OrmApplier:
             return 0, 0, error
         won: list[AppSyncableRowEntry] = []
         try:
-            with transaction.atomic(using=_db().alias):
+            with transaction.atomic(using=synced_db().alias):
                 landed, applied, stopped = self._apply_checked(checked, won)
         except (DataError, OverflowError, IntegrityError):
             # A value its column cannot hold, somewhere in the batch: find which, one entry at a time.
@@ -875,7 +875,7 @@ class OrmApplier:
         return [self.to_row(m) for m in self._qs(app_id, table)]
 
     def clear(self) -> None:
-        with transaction.atomic(using=_db().alias):
+        with transaction.atomic(using=synced_db().alias):
             FileRecord.objects.filter(owner_id=self.owner_id).delete()
             AppRow.objects.filter(owner_id=self.owner_id).delete()
             NodeCoverage.objects.filter(owner_id=self.owner_id).exclude(scope=RECORDS_SCOPE).delete()
