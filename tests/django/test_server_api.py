@@ -357,12 +357,13 @@ def test_the_clock_is_persisted_and_never_goes_back_after_a_restart(owner: Any, 
     assert (saved.wall_time, saved.counter) == (third.wall_time, third.counter)
 
 
+@pytest.mark.services  # the PostgreSQL tier: row locks between concurrent workers
 @pytest.mark.django_db(transaction=True)
 def test_concurrent_writers_never_issue_the_same_hlc(owner: Any, monkeypatch: Any) -> None:
-    if connection.vendor != "postgresql":
-        # SQLite serializes writers by itself (one write lock per database); the in-memory test
-        # database's shared cache refuses concurrent connections a table lock instead of waiting.
-        pytest.skip("row locks between concurrent workers: PostgreSQL")
+    # SQLite serializes writers by itself (one write lock per database), and the in-memory test
+    # database's shared cache refuses concurrent connections a table lock instead of waiting.
+    assert connection.vendor == "postgresql", (
+        "this test needs PostgreSQL: run it with STARKEEP_TEST_DATABASE_URL (the README's second tier)")
     server.put_record(owner, type="text/plain", record_id="shared")
     # A frozen physical clock: every stamp's uniqueness now rests on the persisted counter alone.
     frozen = now_ms()
