@@ -1,4 +1,4 @@
-"""Hybrid logical clock (PROTOCOL §1)."""
+"""Hybrid logical clock (PROTOCOL §1): the timestamp, its node-id rule, its serialized and wire forms, the clock."""
 
 from __future__ import annotations
 
@@ -7,7 +7,9 @@ import re
 import threading
 import time
 from collections.abc import Callable
-from typing import NamedTuple
+from typing import Annotated, Any, NamedTuple
+
+import msgspec
 
 from .constants import DEFAULT_MAX_SKEW_MS, LOGGER_NAME, MAX_COUNTER, MAX_NODE_ID_LENGTH, MAX_WALL_TIME
 from .exceptions import ClockSkewError
@@ -50,21 +52,41 @@ def max_hlc(a: HLCTimestamp, b: HLCTimestamp) -> HLCTimestamp:
 
 #: Characters a node id must not contain: they would make the serialized form unparsable.
 _BAD_NODE_CHAR = re.compile(r"[\x00-\x1f\x7f:]")
+#: The node-id rule as a JSON Schema (ECMA-262) pattern, for the schema; ``node_id_problem`` checks it.
+NODE_ID_PATTERN = r"^[^:\x00-\x1f\x7f]+$"
+
+#: Node ids already found valid: a batch names a handful of nodes thousands of times.
+_GOOD_NODES: set[str] = set()
+_GOOD_NODES_MAX = 4096
 
 
-#: Node ids already checked by ``serialize_hlc``: a batch stamps thousands of HLCs with a few nodes.
-_SERIALIZABLE_NODES: set[str] = set()
+def node_id_problem(node: object) -> str | None:
+    """What is wrong with ``node`` as a node id (PROTOCOL §1.2), or ``None`` when it is valid."""
+    if type(node) is str and node in _GOOD_NODES:
+        return None
+    if not isinstance(node, str):
+        return "must be a string"
+    if not node:
+        return "must not be empty"
+    if len(node) > MAX_NODE_ID_LENGTH:
+        return f"must be at most {MAX_NODE_ID_LENGTH} characters"
+    if ":" in node:
+        return "must not contain ':'"
+    if _BAD_NODE_CHAR.search(node):
+        return "must not contain control characters"
+    if len(_GOOD_NODES) >= _GOOD_NODES_MAX:
+        _GOOD_NODES.clear()
+    _GOOD_NODES.add(node)
+    return None
 
 
 def serialize_hlc(hlc: HLCTimestamp) -> str:
     """``<12 hex wall>:<4 hex counter>:<node_id>``; string order equals HLC order."""
     wall, counter, node = hlc
-    if type(node) is not str or node not in _SERIALIZABLE_NODES:
-        if not isinstance(node, str) or _BAD_NODE_CHAR.search(node):
-            raise ValueError(f"HLC node_id {node!r} cannot be serialized (no ':' or control characters)")
-        if len(_SERIALIZABLE_NODES) >= 4096:
-            _SERIALIZABLE_NODES.clear()
-        _SERIALIZABLE_NODES.add(node)
+    # Only the characters matter here (``ZERO_HLC``'s empty node serializes too); a valid
+    # node id is remembered, so a batch stamped by a few nodes checks each once.
+    if node_id_problem(node) is not None and (not isinstance(node, str) or _BAD_NODE_CHAR.search(node)):
+        raise ValueError(f"HLC node_id {node!r} cannot be serialized (no ':' or control characters)")
     if not (0 <= wall <= MAX_WALL_TIME):
         raise ValueError(f"HLC wall_time {wall!r} does not fit 12 hex digits")
     if not (0 <= counter <= MAX_COUNTER):
@@ -86,6 +108,54 @@ def deserialize_hlc(value: str) -> HLCTimestamp:
             "'<12 lowercase hex>:<4 lowercase hex>:<node_id>'"
         )
     return HLCTimestamp(int(m.group(1), 16), int(m.group(2), 16), m.group(3))
+
+
+# -- wire form (PROTOCOL §1.4) -------------------------------------------------------------
+
+
+class WireRuleError(ValueError):
+    """A rule a ``__post_init__`` checks; ``member`` is the wire name at fault, below the struct's own path.
+
+    msgspec turns it into a ``ValidationError`` at the struct's path and keeps it as ``__cause__``.
+    """
+
+    def __init__(self, member: str, problem: str) -> None:
+        super().__init__(f"{member}: {problem}")
+        self.member = member
+        self.problem = problem
+
+
+#: A node id (PROTOCOL §1.2). Lengths are checked by msgspec; the characters by ``node_id_problem``
+#: (a regex per HLC was a quarter of a whole decode; a set lookup of known ids is free).
+NodeId = Annotated[str, msgspec.Meta(min_length=1, max_length=MAX_NODE_ID_LENGTH,
+                                     extra_json_schema={"pattern": NODE_ID_PATTERN})]
+WallTime = Annotated[int, msgspec.Meta(ge=0, le=MAX_WALL_TIME, description="Milliseconds since the epoch.")]
+Counter = Annotated[int, msgspec.Meta(ge=0, le=MAX_COUNTER)]
+
+
+class WireHLC(msgspec.Struct, rename="camel", frozen=True, gc=False):
+    """An HLC as JSON: ``{"wallTime", "counter", "nodeId"}``; other members are ignored."""
+
+    wall_time: WallTime
+    counter: Counter
+    node_id: NodeId
+
+    def __post_init__(self) -> None:
+        problem = node_id_problem(self.node_id)
+        if problem is not None:
+            raise WireRuleError("nodeId", problem)
+
+    @classmethod
+    def of(cls, hlc: HLCTimestamp) -> WireHLC:
+        return cls(hlc[0], hlc[1], hlc[2])
+
+    def timestamp(self) -> HLCTimestamp:
+        return HLCTimestamp(self.wall_time, self.counter, self.node_id)
+
+
+def hlc_to_wire(hlc: HLCTimestamp) -> dict[str, Any]:
+    """The wire form as a plain dict."""
+    return {"wallTime": hlc[0], "counter": hlc[1], "nodeId": hlc[2]}
 
 
 def _system_ms() -> int:
@@ -110,12 +180,11 @@ class HLCClock:
         on_tick: Callable[[ClockState], None] | None = None,
         max_skew_ms: int | None = DEFAULT_MAX_SKEW_MS,
     ) -> None:
-        if not isinstance(node_id, str) or not node_id:
-            raise ValueError("HLCClock needs a non-empty node_id string")
-        if len(node_id) > MAX_NODE_ID_LENGTH or _BAD_NODE_CHAR.search(node_id):
+        problem = node_id_problem(node_id)
+        if problem is not None:
             raise ValueError(
-                f"HLCClock node_id {node_id[:200]!r} must be at most {MAX_NODE_ID_LENGTH} characters, "
-                "without ':' or control characters"
+                f"HLCClock node_id {str(node_id)[:200]!r} {problem} (a non-empty string of at most "
+                f"{MAX_NODE_ID_LENGTH} characters, without ':' or control characters)"
             )
         self.node_id = node_id
         self._wall_clock = wall_clock or _system_ms
