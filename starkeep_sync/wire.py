@@ -1,32 +1,243 @@
-"""The JSON wire format of PROTOCOL §4, strictly validated.
+"""The JSON wire format of PROTOCOL §4: one typed model, decoded and validated in C by msgspec.
 
-``from_wire`` accepts parsed JSON (dicts and lists) and raises
-``WireFormatError`` naming the first offending field; ``to_wire`` produces
-plain dicts ready for ``json.dumps``. Unknown fields are ignored.
+Each wire object is a ``msgspec.Struct`` below, its rules in ``Annotated[..., Meta(...)]`` or,
+where no Meta constraint can say it, in ``__post_init__``. Bytes go through cached decoders and
+one encoder: ``decode_request``/``encode_request`` and ``decode_response``/``encode_response``.
+``from_wire``/``to_wire`` still take and give plain dicts. Unknown members are ignored (§4.7).
+A body that breaks a rule raises ``WireFormatError`` naming the member (``records[3].sizeBytes``);
+a body that is not JSON raises ``MalformedJSONError`` (code ``invalid_json``).
 """
 
 from __future__ import annotations
 
 import math
-import operator
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Annotated, Any, Literal
 
-from .constants import MAX_COUNTER, MAX_NODE_ID_LENGTH, MAX_WALL_TIME
+import msgspec
+from msgspec import Meta
+
 from .exceptions import WireFormatError
-from .hlc import HLCTimestamp
-from .records import OPS, AppSyncableRowEntry, DataRecord
+from .hlc import HLCTimestamp, NodeId, WireHLC, WireRuleError, hlc_to_wire, node_id_problem
+from .records import AppSyncableRowEntry, DataRecord
+
+__all__ = [
+    "MalformedJSONError",
+    "SyncExchangeRequest",
+    "SyncExchangeResponse",
+    "decode_json",
+    "decode_request",
+    "decode_response",
+    "encode_json",
+    "encode_request",
+    "encode_response",
+    "json_schema_components",
+]
 
 MAX_ID_LENGTH = 256
-_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 MAX_TEXT_LENGTH = 4096
+MAX_NAME_LENGTH = 255
+MAX_HASH_LENGTH = 256
+MAX_STORAGE_KEY_LENGTH = 1024
 #: ``version`` is stored in a 32-bit column, ``sizeBytes`` in a 64-bit one.
 MAX_VERSION = 2**31 - 1
 MAX_SIZE_BYTES = 2**63 - 1
 #: Deepest nesting of JSON values inside an app row's ``row`` or ``where``.
 MAX_JSON_DEPTH = 64
+
+#: PostgreSQL text cannot hold NUL, so no text member may carry one, on every database alike.
+NO_NUL_PATTERN = r"^[^\x00]*$"
+#: ``<category>/<format>``, without NUL.
+MEDIA_TYPE_PATTERN = r"^[^\x00]*/[^\x00]*$"
+
+
+class MalformedJSONError(WireFormatError):
+    """The body is not JSON: a syntax error, NaN/Infinity, a number no double holds, or too deep a nesting."""
+
+    code = "invalid_json"
+
+
+# -- the types -----------------------------------------------------------------------------
+# NUL and the '/' of a media type are declared as patterns for the schema but checked in
+# ``SharedRecordWire.__post_init__``: one test over the whole record instead of a regex per
+# member, which cost 40 % of a decode.
+
+
+def _text(max_length: int, *, min_length: int = 0, pattern: str = NO_NUL_PATTERN) -> Meta:
+    return Meta(min_length=min_length, max_length=max_length, extra_json_schema={"pattern": pattern})
+
+
+RecordId = Annotated[str, _text(MAX_ID_LENGTH, min_length=1)]
+MediaType = Annotated[str, _text(MAX_NAME_LENGTH, pattern=MEDIA_TYPE_PATTERN)]
+ContentHash = Annotated[str, _text(MAX_HASH_LENGTH)]
+StorageKey = Annotated[str, _text(MAX_STORAGE_KEY_LENGTH)]
+Name = Annotated[str, _text(MAX_NAME_LENGTH)]
+RequiredName = Annotated[str, _text(MAX_NAME_LENGTH, min_length=1)]
+ParentId = Annotated[str, _text(MAX_ID_LENGTH)]
+Text = Annotated[str, _text(MAX_TEXT_LENGTH)]
+Version = Annotated[int, Meta(ge=0, le=MAX_VERSION)]
+SizeBytes = Annotated[int, Meta(ge=0, le=MAX_SIZE_BYTES)]
+Limit = Annotated[int, Meta(ge=1)]
+Pending = Annotated[int, Meta(ge=0)]
+Watermarks = dict[NodeId, WireHLC]
+
+#: The text members of a record, by Python attribute and wire name, for finding a NUL.
+_RECORD_TEXT = (("id", "id"), ("type", "type"), ("content_hash", "contentHash"),
+                ("object_storage_key", "objectStorageKey"), ("origin_app_id", "originAppId"),
+                ("mime_type", "mimeType"), ("original_filename", "originalFilename"), ("parent_id", "parentId"),
+                ("label", "label"))
+
+
+class SharedRecordWire(msgspec.Struct, rename="camel", kw_only=True, gc=False):
+    """A shared record (PROTOCOL §2.1); members in the order every sender writes them."""
+
+    id: RecordId
+    kind: Literal["data"] = "data"
+    type: MediaType
+    created_at: WireHLC
+    updated_at: WireHLC
+    deleted_at: WireHLC | None = None
+    version: Version = 1
+    content_hash: ContentHash
+    object_storage_key: StorageKey
+    mime_type: Name | None = None
+    size_bytes: SizeBytes = 0
+    original_filename: Text | None = None
+    origin_app_id: Name
+    parent_id: ParentId | None = None
+    label: Text | None = None
+
+    def __post_init__(self) -> None:
+        if "/" not in self.type:
+            raise WireRuleError("type", "must look like '<category>/<format>'")
+        if "\x00" in (f"{self.id}{self.type}{self.content_hash}{self.object_storage_key}{self.origin_app_id}"
+                      f"{self.mime_type}{self.original_filename}{self.parent_id}{self.label}"):
+            for attr, member in _RECORD_TEXT:
+                if "\x00" in (getattr(self, attr) or ""):
+                    raise WireRuleError(member, "must not contain NUL characters")
+
+    @classmethod
+    def of(cls, r: DataRecord) -> SharedRecordWire:
+        deleted = r.deleted_at
+        return cls(id=r.id, kind=r.kind, type=r.type, created_at=WireHLC.of(r.created_at),  # type: ignore[arg-type]
+                   updated_at=WireHLC.of(r.updated_at), deleted_at=None if deleted is None else WireHLC.of(deleted),
+                   version=r.version, content_hash=r.content_hash, object_storage_key=r.object_storage_key,
+                   mime_type=r.mime_type, size_bytes=r.size_bytes, original_filename=r.original_filename,
+                   origin_app_id=r.origin_app_id, parent_id=r.parent_id, label=r.label)
+
+    def record(self) -> DataRecord:
+        c, u, d = self.created_at, self.updated_at, self.deleted_at
+        return DataRecord(
+            self.id, self.type, HLCTimestamp(c.wall_time, c.counter, c.node_id),
+            HLCTimestamp(u.wall_time, u.counter, u.node_id), self.content_hash, self.object_storage_key,
+            self.size_bytes, self.origin_app_id, self.version,
+            None if d is None else HLCTimestamp(d.wall_time, d.counter, d.node_id),
+            self.mime_type, self.original_filename, self.parent_id, self.label, self.kind,
+        )
+
+
+class AppRowEntryWire(msgspec.Struct, rename="camel", kw_only=True):
+    """An app row entry (PROTOCOL §2.2). ``row`` and ``where`` are free JSON objects: their keys pass untouched."""
+
+    timestamp: WireHLC
+    app_id: RequiredName
+    table: RequiredName
+    op: Literal["insert", "update", "delete"]
+    row: dict[str, Any] | None = None
+    where: dict[str, Any] | None = None
+
+    def __post_init__(self) -> None:
+        row, cond, op = self.row, self.where, self.op
+        _check_json(row, "row")
+        _check_json(cond, "where")
+        # An empty object counts as absent, as in the schema's op rules.
+        if op == "insert" and not row:
+            raise WireRuleError("row", "is required for op 'insert'")
+        if op == "update":
+            if not row:
+                raise WireRuleError("row", "is required for op 'update'")
+            if not cond:
+                raise WireRuleError("where", "is required for op 'update'")
+        if op == "delete" and not row and not cond:
+            raise WireRuleError("where", "op 'delete' needs 'where' or 'row'")
+
+    def entry(self) -> AppSyncableRowEntry:
+        return AppSyncableRowEntry(self.timestamp.timestamp(), self.app_id, self.table, self.op, self.row, self.where)
+
+
+def _check_json(value: Any, member: str) -> None:
+    """Refuse what a JSON column cannot store on every database: NUL in text, NaN/Infinity, deep nesting.
+
+    Parsed JSON never holds NaN; dicts given to ``from_wire`` may.
+    """
+    if not value:
+        return
+    stack: list[tuple[Any, int]] = [(value, 0)]
+    while stack:  # iterative: nesting must not exhaust the Python stack
+        v, depth = stack.pop()
+        if isinstance(v, str):
+            if "\x00" in v:
+                raise WireRuleError(member, "must not contain NUL characters")
+        elif isinstance(v, float):
+            if not math.isfinite(v):
+                raise WireRuleError(member, "must not contain NaN or Infinity")
+        elif isinstance(v, (dict, list)):
+            if depth >= MAX_JSON_DEPTH:
+                raise WireRuleError(member, f"must not nest deeper than {MAX_JSON_DEPTH} levels")
+            if isinstance(v, dict):
+                stack.extend((k, depth + 1) for k in v)  # keys are strings too
+                stack.extend((x, depth + 1) for x in v.values())
+            else:
+                stack.extend((x, depth + 1) for x in v)
+
+
+def _check_keys(vector: Mapping[str, Any], member: str) -> None:
+    """The characters of a vector's node ids (msgspec checks their lengths)."""
+    for node in vector:
+        problem = node_id_problem(node)
+        if problem is not None:
+            raise WireRuleError(_key_field(member, node), problem)
+
+
+def _key_field(member: str, node: object) -> str:
+    return f"{member} key {node!r}"[:200]
+
+
+class ExchangeRequestWire(msgspec.Struct, rename="camel", kw_only=True):
+    """The exchange request (PROTOCOL §4.1). ``records`` and ``appSyncableRows`` may be absent or null."""
+
+    watermarks: Watermarks
+    records: list[SharedRecordWire] | None = None
+    app_syncable_rows: list[AppRowEntryWire] | None = None
+    limit: Limit | None = None
+    count_pending: bool = False
+
+    def __post_init__(self) -> None:
+        _check_keys(self.watermarks, "watermarks")
+
+
+class ExchangeResponseWire(msgspec.Struct, rename="camel", kw_only=True):
+    """The exchange response (PROTOCOL §4.2), read leniently: absent arrays are empty, absent coverage is {}."""
+
+    records: list[SharedRecordWire] | None = None
+    app_syncable_rows: list[AppRowEntryWire] | None = None
+    responder_watermarks: Watermarks = {}
+    has_more: bool = False
+    pending: Pending | None = None
+
+    def __post_init__(self) -> None:
+        _check_keys(self.responder_watermarks, "responderWatermarks")
+
+
+_REQUEST_DECODER = msgspec.json.Decoder(ExchangeRequestWire)
+_RESPONSE_DECODER = msgspec.json.Decoder(ExchangeResponseWire)
+_JSON_DECODER = msgspec.json.Decoder()
+_ENCODER = msgspec.json.Encoder()
+
+
+# -- the Python side ----------------------------------------------------------------------------
 
 
 @dataclass(slots=True)
@@ -35,14 +246,21 @@ class SyncExchangeRequest:
     records: list[DataRecord] = field(default_factory=list)
     app_syncable_rows: list[AppSyncableRowEntry] = field(default_factory=list)
     limit: int | None = None
-    #: Extension (not in the reference): ask the responder for ``pending``, a count
-    #: of what remains. Counting costs the responder a pass over that backlog, so a
-    #: requester asks once per catch-up and estimates the later pages itself.
+    #: Extension (not in the reference): ask the responder for ``pending``, a count of what remains.
+    #: Counting costs the responder a pass over that backlog, so a requester asks once per catch-up
+    #: and estimates the later pages itself.
     count_pending: bool = False
     #: ``records`` already in wire form (the engine encodes a predicted next page while the
     #: previous one is answered); sent instead of encoding ``records`` again. ``from_wire``
     #: never fills it.
     wire_records: list[dict[str, Any]] | None = field(default=None, compare=False)
+
+    def __post_init__(self) -> None:
+        # ``None`` means none, as on the wire (issue #16).
+        if self.records is None:
+            self.records = []
+        if self.app_syncable_rows is None:
+            self.app_syncable_rows = []
 
     def to_wire(self) -> dict[str, Any]:
         out: dict[str, Any] = {
@@ -59,25 +277,7 @@ class SyncExchangeRequest:
 
     @classmethod
     def from_wire(cls, data: Any) -> SyncExchangeRequest:
-        if not isinstance(data, dict):
-            raise WireFormatError("body", "must be a JSON object")
-        if "watermarks" not in data:
-            raise WireFormatError("watermarks", "is required")
-        limit = data.get("limit")
-        if limit is not None:
-            limit = _int(limit, "limit")
-            if limit < 1:
-                raise WireFormatError("limit", "must be at least 1")
-        count_pending = data.get("countPending", False)
-        if not isinstance(count_pending, bool):
-            raise WireFormatError("countPending", "must be a boolean")
-        return cls(
-            watermarks=watermarks_from_wire(data["watermarks"], "watermarks"),
-            records=_records(data.get("records")),
-            app_syncable_rows=_list(data.get("appSyncableRows"), "appSyncableRows", entry_from_wire),
-            limit=limit,
-            count_pending=count_pending,
-        )
+        return _request_of(_convert(data, ExchangeRequestWire, ""))
 
 
 @dataclass(slots=True)
@@ -95,6 +295,12 @@ class SyncExchangeResponse:
     wire_records: list[dict[str, Any]] = field(default_factory=list)
     #: The same for app row entries, sent after ``app_syncable_rows``.
     wire_rows: list[dict[str, Any]] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        if self.records is None:
+            self.records = []
+        if self.app_syncable_rows is None:
+            self.app_syncable_rows = []
 
     def to_wire(self) -> dict[str, Any]:
         records = [record_to_wire(r) for r in self.records]
@@ -115,98 +321,152 @@ class SyncExchangeResponse:
 
     @classmethod
     def from_wire(cls, data: Any) -> SyncExchangeResponse:
-        if not isinstance(data, dict):
-            raise WireFormatError("body", "must be a JSON object")
-        has_more = data.get("hasMore", False)
-        if not isinstance(has_more, bool):
-            raise WireFormatError("hasMore", "must be a boolean")
-        pending = data.get("pending")
-        if pending is not None:
-            pending = _int(pending, "pending")
-        return cls(
-            records=_records(data.get("records")),
-            app_syncable_rows=_list(data.get("appSyncableRows"), "appSyncableRows", entry_from_wire),
-            responder_watermarks=watermarks_from_wire(
-                data.get("responderWatermarks", {}), "responderWatermarks"
-            ),
-            has_more=has_more,
-            pending=pending,
-        )
+        return _response_of(_convert(data, ExchangeResponseWire, ""))
 
 
-# -- HLC ---------------------------------------------------------------------
+def _request_of(w: ExchangeRequestWire) -> SyncExchangeRequest:
+    return SyncExchangeRequest(
+        watermarks=_timestamps(w.watermarks),
+        records=[r.record() for r in w.records] if w.records else [],
+        app_syncable_rows=[e.entry() for e in w.app_syncable_rows] if w.app_syncable_rows else [],
+        limit=w.limit,
+        count_pending=w.count_pending,
+    )
 
 
-def hlc_to_wire(hlc: HLCTimestamp) -> dict[str, Any]:
-    return {"wallTime": hlc[0], "counter": hlc[1], "nodeId": hlc[2]}
+def _response_of(w: ExchangeResponseWire) -> SyncExchangeResponse:
+    return SyncExchangeResponse(
+        records=[r.record() for r in w.records] if w.records else [],
+        app_syncable_rows=[e.entry() for e in w.app_syncable_rows] if w.app_syncable_rows else [],
+        responder_watermarks=_timestamps(w.responder_watermarks),
+        has_more=w.has_more,
+        pending=w.pending,
+    )
 
 
-def _bad_node_id(node: str) -> str | None:
-    if not node:
-        return "must not be empty"
-    if len(node) > MAX_NODE_ID_LENGTH:
-        return f"must be at most {MAX_NODE_ID_LENGTH} characters"
-    if ":" in node:
-        return "must not contain ':'"
-    if _CONTROL.search(node):
-        return "must not contain control characters"
-    return None
+def _timestamps(vector: Mapping[str, WireHLC]) -> dict[str, HLCTimestamp]:
+    return {node: h.timestamp() for node, h in vector.items()}
 
 
-#: Node ids already found valid: a request names a handful of nodes thousands of times.
-_GOOD_NODES: set[str] = set()
-_GOOD_NODES_MAX = 4096
+# -- bytes ------------------------------------------------------------------------------------
 
 
-def validate_node_id(node: Any, where: str) -> str:
-    if type(node) is str and node in _GOOD_NODES:
-        return node
-    if not isinstance(node, str):
-        raise WireFormatError(where, "must be a string")
-    problem = _bad_node_id(node)
-    if problem:
-        raise WireFormatError(where, problem)
-    if len(_GOOD_NODES) >= _GOOD_NODES_MAX:
-        _GOOD_NODES.clear()
-    _GOOD_NODES.add(node)
-    return node
+def decode_request(body: bytes) -> SyncExchangeRequest:
+    """An exchange request from its JSON body; ``WireFormatError`` / ``MalformedJSONError`` otherwise."""
+    return _request_of(_decode(_REQUEST_DECODER, body))
 
 
-_HLC_FIELDS = operator.itemgetter("wallTime", "counter", "nodeId")
-#: ``tuple.__new__`` straight: the named tuple's own ``__new__`` is a Python function.
-_new_tuple = tuple.__new__
+def decode_response(body: bytes) -> SyncExchangeResponse:
+    """An exchange response from its JSON body; ``WireFormatError`` / ``MalformedJSONError`` otherwise."""
+    return _response_of(_decode(_RESPONSE_DECODER, body))
 
 
-def _good_hlc(data: Any) -> HLCTimestamp | None:
-    """The common valid HLC in one test; ``None`` when it needs the checks that name a problem."""
-    if type(data) is dict:
+def encode_request(request: SyncExchangeRequest) -> bytes:
+    """The compact JSON body of ``request``: exactly what is sent, and what a signature covers."""
+    return _ENCODER.encode(request.to_wire())
+
+
+def encode_response(response: SyncExchangeResponse) -> bytes:
+    return _ENCODER.encode(response.to_wire())
+
+
+def encode_json(value: Any) -> bytes:
+    """Compact JSON of plain data (any size of integer; NaN and Infinity become null)."""
+    return _ENCODER.encode(value)
+
+
+def decode_json(data: bytes) -> Any:
+    """Parse JSON into plain data; ``MalformedJSONError`` (a ``ValueError``) when it is not JSON."""
+    return _decode(_JSON_DECODER, data)
+
+
+def _decode(decoder: msgspec.json.Decoder[Any], body: bytes) -> Any:
+    try:
+        return decoder.decode(body)
+    except msgspec.ValidationError as err:
+        raise _wire_error(err, "", lambda: _JSON_DECODER.decode(body)) from None
+    except msgspec.DecodeError as err:
+        raise MalformedJSONError("body", f"is not valid JSON ({err})") from None
+    except RecursionError:
+        raise MalformedJSONError("body", "nests too deeply") from None
+
+
+def _convert(data: Any, type_: Any, where: str) -> Any:
+    try:
+        return msgspec.convert(data, type_)
+    except msgspec.ValidationError as err:
+        raise _wire_error(err, where, lambda: data) from None
+
+
+# -- errors -----------------------------------------------------------------------------------
+
+_LOCATED = re.compile(r"(?s)(.*) - at (`key` in )?`\$([^`]*)`")
+_MISSING = re.compile(r"Object missing required field `(.+)`")
+
+
+def _join(base: str, member: str) -> str:
+    if not member:
+        return base
+    if not base:
+        return member
+    return base + member if member.startswith("[") else f"{base}.{member}"
+
+
+def _wire_error(err: msgspec.ValidationError, where: str, source: Callable[[], Any]) -> WireFormatError:
+    """``err`` as a ``WireFormatError`` whose field is the path msgspec reports, below ``where``."""
+    field_, problem = _locate(err, source)
+    if problem.startswith("Number out of range"):  # 1e999: Infinity in disguise
+        return MalformedJSONError("body", f"{problem} at {field_ or 'the top level'}")
+    return WireFormatError(_join(where, field_) or "body", problem)
+
+
+def _locate(err: msgspec.ValidationError, source: Callable[[], Any]) -> tuple[str, str]:
+    """``(path, problem)`` of a validation error, with ``$.`` dropped and dict keys filled in."""
+    match = _LOCATED.fullmatch(str(err))
+    problem, in_key, path = (match.group(1), match.group(2), match.group(3).lstrip(".")) if match else (str(err), None,
+                                                                                                       "")
+    cause = err.__cause__
+    if isinstance(cause, WireRuleError):
+        path, problem = _join(path, cause.member), cause.problem
+    elif missing := _MISSING.fullmatch(problem):
+        path, problem = _join(path, missing.group(1)), "is required"
+    if in_key or "[...]" in path:
+        # msgspec does not name the key of a dict member: find it in the parsed input.
+        vector = path.split("[...]", 1)[0]
         try:
-            fields = wall, counter, node = _HLC_FIELDS(data)
-        except KeyError:
-            return None
-        if (type(wall) is int and type(counter) is int and 0 <= wall <= MAX_WALL_TIME
-                and 0 <= counter <= MAX_COUNTER and type(node) is str and node in _GOOD_NODES):
-            return _new_tuple(HLCTimestamp, fields)  # type: ignore[no-any-return]
+            found = _in_vector(source(), vector, bool(in_key))
+        except (msgspec.DecodeError, RecursionError):
+            found = None
+        if found is not None:
+            return found
+        path = path.replace("[...]", "")
+    return path, problem
+
+
+def _in_vector(data: Any, vector: str, in_key: bool) -> tuple[str, str] | None:
+    """The first key (or value) of the watermark vector ``vector`` in ``data`` that breaks a rule."""
+    values = data.get(vector) if isinstance(data, dict) else None
+    if not isinstance(values, dict):
+        return None
+    for node, value in values.items():
+        if in_key:
+            problem = node_id_problem(node)
+            if problem is not None:
+                return _key_field(vector, node), problem
+            continue
+        try:
+            msgspec.convert(value, WireHLC)
+        except msgspec.ValidationError as err:
+            inner, problem = _locate(err, lambda v=value: v)
+            return _join(f"{vector}.{node}", inner), problem
     return None
+
+
+# -- single objects, as dicts ------------------------------------------------------------------
 
 
 def hlc_from_wire(data: Any, where: str) -> HLCTimestamp:
-    good = _good_hlc(data)
-    if good is not None:
-        return good
-    if not isinstance(data, dict):
-        raise WireFormatError(where, "must be an HLC object {wallTime, counter, nodeId}")
-    wall, counter, node = data.get("wallTime"), data.get("counter"), data.get("nodeId")
-    if type(wall) is not int:
-        raise WireFormatError(f"{where}.wallTime", "must be an integer")
-    if not (0 <= wall <= MAX_WALL_TIME):
-        raise WireFormatError(f"{where}.wallTime", f"must be between 0 and {MAX_WALL_TIME}")
-    if type(counter) is not int:
-        raise WireFormatError(f"{where}.counter", "must be an integer")
-    if not (0 <= counter <= MAX_COUNTER):
-        raise WireFormatError(f"{where}.counter", f"must be between 0 and {MAX_COUNTER}")
-    validate_node_id(node, f"{where}.nodeId")
-    return HLCTimestamp(wall, counter, node)
+    return _convert(data, WireHLC, where).timestamp()  # type: ignore[no-any-return]
 
 
 def watermarks_to_wire(w: Mapping[str, HLCTimestamp]) -> dict[str, Any]:
@@ -214,16 +474,12 @@ def watermarks_to_wire(w: Mapping[str, HLCTimestamp]) -> dict[str, Any]:
 
 
 def watermarks_from_wire(data: Any, where: str) -> dict[str, HLCTimestamp]:
-    if not isinstance(data, dict):
-        raise WireFormatError(where, "must be an object of nodeId -> HLC")
-    out = {}
-    for node, value in data.items():
-        validate_node_id(node, f"{where} key {node!r}"[:200])
-        out[node] = hlc_from_wire(value, f"{where}.{node}")
-    return out
-
-
-# -- records -------------------------------------------------------------------
+    vector = _convert(data, Watermarks, where)
+    try:
+        _check_keys(vector, where)
+    except WireRuleError as err:
+        raise WireFormatError(err.member, err.problem) from None
+    return _timestamps(vector)
 
 
 def record_to_wire(r: DataRecord) -> dict[str, Any]:
@@ -246,120 +502,8 @@ def record_to_wire(r: DataRecord) -> dict[str, Any]:
     }
 
 
-def _str(d: dict, key: str, where: str, *, nullable: bool = False, max_len: int = MAX_TEXT_LENGTH,
-         required: bool = True) -> str | None:
-    if key not in d:
-        if nullable or not required:
-            return None
-        raise WireFormatError(f"{where}.{key}", "is required")
-    v = d[key]
-    if v is None:
-        if nullable:
-            return None
-        raise WireFormatError(f"{where}.{key}", "must be a string, not null")
-    if not isinstance(v, str):
-        raise WireFormatError(f"{where}.{key}", "must be a string")
-    if len(v) > max_len:
-        raise WireFormatError(f"{where}.{key}", f"must be at most {max_len} characters")
-    if "\x00" in v:  # PostgreSQL text cannot hold NUL: refuse it on every database alike
-        raise WireFormatError(f"{where}.{key}", "must not contain NUL characters")
-    return v
-
-
-def _int(v: Any, where: str) -> int:
-    if type(v) is not int:
-        raise WireFormatError(where, "must be an integer")
-    return v
-
-
-#: Every field of a record, in one C call: the common record carries them all.
-_RECORD_FIELDS = operator.itemgetter(
-    "id", "type", "contentHash", "objectStorageKey", "originAppId", "mimeType", "originalFilename", "parentId",
-    "label", "version", "sizeBytes", "kind", "createdAt", "updatedAt", "deletedAt",
-)
-
-
-def _good_record(d: dict[str, Any]) -> DataRecord | None:
-    """A record of the common valid shape, checked in a few tests; ``None`` for ``record_from_wire``'s checks.
-
-    Accepts exactly what the checks below accept: a pulled page is thousands of
-    records, and naming the field at fault only matters for the rare bad one.
-    """
-    try:
-        (rid, rtype, chash, key, origin, mime, name, parent, label, version, size, kind, created_raw, updated_raw,
-         deleted_raw) = _RECORD_FIELDS(d)
-    except KeyError:  # an optional field left out: its default
-        rid, rtype, chash, key, origin = (d.get("id"), d.get("type"), d.get("contentHash"),
-                                          d.get("objectStorageKey"), d.get("originAppId"))
-        mime, name, parent, label = d.get("mimeType"), d.get("originalFilename"), d.get("parentId"), d.get("label")
-        version, size, kind = d.get("version", 1), d.get("sizeBytes", 0), d.get("kind", "data")
-        created_raw, updated_raw, deleted_raw = d.get("createdAt"), d.get("updatedAt"), d.get("deletedAt")
-    if not (type(rid) is str and type(rtype) is str and type(chash) is str and type(key) is str
-            and type(origin) is str and type(version) is int and type(size) is int
-            and 0 < len(rid) <= MAX_ID_LENGTH and len(rtype) <= 255 and "/" in rtype and len(chash) <= 256
-            and len(key) <= 1024 and len(origin) <= 255 and 0 <= version <= MAX_VERSION
-            and 0 <= size <= MAX_SIZE_BYTES and kind == "data"):
-        return None
-    if ((mime is not None and (type(mime) is not str or len(mime) > 255))
-            or (name is not None and (type(name) is not str or len(name) > MAX_TEXT_LENGTH))
-            or (parent is not None and (type(parent) is not str or len(parent) > MAX_ID_LENGTH))
-            or (label is not None and (type(label) is not str or len(label) > MAX_TEXT_LENGTH))):
-        return None
-    if "\x00" in f"{rid}{rtype}{chash}{key}{origin}{mime or ''}{name or ''}{parent or ''}{label or ''}":
-        return None
-    created, updated = _good_hlc(created_raw), _good_hlc(updated_raw)
-    deleted = None if deleted_raw is None else _good_hlc(deleted_raw)
-    if created is None or updated is None or (deleted is None and deleted_raw is not None):
-        return None
-    return DataRecord(rid, rtype, created, updated, chash, key, size, origin, version, deleted, mime, name, parent,
-                      label)
-
-
 def record_from_wire(d: Any, where: str) -> DataRecord:
-    if not isinstance(d, dict):
-        raise WireFormatError(where, "must be a record object")
-    rid = _str(d, "id", where, max_len=MAX_ID_LENGTH)
-    if not rid:
-        raise WireFormatError(f"{where}.id", "must not be empty")
-    kind = d.get("kind", "data")
-    if kind != "data":
-        raise WireFormatError(f"{where}.kind", "must be 'data'")
-    rtype = _str(d, "type", where, max_len=255)
-    if "/" not in rtype:  # type: ignore[operator]
-        raise WireFormatError(f"{where}.type", "must look like '<category>/<format>'")
-    for key in ("createdAt", "updatedAt"):
-        if key not in d:
-            raise WireFormatError(f"{where}.{key}", "is required")
-    created = hlc_from_wire(d["createdAt"], f"{where}.createdAt")
-    updated = hlc_from_wire(d["updatedAt"], f"{where}.updatedAt")
-    deleted_raw = d.get("deletedAt")
-    deleted = None if deleted_raw is None else hlc_from_wire(deleted_raw, f"{where}.deletedAt")
-    version = _int(d.get("version", 1), f"{where}.version")
-    size = d.get("sizeBytes", 0)
-    size = _int(size, f"{where}.sizeBytes")
-    if not 0 <= size <= MAX_SIZE_BYTES:
-        raise WireFormatError(f"{where}.sizeBytes", f"must be between 0 and {MAX_SIZE_BYTES}")
-    if not 0 <= version <= MAX_VERSION:
-        raise WireFormatError(f"{where}.version", f"must be between 0 and {MAX_VERSION}")
-    return DataRecord(
-        id=rid,
-        type=rtype,  # type: ignore[arg-type]
-        created_at=created,
-        updated_at=updated,
-        deleted_at=deleted,
-        version=version,
-        content_hash=_str(d, "contentHash", where, max_len=256) or "",
-        object_storage_key=_str(d, "objectStorageKey", where, max_len=1024) or "",
-        mime_type=_str(d, "mimeType", where, nullable=True, max_len=255),
-        size_bytes=size,
-        original_filename=_str(d, "originalFilename", where, nullable=True),
-        origin_app_id=_str(d, "originAppId", where, max_len=255) or "",
-        parent_id=_str(d, "parentId", where, nullable=True, max_len=MAX_ID_LENGTH),
-        label=_str(d, "label", where, nullable=True),
-    )
-
-
-# -- app row entries -----------------------------------------------------------------
+    return _convert(d, SharedRecordWire, where).record()  # type: ignore[no-any-return]
 
 
 def entry_to_wire(e: AppSyncableRowEntry) -> dict[str, Any]:
@@ -374,76 +518,63 @@ def entry_to_wire(e: AppSyncableRowEntry) -> dict[str, Any]:
 
 
 def entry_from_wire(d: Any, where: str) -> AppSyncableRowEntry:
-    if not isinstance(d, dict):
-        raise WireFormatError(where, "must be an app row entry object")
-    if "timestamp" not in d:
-        raise WireFormatError(f"{where}.timestamp", "is required")
-    ts = hlc_from_wire(d["timestamp"], f"{where}.timestamp")
-    app_id = _str(d, "appId", where, max_len=255)
-    table = _str(d, "table", where, max_len=255)
-    if not app_id:
-        raise WireFormatError(f"{where}.appId", "must not be empty")
-    if not table:
-        raise WireFormatError(f"{where}.table", "must not be empty")
-    op = d.get("op")
-    if op not in OPS:
-        raise WireFormatError(f"{where}.op", "must be one of 'insert', 'update', 'delete'")
-    row = d.get("row")
-    if row is not None and not isinstance(row, dict):
-        raise WireFormatError(f"{where}.row", "must be an object or null")
-    cond = d.get("where")
-    if cond is not None and not isinstance(cond, dict):
-        raise WireFormatError(f"{where}.where", "must be an object or null")
-    _check_json(row, f"{where}.row")
-    _check_json(cond, f"{where}.where")
-    if op == "insert" and not row:
-        raise WireFormatError(f"{where}.row", "is required for op 'insert'")
-    if op == "update":
-        if not row:
-            raise WireFormatError(f"{where}.row", "is required for op 'update'")
-        if not cond:
-            raise WireFormatError(f"{where}.where", "is required for op 'update'")
-    if op == "delete" and not row and not cond:
-        raise WireFormatError(f"{where}.where", "op 'delete' needs 'where' or 'row'")
-    return AppSyncableRowEntry(ts, app_id, table, op, row, cond)  # type: ignore[arg-type]
+    return _convert(d, AppRowEntryWire, where).entry()  # type: ignore[no-any-return]
 
 
-def _check_json(value: Any, where: str) -> None:
-    """Refuse what a JSON column cannot store on every database: NUL in text, NaN/Infinity, deep nesting."""
-    stack: list[tuple[Any, int]] = [(value, 0)]
-    while stack:  # iterative: nesting must not exhaust the Python stack
-        v, depth = stack.pop()
-        if isinstance(v, str):
-            if "\x00" in v:
-                raise WireFormatError(where, "must not contain NUL characters")
-        elif isinstance(v, float):
-            if not math.isfinite(v):
-                raise WireFormatError(where, "must not contain NaN or Infinity")
-        elif isinstance(v, (dict, list)):
-            if depth >= MAX_JSON_DEPTH:
-                raise WireFormatError(where, f"must not nest deeper than {MAX_JSON_DEPTH} levels")
-            if isinstance(v, dict):
-                stack.extend((k, depth + 1) for k in v)  # keys are strings too
-                stack.extend((x, depth + 1) for x in v.values())
-            else:
-                stack.extend((x, depth + 1) for x in v)
+# -- schema -----------------------------------------------------------------------------------
+
+#: Component names of the OpenAPI schema, by struct.
+_SCHEMA_NAMES = {
+    "WireHLC": "HLC",
+    "SharedRecordWire": "SharedRecord",
+    "AppRowEntryWire": "AppSyncableRow",
+    "ExchangeRequestWire": "ExchangeRequest",
+    "ExchangeResponseWire": "ExchangeResponse",
+}
+_REF_PREFIX = "#/components/schemas/"
 
 
-def _records(value: Any) -> list[DataRecord]:
-    """``records`` of a request or response: the common shape fast, anything else through the checks."""
-    if type(value) is not list:
-        return _list(value, "records", record_from_wire)
-    out = []
-    for i, d in enumerate(value):
-        r = _good_record(d) if type(d) is dict else None
-        # The checks that name the problem; they also learn a node id seen for the first time.
-        out.append(r if r is not None else record_from_wire(d, f"records[{i}]"))
-    return out
+def json_schema_components(*, openapi_30: bool = True) -> dict[str, Any]:
+    """OpenAPI ``components.schemas`` of the exchange request and response, from the decoding types.
+
+    Named ``HLC``, ``SharedRecord``, ``AppSyncableRow``, ``ExchangeRequest`` and
+    ``ExchangeResponse``; each describes what the decoder accepts. With ``openapi_30`` (the
+    default) a nullable member is spelled ``nullable: true`` (OpenAPI 3.0) rather than
+    ``anyOf [..., {"type": "null"}]`` (JSON Schema 2020-12, OpenAPI 3.1).
+    """
+    _, components = msgspec.json.schema_components(
+        (ExchangeRequestWire, ExchangeResponseWire), ref_template=_REF_PREFIX + "{name}")
+    renamed = {_SCHEMA_NAMES.get(name, name): schema for name, schema in components.items()}
+    out: dict[str, Any] = _rename_refs(renamed)
+    return _to_openapi_30(out) if openapi_30 else out
 
 
-def _list(value: Any, where: str, parse: Any) -> list:
-    if value is None:
-        return []
-    if not isinstance(value, list):
-        raise WireFormatError(where, "must be an array")
-    return [parse(item, f"{where}[{i}]") for i, item in enumerate(value)]
+def _rename_refs(value: Any) -> Any:
+    if isinstance(value, dict):
+        ref = value.get("$ref")
+        if isinstance(ref, str) and ref.startswith(_REF_PREFIX):
+            name = ref[len(_REF_PREFIX):]
+            return {**value, "$ref": _REF_PREFIX + _SCHEMA_NAMES.get(name, name)}
+        return {k: _rename_refs(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_rename_refs(v) for v in value]
+    return value
+
+
+def _to_openapi_30(value: Any) -> Any:
+    if isinstance(value, list):
+        return [_to_openapi_30(v) for v in value]
+    if not isinstance(value, dict):
+        return value
+    value = {k: _to_openapi_30(v) for k, v in value.items()}
+    options = value.get("anyOf")
+    if isinstance(options, list) and {"type": "null"} in options:
+        rest = [o for o in options if o != {"type": "null"}]
+        del value["anyOf"]
+        if len(rest) == 1 and "$ref" in rest[0]:
+            # OpenAPI 3.0 ignores siblings of a bare $ref; allOf is the usual spelling.
+            return {**value, "allOf": rest, "nullable": True}
+        if len(rest) == 1:
+            return {**value, **rest[0], "nullable": True}
+        return {**value, "anyOf": rest, "nullable": True}
+    return value
