@@ -1,5 +1,5 @@
 """The shared HTTP plumbing: one pooled ``requests.Session``, error mapping,
-JSON codec and the base every channel client builds on.
+JSON helpers and the base every channel client builds on.
 
 Nothing here does network I/O until a request is made, so constructing a
 client is always cheap and safe (django-anymail's rule).
@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import email.utils
 import html
-import json
 import math
 import os
 import re
@@ -25,12 +24,8 @@ from requests.adapters import HTTPAdapter
 from urllib3.util.retry import Retry
 
 from ..exceptions import SyncTransportError
+from ..wire import decode_json, encode_json
 from .auth import AuthLike, RequestAuth, resolve_auth
-
-try:  # orjson is optional: faster, and its output is already compact.
-    import orjson as _orjson
-except ImportError:  # pragma: no cover - depends on the environment
-    _orjson = None
 
 #: ``timeout`` accepted by every client: seconds, or ``(connect, read)``.
 Timeout = float | tuple[float, float]
@@ -102,19 +97,12 @@ def _keep_request_as_is(request: requests.PreparedRequest) -> requests.PreparedR
 
 def dumps_json(obj: Any) -> bytes:
     """Compact JSON bytes: exactly what is sent, and what a signature covers."""
-    if _orjson is not None:
-        try:
-            return _orjson.dumps(obj)
-        except TypeError:
-            pass  # e.g. an int beyond 64 bits in an app row; the stdlib handles it
-    return json.dumps(obj, separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode("utf-8")
+    return encode_json(obj)
 
 
 def loads_json(data: bytes) -> Any:
     """Parse JSON bytes; raises ``ValueError`` on malformed input."""
-    if _orjson is not None:
-        return _orjson.loads(data)
-    return json.loads(data)
+    return decode_json(data)
 
 
 # -- errors --------------------------------------------------------------------------

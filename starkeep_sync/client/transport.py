@@ -2,19 +2,19 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import requests
 
 from ..constants import DRIVE_APP_ID, EXCHANGE_PATH
 from ..exceptions import SyncTransportError, WireFormatError
-from ..wire import SyncExchangeRequest, SyncExchangeResponse
+from ..wire import MalformedJSONError, SyncExchangeRequest, SyncExchangeResponse, decode_response, encode_request
 from .auth import AuthLike, CallableAuth, SignRequest
 from .session import (
     DEFAULT_TIMEOUT,
     ChannelClient,
     Timeout,
-    dumps_json,
     loads_json,
     raise_for_response,
     send,
@@ -36,11 +36,14 @@ class HttpSyncTransport(ChannelClient):
         non-2xx (``status``, ``code``, ``retry_after`` set), and
         ``WireFormatError`` when a 2xx body is not a valid exchange response.
         """
-        return SyncExchangeResponse.from_wire(self.exchange_json(request))
+        return self._answer(self._post(request), decode_response)  # type: ignore[no-any-return]
 
     def exchange_json(self, request: SyncExchangeRequest) -> Any:
         """Send one round; the response body as parsed JSON, not yet validated (``exchange`` less ``from_wire``)."""
-        body = dumps_json(request.to_wire())
+        return self._answer(self._post(request), loads_json)
+
+    def _post(self, request: SyncExchangeRequest) -> requests.Response:
+        body = encode_request(request)
         headers = {"Content-Type": "application/json", "Accept": "application/json"}
         # Signed over the exact bytes sent, so serialise once and reuse.
         headers.update(self.auth.headers("POST", self.signed_path(EXCHANGE_PATH), body))
@@ -49,19 +52,17 @@ class HttpSyncTransport(ChannelClient):
         if response.status_code == 404:
             raise self._not_found(response, url)
         raise_for_response(response)
+        return response
+
+    @staticmethod
+    def _answer(response: requests.Response, parse: Callable[[bytes], Any]) -> Any:
         try:
-            data = loads_json(response.content)
-        except (ValueError, requests.RequestException) as err:
-            if _unframed(response):
-                # No Content-Length and not chunked: the body ran until the connection
-                # closed. A connection cut inside the header block looks exactly like
-                # this (the headers end at EOF, the body is empty), so it is a transport
-                # failure to retry, not a server that speaks another protocol.
-                raise SyncTransportError(
-                    f"exchange response broke off ({err})", status=response.status_code, code="truncated_response"
-                ) from err
-            raise WireFormatError("body", f"exchange response is not valid JSON ({err})") from err
-        return data
+            return parse(response.content)
+        except MalformedJSONError as err:
+            raise _broken_off(response, err) or err from None
+        except requests.RequestException as err:
+            raise _broken_off(response, err) or WireFormatError(
+                "body", f"exchange response could not be read ({err})") from err
 
     def _not_found(self, response: requests.Response, url: str) -> SyncTransportError:
         """A 404 on the exchange route almost always means a base URL without the channel mount."""
@@ -71,6 +72,17 @@ class HttpSyncTransport(ChannelClient):
         if err.code == "unknown_app":
             hint = f"{err.message}. Register the app on the server, or check the app id in {self.base_url}"
         return SyncTransportError(hint, status=err.status, code=err.code, retry_after=err.retry_after)
+
+
+def _broken_off(response: requests.Response, err: Exception) -> SyncTransportError | None:
+    """A transport failure to retry when a body that does not parse may just have been cut short."""
+    if not _unframed(response):
+        return None
+    # No Content-Length and not chunked: the body ran until the connection closed. A connection cut
+    # inside the header block looks exactly like this (the headers end at EOF, the body is empty),
+    # so it is a transport failure to retry, not a server that speaks another protocol.
+    return SyncTransportError(
+        f"exchange response broke off ({err})", status=response.status_code, code="truncated_response")
 
 
 def _unframed(response: requests.Response) -> bool:
