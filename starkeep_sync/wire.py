@@ -544,7 +544,8 @@ def json_schema_components(*, openapi_30: bool = True) -> dict[str, Any]:
     """
     _, components = msgspec.json.schema_components(
         (ExchangeRequestWire, ExchangeResponseWire), ref_template=_REF_PREFIX + "{name}")
-    renamed = {_SCHEMA_NAMES.get(name, name): schema for name, schema in components.items()}
+    renamed = {_SCHEMA_NAMES.get(name, name): {**schema, "title": _SCHEMA_NAMES.get(name, name)}
+               for name, schema in components.items()}
     out: dict[str, Any] = _rename_refs(renamed)
     return _to_openapi_30(out) if openapi_30 else out
 
@@ -567,6 +568,10 @@ def _to_openapi_30(value: Any) -> Any:
     if not isinstance(value, dict):
         return value
     value = {k: _to_openapi_30(v) for k, v in value.items()}
+    if value.get("required") == []:  # an empty list is not allowed in 3.0
+        del value["required"]
+    if "propertyNames" in value:  # 3.1 only: the key rule stays readable as an extension
+        value["x-propertyNames"] = value.pop("propertyNames")
     options = value.get("anyOf")
     if isinstance(options, list) and {"type": "null"} in options:
         rest = [o for o in options if o != {"type": "null"}]
