@@ -6,6 +6,7 @@ import itertools
 import random
 import threading
 
+import msgspec
 import pytest
 
 from starkeep_sync import ClockSkewError
@@ -15,9 +16,13 @@ from starkeep_sync.hlc import (
     ClockState,
     HLCClock,
     HLCTimestamp,
+    WireHLC,
+    WireRuleError,
     compare_hlc,
     deserialize_hlc,
+    hlc_to_wire,
     max_hlc,
+    node_id_problem,
     serialize_hlc,
 )
 
@@ -448,3 +453,40 @@ def test_concurrent_now_issues_unique_timestamps() -> None:
     assert len(results) == 4000
     assert len(set(results)) == 4000
     assert tuple(max(results)[:2]) == tuple(clock.state)
+
+
+# -- one node-id rule, one wire form --------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("node", "problem"), [
+    ("n", None), ("n" * MAX_NODE_ID_LENGTH, None), ("a b.c~", None),
+    ("", "must not be empty"), ("n" * (MAX_NODE_ID_LENGTH + 1), f"must be at most {MAX_NODE_ID_LENGTH} characters"),
+    ("a:b", "must not contain ':'"), ("a\x00", "must not contain control characters"),
+    ("a\n", "must not contain control characters"), ("a\x7f", "must not contain control characters"),
+    (5, "must be a string"), (None, "must be a string"),
+])
+def test_node_id_problem_is_the_one_rule(node: object, problem: str | None) -> None:
+    assert node_id_problem(node) == problem
+    assert node_id_problem(node) == problem  # the same once a valid id is remembered
+
+
+def test_wire_hlc_round_trips_a_timestamp_and_keeps_tuple_order() -> None:
+    ts = HLCTimestamp(MAX_WALL_TIME, MAX_COUNTER, "nodeA")
+    wire = WireHLC.of(ts)
+    assert msgspec.json.encode(wire) == b'{"wallTime":281474976710655,"counter":65535,"nodeId":"nodeA"}'
+    back = msgspec.json.decode(msgspec.json.encode(wire), type=WireHLC).timestamp()
+    assert back == ts and type(back) is HLCTimestamp and back > HLCTimestamp(MAX_WALL_TIME, MAX_COUNTER, "node")
+    assert hlc_to_wire(ts) == msgspec.to_builtins(wire)
+
+
+def test_wire_hlc_refuses_a_node_id_the_rule_refuses() -> None:
+    with pytest.raises(msgspec.ValidationError, match="nodeId: must not contain ':'") as info:
+        msgspec.json.decode(b'{"wallTime":1,"counter":0,"nodeId":"a:b"}', type=WireHLC)
+    assert isinstance(info.value.__cause__, WireRuleError) and info.value.__cause__.member == "nodeId"
+
+
+def test_serialize_still_refuses_a_bad_node_after_a_good_one() -> None:
+    assert serialize_hlc(HLCTimestamp(1, 0, "fine")) == "000000000001:0000:fine"
+    assert serialize_hlc(HLCTimestamp(1, 0, "")) == "000000000001:0000:"  # ZERO_HLC's node serializes
+    with pytest.raises(ValueError):
+        serialize_hlc(HLCTimestamp(1, 0, "fi:ne"))

@@ -13,12 +13,23 @@ from starkeep_sync.constants import MAX_COUNTER, MAX_NODE_ID_LENGTH, MAX_WALL_TI
 from starkeep_sync.hlc import HLCTimestamp
 from starkeep_sync.records import AppSyncableRowEntry, DataRecord
 from starkeep_sync.wire import (
+    MAX_JSON_DEPTH,
+    MAX_SIZE_BYTES,
+    MAX_VERSION,
+    MalformedJSONError,
     SyncExchangeRequest,
     SyncExchangeResponse,
+    decode_json,
+    decode_request,
+    decode_response,
+    encode_json,
+    encode_request,
+    encode_response,
     entry_from_wire,
     entry_to_wire,
     hlc_from_wire,
     hlc_to_wire,
+    json_schema_components,
     record_from_wire,
     record_to_wire,
 )
@@ -359,8 +370,8 @@ def test_record_missing_required_field(missing: str) -> None:
         ("version", -1),
         ("mimeType", 5),
         ("label", ["x"]),
-        # Every limit and every text field, so the one-pass check of a valid record
-        # (``_good_record``) can be seen to let none of them through.
+        # Every limit and every text field, so the one test of a valid record's text
+        # (``SharedRecordWire.__post_init__``) can be seen to let none of them through.
         ("id", "i" * 257),
         ("id", "a\x00b"),
         ("type", "image/" + "j" * 250),
@@ -525,3 +536,258 @@ def test_node_ids_seen_before_do_not_weaken_the_hlc_checks() -> None:
         with pytest.raises(WireFormatError) as err:
             hlc_from_wire(bad, "h")
         assert err.value.field == field
+
+
+# -- bytes: decode_request / encode_request, decode_response / encode_response ----------------------
+
+
+def as_bytes(body: Any) -> bytes:
+    return json.dumps(body).encode()
+
+
+def test_request_bytes_round_trip() -> None:
+    body = request_with(records=[wire_record()], appSyncableRows=[wire_entry()], countPending=True)
+    req = decode_request(as_bytes(body))
+    assert req == SyncExchangeRequest.from_wire(body)
+    assert json.loads(encode_request(req)) == body
+    assert decode_request(encode_request(req)) == req
+    # Compact, members in the order every sender writes them: the bytes a signature covers.
+    assert encode_request(req) == json.dumps(req.to_wire(), separators=(",", ":")).encode()
+
+
+def test_response_bytes_round_trip_with_wire_records_after_records() -> None:
+    resp = SyncExchangeResponse.from_wire(response_with(records=[wire_record()], hasMore=True, pending=4))
+    resp.wire_records = [wire_record(id="r2")]
+    resp.wire_rows = [wire_entry()]
+    body = encode_response(resp)
+    assert json.loads(body) == resp.to_wire()
+    back = decode_response(body)
+    assert [r.id for r in back.records] == [wire_record()["id"], "r2"]
+    assert back.app_syncable_rows == [entry_from_wire(wire_entry(), "e")]
+    assert (back.has_more, back.pending, back.responder_watermarks) == (True, 4, resp.responder_watermarks)
+
+
+def test_app_row_keys_pass_through_untouched() -> None:
+    row = {"id": "n1", "snake_case": 1, "camelCase": 2, "Odd Key": {"nested_key": [1, "x"]},
+           "updated_at": "0000000003e8:0000:nodeA"}
+    entry = decode_request(as_bytes(request_with(appSyncableRows=[wire_entry(row=row)]))).app_syncable_rows[0]
+    assert entry.row == row
+    assert json.loads(encode_response(SyncExchangeResponse(app_syncable_rows=[entry])))["appSyncableRows"][0]["row"] \
+        == row
+
+
+def test_big_integers_in_rows_travel_both_ways() -> None:
+    row = {"id": "n1", "big": 2**70, "updated_at": "0000000003e8:0000:nodeA"}
+    entry = decode_request(as_bytes(request_with(appSyncableRows=[wire_entry(row=row)]))).app_syncable_rows[0]
+    assert entry.row is not None and entry.row["big"] == 2**70
+    assert encode_json(entry.row) == b'{"id":"n1","big":1180591620717411303424,"updated_at":"0000000003e8:0000:nodeA"}'
+
+
+# -- issue #16: None lists ------------------------------------------------------------------------------
+
+
+def test_none_lists_are_empty_in_python() -> None:
+    req = SyncExchangeRequest(records=None, app_syncable_rows=None)  # type: ignore[arg-type]
+    assert req.records == [] and req.app_syncable_rows == []
+    assert req.to_wire() == {"watermarks": {}, "records": [], "appSyncableRows": []}
+    assert decode_request(encode_request(req)) == req
+    resp = SyncExchangeResponse(records=None, app_syncable_rows=None)  # type: ignore[arg-type]
+    assert resp.to_wire()["records"] == [] and resp.to_wire()["appSyncableRows"] == []
+
+
+@pytest.mark.parametrize("parse", [SyncExchangeRequest.from_wire, lambda b: decode_request(as_bytes(b))])
+def test_null_lists_on_the_wire_are_empty(parse: Any) -> None:
+    req = parse({"watermarks": {}, "records": None, "appSyncableRows": None, "limit": None})
+    assert req == SyncExchangeRequest()
+
+
+def test_null_and_absent_lists_in_a_response_are_empty() -> None:
+    assert decode_response(b'{"records":null,"appSyncableRows":null}') == SyncExchangeResponse()
+    assert decode_response(b"{}") == SyncExchangeResponse()
+
+
+# -- errors from bytes ------------------------------------------------------------------------------------
+
+
+def bytes_field(body: Any, decode: Any = decode_request) -> str:
+    with pytest.raises(WireFormatError) as info:
+        decode(body if isinstance(body, bytes) else as_bytes(body))
+    assert not isinstance(info.value, MalformedJSONError)
+    assert info.value.code == "invalid_request" and info.value.field is not None
+    assert str(info.value).startswith(f"{info.value.field}: ")
+    return info.value.field
+
+
+@pytest.mark.parametrize(("body", "field"), [
+    (request_with(records=[wire_record()] * 3 + [wire_record(sizeBytes=-1)]), "records[3].sizeBytes"),
+    (request_with(records=[wire_record(), {k: v for k, v in wire_record().items() if k != "id"}]), "records[1].id"),
+    (request_with(records=[wire_record(updatedAt=hlc(counter=MAX_COUNTER + 1))]), "records[0].updatedAt.counter"),
+    (request_with(records=[wire_record(createdAt=hlc(node="a:b"))]), "records[0].createdAt.nodeId"),
+    (request_with(records=[wire_record(label="a\x00")]), "records[0].label"),
+    (request_with(records=[wire_record(type="jpeg")]), "records[0].type"),
+    (request_with(watermarks={"nodeA": hlc(), "nodeB": hlc(wall=-1)}), "watermarks.nodeB.wallTime"),
+    (request_with(watermarks={"nodeA": hlc(), "nodeB": {"wallTime": 1, "counter": 0}}), "watermarks.nodeB.nodeId"),
+    (request_with(watermarks={"nodeB": hlc(node="x\ty")}), "watermarks.nodeB.nodeId"),
+    (request_with(watermarks={"nodeA": hlc(), "a:b": hlc()}), "watermarks key 'a:b'"),
+    (request_with(watermarks={"": hlc()}), "watermarks key ''"),
+    (request_with(appSyncableRows=[wire_entry(), wire_entry(op="update", where=None)]), "appSyncableRows[1].where"),
+    (request_with(appSyncableRows=[wire_entry(row={"id": "x\x00"})]), "appSyncableRows[0].row"),
+    (request_with(appSyncableRows=[wire_entry(timestamp=hlc(counter=1.5))]), "appSyncableRows[0].timestamp.counter"),
+    (request_with(limit=0), "limit"),
+    ({"records": []}, "watermarks"),
+    ([], "body"),
+])
+def test_decode_errors_name_the_field_msgspec_reports(body: Any, field: str) -> None:
+    assert bytes_field(body) == field
+    assert field_of(SyncExchangeRequest.from_wire, body) == field  # the dict path names it alike
+
+
+def test_response_decode_errors_name_the_field() -> None:
+    assert bytes_field(response_with(responderWatermarks={"nodeB": hlc(wall=True)}), decode_response) \
+        == "responderWatermarks.nodeB.wallTime"
+    assert bytes_field(response_with(pending=-1), decode_response) == "pending"
+    assert bytes_field(response_with(hasMore=None), decode_response) == "hasMore"
+
+
+@pytest.mark.parametrize("body", [b"", b"{", b"{oops}", b'{"watermarks":{}} x', b'{"watermarks":NaN}',
+                                  b'{"watermarks":{},"limit":Infinity}', b'{"watermarks":{},"limit":1e999}',
+                                  b'{"watermarks":{},"appSyncableRows":[{"row":{"x":' + b"[" * 5000 + b"]" * 5000
+                                  + b"}}]}"])
+def test_not_json_is_malformed_json(body: bytes) -> None:
+    with pytest.raises(MalformedJSONError) as info:
+        decode_request(body)
+    assert (info.value.code, info.value.field, info.value.status) == ("invalid_json", "body", 400)
+    with pytest.raises(ValueError):
+        decode_json(body)
+
+
+def test_row_number_too_large_for_a_double_is_malformed_json() -> None:
+    payload = as_bytes(request_with(appSyncableRows=[wire_entry()])).replace(b'"hi"', b"1e999")
+    with pytest.raises(MalformedJSONError):
+        decode_request(payload)
+
+
+def test_unknown_fields_are_ignored_at_every_level_in_bytes() -> None:
+    body = request_with(future={"x": [1]}, records=[wire_record(newField=1, createdAt={**hlc(), "tz": "utc"})],
+                        appSyncableRows=[wire_entry(extra=None)])
+    body["watermarks"]["nodeA"]["precision"] = "ms"
+    req = decode_request(as_bytes(body))
+    assert req == SyncExchangeRequest.from_wire(request_with(records=[wire_record()], appSyncableRows=[wire_entry()]))
+    resp = decode_response(as_bytes(response_with(serverVersion="9", records=[wire_record(x=1)])))
+    assert len(resp.records) == 1
+
+
+# -- every rule at its bound: the value on the bound is taken, the one past it refused -----------------------
+
+N = MAX_NODE_ID_LENGTH
+RULES = [
+    # (where the value goes, the accepted bound, the refused neighbour, the field named)
+    ("hlc", "wallTime", 0, -1),
+    ("hlc", "wallTime", MAX_WALL_TIME, MAX_WALL_TIME + 1),
+    ("hlc", "counter", 0, -1),
+    ("hlc", "counter", MAX_COUNTER, MAX_COUNTER + 1),
+    ("hlc", "nodeId", "n", ""),
+    ("hlc", "nodeId", "n" * N, "n" * (N + 1)),
+    ("hlc", "nodeId", "a.b", "a:b"),
+    ("hlc", "nodeId", "a~b", "a\x7fb"),
+    ("hlc", "nodeId", "a b", "a\x1fb"),
+    ("key", None, "n", ""),
+    ("key", None, "n" * N, "n" * (N + 1)),
+    ("key", None, "a.b", "a:b"),
+    ("key", None, "a b", "a\nb"),
+    ("record", "id", "i", ""),
+    ("record", "id", "i" * 256, "i" * 257),
+    ("record", "kind", "data", "file"),
+    ("record", "type", "t/" + "x" * 253, "t/" + "x" * 254),
+    ("record", "type", "/", "text"),
+    ("record", "version", 0, -1),
+    ("record", "version", MAX_VERSION, MAX_VERSION + 1),
+    ("record", "contentHash", "h" * 256, "h" * 257),
+    ("record", "objectStorageKey", "k" * 1024, "k" * 1025),
+    ("record", "mimeType", "m" * 255, "m" * 256),
+    ("record", "sizeBytes", 0, -1),
+    ("record", "sizeBytes", MAX_SIZE_BYTES, MAX_SIZE_BYTES + 1),
+    ("record", "originalFilename", "f" * 4096, "f" * 4097),
+    ("record", "originAppId", "o" * 255, "o" * 256),
+    ("record", "parentId", "p" * 256, "p" * 257),
+    ("record", "label", "l" * 4096, "l" * 4097),
+    ("record", "label", "a\x01b", "a\x00b"),
+    ("entry", "appId", "a", ""),
+    ("entry", "appId", "a" * 255, "a" * 256),
+    ("entry", "table", "t", ""),
+    ("entry", "table", "t" * 255, "t" * 256),
+    ("entry", "op", "delete", "remove"),
+    ("entry", "row", {"id": "n1", "x": "\x01"}, {"id": "n1", "x": "\x00"}),
+    ("depth", "row", MAX_JSON_DEPTH - 1, MAX_JSON_DEPTH),
+    ("request", "limit", 1, 0),
+    ("response", "pending", 0, -1),
+]
+
+
+def place(kind: str, member: str | None, value: Any) -> tuple[Any, Any, str]:
+    """``(body, parse, field)`` with ``value`` put where ``kind`` says."""
+    if kind == "hlc":
+        return request_with(watermarks={"w": {**hlc(), member: value}}), decode_request, f"watermarks.w.{member}"
+    if kind == "key":
+        return request_with(watermarks={value: hlc()}), decode_request, f"watermarks key {value!r}"
+    if kind == "record":
+        return request_with(records=[wire_record(**{member: value})]), decode_request, f"records[0].{member}"
+    if kind == "entry":
+        return (request_with(appSyncableRows=[wire_entry(**{member: value})]), decode_request,
+                f"appSyncableRows[0].{member}")
+    if kind == "depth":  # ``value`` levels of arrays below the row's own
+        nested: Any = 0
+        for _ in range(value):
+            nested = [nested]
+        row = {"id": "n1", "deep": nested, "updated_at": "0000000003e8:0000:nodeA"}
+        return request_with(appSyncableRows=[wire_entry(row=row)]), decode_request, "appSyncableRows[0].row"
+    if kind == "request":
+        return request_with(**{member: value}), decode_request, member or ""
+    return response_with(**{member: value}), decode_response, member or ""  # type: ignore[dict-item]
+
+
+@pytest.mark.parametrize(("kind", "member", "ok", "bad"), RULES)
+def test_rule_at_its_bound(kind: str, member: str | None, ok: Any, bad: Any) -> None:
+    body, parse, _ = place(kind, member, ok)
+    parse(as_bytes(body))
+    body, parse, field = place(kind, member, bad)
+    assert bytes_field(body, parse) == field
+
+
+# -- schema --------------------------------------------------------------------------------------------------
+
+
+def test_schema_components_come_from_the_decoding_types() -> None:
+    schemas = json_schema_components()
+    assert set(schemas) == {"HLC", "SharedRecord", "AppSyncableRow", "ExchangeRequest", "ExchangeResponse"}
+    hlc_schema = schemas["HLC"]
+    assert hlc_schema["required"] == ["wallTime", "counter", "nodeId"]
+    assert hlc_schema["properties"]["wallTime"]["maximum"] == MAX_WALL_TIME
+    assert hlc_schema["properties"]["counter"]["maximum"] == MAX_COUNTER
+    assert hlc_schema["properties"]["nodeId"]["maxLength"] == MAX_NODE_ID_LENGTH
+    record = schemas["SharedRecord"]["properties"]
+    assert record["sizeBytes"]["maximum"] == MAX_SIZE_BYTES and record["version"]["maximum"] == MAX_VERSION
+    assert record["deletedAt"] == {"default": None, "allOf": [{"$ref": "#/components/schemas/HLC"}], "nullable": True}
+    request = schemas["ExchangeRequest"]
+    assert request["required"] == ["watermarks"]
+    assert request["properties"]["records"]["nullable"] is True
+    assert request["properties"]["limit"]["minimum"] == 1
+    assert set(schemas["AppSyncableRow"]["properties"]["op"]["enum"]) == {"insert", "update", "delete"}
+    # JSON Schema 2020-12 (OpenAPI 3.1) on request.
+    plain = json_schema_components(openapi_30=False)
+    assert {"type": "null"} in plain["ExchangeRequest"]["properties"]["records"]["anyOf"]
+
+
+def test_schema_patterns_agree_with_the_decoder() -> None:
+    import re
+
+    schemas = json_schema_components()
+    node = re.compile(schemas["HLC"]["properties"]["nodeId"]["pattern"])
+    media = re.compile(schemas["SharedRecord"]["properties"]["type"]["pattern"])
+    for value in ["a", "a b", "a:b", "a\x00", "a\x7f"]:
+        accepted = not (set(value) & {":", "\x00", "\x7f"})
+        assert bool(node.search(value)) == accepted
+        assert (hlc_from_wire(hlc(node=value), "h") == (1000, 0, value)) if accepted else \
+            field_of(lambda d: hlc_from_wire(d, "h"), hlc(node=value)) == "h.nodeId"
+    for value, accepted in [("a/b", True), ("ab", False), ("a/\x00", False)]:
+        assert bool(media.search(value)) == accepted
