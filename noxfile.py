@@ -4,7 +4,7 @@
 
 - ``oldest``: Python 3.11 with every runtime dependency pinned exactly to the
   lowest version ``pyproject.toml`` declares (Django 5.2.0, DRF 3.15.0,
-  django-storages 1.14, requests 2.31.0, orjson 3.9.0, drf-spectacular 0.27.0);
+  django-storages 1.14, requests 2.31.0, msgspec 0.18.6, drf-spectacular 0.27.0);
 - ``newest``: Python 3.13 with the latest Django 6.0.x and the latest DRF.
 
 ``nox -s matrix`` runs every supported Python x Django pair (latest patch
