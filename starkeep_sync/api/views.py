@@ -11,24 +11,21 @@ import hashlib
 import hmac as _hmac
 import logging
 from contextlib import AbstractContextManager, nullcontext
-from functools import lru_cache
 from typing import Any
 
 from django.contrib.auth import get_user_model
 from django.core import signing
 from django.core.cache import caches
-from django.db import IntegrityError, connection, transaction
+from django.db import connection, transaction
 from django.http import FileResponse, HttpResponse
 from django.urls import reverse
-from django.utils import timezone
 from rest_framework import authentication, status
 from rest_framework.exceptions import UnsupportedMediaType
 from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from ..adapters import sql
-from ..adapters.orm import OrmAppSource, OrmDatabaseAdapter
+from ..adapters.orm import OrmAppSource, OrmDatabaseAdapter, synced_db
 from ..adapters.storage import DjangoObjectStorage, get_blob_storage
 from ..blobs import CHUNK_SIZE
 from ..conf import sync_settings
@@ -181,54 +178,19 @@ def _one_write_transaction(items: int) -> AbstractContextManager[object]:
     separate transactions: its snapshot must be REPEATABLE READ from the start
     (see ``read_snapshot``), and the counter there does not wait for its flush.
     """
-    if items and connection.vendor == "sqlite" and not connection.in_atomic_block:
-        return transaction.atomic()
+    db = synced_db()
+    if items and db.vendor == "sqlite" and not db.in_atomic_block:
+        return transaction.atomic(using=db.alias)
     return nullcontext()
 
 
 def record_activity(owner: Any, channel: str, report: ExchangeReport) -> None:
-    """Count the exchange and keep the last refusal, for ``starkeep_status`` (one statement normally)."""
-    now = timezone.now()
-    error: tuple[str, Any] | None = None
+    """Count the exchange and keep its first refusal, for ``starkeep_status`` and the admin."""
+    refusal = None
     if report.refused:
         first = report.refused[0]
-        error = (f"{first.item} from node {first.node}: {first.reason}"[:2000], now)
-    if _count_exchange(owner.pk, channel, now, error):
-        return
-    try:
-        with transaction.atomic():
-            ChannelActivity.objects.create(owner=owner, channel=channel)
-    except IntegrityError:
-        pass  # another worker created it first
-    _count_exchange(owner.pk, channel, now, error)
-
-
-def _count_exchange(owner_id: int, channel: str, now: Any, error: tuple[str, Any] | None) -> bool:
-    """The counter UPDATE as one plain statement (every exchange runs it); whether a row was there.
-
-    On PostgreSQL, outside any transaction, it does not wait for its WAL flush:
-    losing the last few counts in a crash is harmless, and the flush was a
-    large part of a converged round. ``set_config(..., true)`` lasts for this
-    statement's own transaction only, so it is not used inside one (under
-    ATOMIC_REQUESTS it would cover the synced data too).
-    """
-    relaxed = connection.vendor == "postgresql" and not connection.in_atomic_block
-    with connection.cursor() as cur:
-        sql.execute(cur, _count_sql(connection.vendor, error is not None, relaxed),
-                    [connection.ops.adapt_datetimefield_value(now),
-                     *(() if error is None else (error[0], connection.ops.adapt_datetimefield_value(error[1]))),
-                     owner_id, channel])
-        return bool(cur.rowcount)
-
-
-@lru_cache(maxsize=8)
-def _count_sql(vendor: str, with_error: bool, relaxed: bool) -> str:
-    table = connection.ops.quote_name(ChannelActivity._meta.db_table)
-    sets = "exchanges = exchanges + 1, last_exchange_at = %s"
-    if with_error:
-        sets += ", last_error = %s, last_error_at = %s"
-    source = " FROM (SELECT set_config('synchronous_commit', 'off', true)) AS relaxed" if relaxed else ""
-    return f"UPDATE {table} SET {sets}{source} WHERE owner_id = %s AND channel = %s"
+        refusal = f"{first.item} from node {first.node}: {first.reason}"
+    ChannelActivity.objects.count_exchange(owner, channel, refusal)
 
 
 def build_responder(owner: Any, channel: str) -> SyncResponder:
