@@ -16,7 +16,7 @@ from typing import Any
 from django.contrib.auth import get_user_model
 from django.core import signing
 from django.core.cache import caches
-from django.db import connection, transaction
+from django.db import transaction
 from django.http import FileResponse, HttpResponse
 from django.urls import reverse
 from rest_framework import authentication, status
@@ -425,7 +425,7 @@ class HealthView(APIView):
     def get(self, request: Request, app_id: str | None = None) -> HttpResponse:
         db_ok = storage_ok = True
         try:
-            with connection.cursor() as cur:
+            with synced_db().cursor() as cur:
                 cur.execute("SELECT 1")
         except Exception:
             logger.exception("health: database unreachable")
