@@ -33,12 +33,9 @@ from ..constants import (
     HEADER_APP_SIG,
     HEADER_APP_TS,
     HEADER_KEY_ID,
-    MAX_COUNTER,
-    MAX_NODE_ID_LENGTH,
-    MAX_WALL_TIME,
 )
 from ..keys import MAX_KEY_BYTES, MAX_KEY_ENCODED_LENGTH, MAX_KEY_LENGTH, PRESIGN_SEGMENT
-from ..wire import MAX_ID_LENGTH, MAX_JSON_DEPTH, MAX_SIZE_BYTES, MAX_TEXT_LENGTH, MAX_VERSION
+from ..wire import MAX_JSON_DEPTH, json_schema_components
 from . import views
 from .authentication import AppSignatureAuthentication, DeviceTokenAuthentication
 from .exceptions import SyncAPIException, exception_handler
@@ -58,32 +55,33 @@ else:
     HAS_SPECTACULAR = True
 
 # -- component schemas (plain JSON Schema of OpenAPI 3.0; no drf-spectacular needed to read them) ------------
+# The wire objects (HLC, watermarks, records, app rows, the exchange request and response) come from
+# ``wire.json_schema_components()``, generated from the msgspec types the exchange view decodes with, so
+# their rules cannot drift from the decoder. This module only names the variants the routes need (input
+# and output, per channel), adds descriptions and examples, and the rules of the server beyond the wire
+# format: the Drive-key check on the Drive channel, what each op needs, what the server always sends.
 
 
 def _ref(name: str) -> dict[str, Any]:
     return {"$ref": f"#/components/schemas/{name}"}
 
 
-def _nullable_ref(name: str) -> dict[str, Any]:
-    # OpenAPI 3.0 cannot put "nullable" beside a bare $ref; allOf is the usual spelling.
-    return {"allOf": [_ref(name)], "nullable": True}
+def _described(properties: dict[str, Any], descriptions: dict[str, str]) -> dict[str, Any]:
+    """``properties`` with ``descriptions`` added; a member the wire types no longer have is a KeyError."""
+    return {**properties, **{name: {**properties[name], "description": text} for name, text in descriptions.items()}}
 
 
-#: Text the server stores: PostgreSQL text cannot hold NUL, so no field may carry one (400).
-NO_NUL_PATTERN = r"^[^\x00]*$"
+def _as_sent(member: dict[str, Any]) -> dict[str, Any]:
+    """A member the server always sends with a value: the decoder's leniency (null, a default) dropped."""
+    return {k: v for k, v in member.items() if k not in ("nullable", "default")}
 
 
-def _text(max_length: int, *, nullable: bool = False, min_length: int = 0, **extra: Any) -> dict[str, Any]:
-    out: dict[str, Any] = {"type": "string", "maxLength": max_length, "pattern": NO_NUL_PATTERN, **extra}
-    if min_length:
-        out["minLength"] = min_length
-    if nullable:
-        out["nullable"] = True
-    return out
+def _watermarks_ref(member: dict[str, Any], watermarks: dict[str, Any]) -> dict[str, Any]:
+    """``$ref Watermarks`` for a watermark vector of the wire types, which must have the rules of ``Watermarks``."""
+    if _as_sent(member) != watermarks:
+        raise RuntimeError(f"a watermark vector of the wire types differs from Watermarks: {member!r}")
+    return _ref("Watermarks")
 
-
-#: A node id: non-empty, no ':' (the serialized HLC separator), no control characters.
-NODE_ID_PATTERN = r"^[^:\x00-\x1f\x7f]+$"
 
 # Key rules (PROTOCOL §7, starkeep_sync.keys) as ECMA-262 patterns. A segment is never empty,
 # "." or "..", never holds "/", a backslash or a control character; the last segment is never
@@ -122,52 +120,29 @@ APP_ID_PATTERN = r"^[A-Za-z0-9._-]{1,255}$"
 HLC_EXAMPLE = {"wallTime": 1_700_000_000_000, "counter": 0, "nodeId": "nodeA"}
 _HASH = "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08"
 
-_RECORD_PROPERTIES: dict[str, Any] = {
-    "id": _text(MAX_ID_LENGTH, min_length=1, description="Record id (a 26-character ULID in practice)."),
-    "kind": {"type": "string", "enum": ["data"], "default": "data"},
-    "type": _text(255, pattern=r"^[^\x00]*/[^\x00]*$", description="`<category>/<format>`, e.g. `image/jpeg`."),
-    "createdAt": _ref("HLC"),
-    "updatedAt": _ref("HLC"),
-    "deletedAt": {**_nullable_ref("HLC"), "description": "Set on a tombstone (soft delete), else null."},
-    "version": {"type": "integer", "minimum": 0, "maximum": MAX_VERSION, "default": 1},
-    "contentHash": _text(256, description="sha256 hex of the blob bytes."),
-    "objectStorageKey": _text(MAX_KEY_LENGTH, description=(
-        "Blob key, `shared/<category>/<hash[:2]>/<hash>`, or empty for a record without a blob.")),
-    "mimeType": _text(255, nullable=True),
-    "sizeBytes": {"type": "integer", "minimum": 0, "maximum": MAX_SIZE_BYTES, "default": 0},
-    "originalFilename": _text(MAX_TEXT_LENGTH, nullable=True),
-    "originAppId": _text(255),
-    "parentId": _text(MAX_ID_LENGTH, nullable=True),
-    "label": _text(MAX_TEXT_LENGTH, nullable=True),
+_RECORD_DESCRIPTIONS = {
+    "id": "Record id (a 26-character ULID in practice).",
+    "type": "`<category>/<format>`, e.g. `image/jpeg`.",
+    "deletedAt": "Set on a tombstone (soft delete), else null.",
+    "contentHash": "sha256 hex of the blob bytes.",
+    "objectStorageKey": "Blob key, `shared/<category>/<hash[:2]>/<hash>`, or empty for a record without a blob.",
 }
-_RECORD_REQUIRED_IN = ["id", "type", "createdAt", "updatedAt", "contentHash", "objectStorageKey", "originAppId"]
-#: On the Drive channel a record's key, when not empty, must be a Drive key (400 naming the field).
-_DRIVE_RECORD_PROPERTIES: dict[str, Any] = {
-    **_RECORD_PROPERTIES,
-    "objectStorageKey": _text(MAX_KEY_LENGTH, pattern=rf"^$|{DRIVE_KEY_PATTERN}", description=(
-        "Empty, or a Drive key `shared/<category>/<shard>/<hash>` (checked on the Drive channel; see "
-        "`DriveKey`).")),
+#: On the Drive channel a record's key, when not empty, must be a Drive key (400 naming the field): a
+#: rule of the route, not of the wire format, so it replaces the wire's pattern here.
+_DRIVE_RECORD_KEY = {
+    "pattern": rf"^$|{DRIVE_KEY_PATTERN}",
+    "description": (
+        "Empty, or a Drive key `shared/<category>/<shard>/<hash>` (checked on the Drive channel; see `DriveKey`)."),
 }
-
-_ENTRY_PROPERTIES: dict[str, Any] = {
-    "timestamp": _ref("HLC"),
-    "appId": _text(255, min_length=1),
-    "table": _text(255, min_length=1),
-    "op": {"type": "string", "enum": ["insert", "update", "delete"]},
-    "row": {
-        "type": "object", "nullable": True, "additionalProperties": True,
-        "description": (
-            "`insert`: the full row (on a per-app channel it must carry `updated_at`); `update`: the patch; "
-            f"`delete`: the row (its primary key) or null. No NUL in any text, no NaN or Infinity, at most "
-            f"{MAX_JSON_DEPTH} levels of nesting. On a per-app channel the columns must suit the registered "
-            "table: its primary-key columns present and scalar, the key at most "
-            f"{MAX_ROW_KEY_LENGTH} characters as compact JSON ({MAX_FILE_RECORD_ID_LENGTH} for a file record's "
-            "id), `updated_at` equal to the entry's `timestamp`; else 400 naming `appSyncableRows[i].row`."),
-    },
-    "where": {
-        "type": "object", "nullable": True, "additionalProperties": True,
-        "description": "Primary-key values of the row to change; required for `update`.",
-    },
+_ENTRY_DESCRIPTIONS = {
+    "row": (
+        "`insert`: the full row (on a per-app channel it must carry `updated_at`); `update`: the patch; "
+        f"`delete`: the row (its primary key) or null. No NUL in any text, no NaN or Infinity, at most "
+        f"{MAX_JSON_DEPTH} levels of nesting. On a per-app channel the columns must suit the registered "
+        "table: its primary-key columns present and scalar, the key at most "
+        f"{MAX_ROW_KEY_LENGTH} characters as compact JSON ({MAX_FILE_RECORD_ID_LENGTH} for a file record's "
+        "id), `updated_at` equal to the entry's `timestamp`; else 400 naming `appSyncableRows[i].row`."),
+    "where": "Primary-key values of the row to change; required for `update`.",
 }
 _FILLED = {"type": "object", "minProperties": 1, "additionalProperties": True}
 #: What each op needs (``wire.entry_from_wire``): an empty or null ``row``/``where`` counts as absent.
@@ -206,102 +181,104 @@ _ENTRY_EXAMPLE = {
 
 
 def _key_schema(pattern: str, description: str, example: str) -> dict[str, Any]:
-    return _text(MAX_KEY_LENGTH, min_length=1, pattern=pattern, example=example,
-                 description=f"{description} {KEY_SYNTAX_RULE} {KEY_LENGTH_RULE}",
-                 **{"x-maxBytes": MAX_KEY_BYTES, "x-maxEncodedLength": MAX_KEY_ENCODED_LENGTH})
+    return {"type": "string", "minLength": 1, "maxLength": MAX_KEY_LENGTH, "pattern": pattern, "example": example,
+            "description": f"{description} {KEY_SYNTAX_RULE} {KEY_LENGTH_RULE}",
+            "x-maxBytes": MAX_KEY_BYTES, "x-maxEncodedLength": MAX_KEY_ENCODED_LENGTH}
 
 
-def _exchange_request(description: str, record: str) -> dict[str, Any]:
-    return {
-        "type": "object",
-        "description": (
-            f"{description} At most {sync_settings.MAX_ITEMS_PER_REQUEST} items (records and rows together; "
-            f"413 `too_many_items` above) and {sync_settings.MAX_REQUEST_BYTES} bytes (413) per request. "
-            "Unknown fields are ignored."),
-        "required": ["watermarks"],
-        "properties": {
-            "watermarks": _ref("Watermarks"),
-            "records": {"type": "array", "nullable": True, "items": _ref(record)},
-            "appSyncableRows": {"type": "array", "nullable": True, "items": _ref("AppSyncableRowInput")},
-            "limit": {"type": "integer", "nullable": True, "minimum": 1,
-                      "description": (f"Page size; {sync_settings.DEFAULT_PAGE_LIMIT} when absent, and at most "
-                                      f"{sync_settings.MAX_PAGE_LIMIT} (a larger one is lowered to that).")},
-            "countPending": {"type": "boolean",
-                             "description": "Extension: ask for `pending` in the response (a count of "
-                                            "the backlog; ask once per catch-up)."},
-        },
-    }
+def _exchange_request(wire: dict[str, Any], name: str, description: str, record: str) -> dict[str, Any]:
+    """The wire's exchange request, with the record variant of its channel and this server's limits."""
+    out = copy.deepcopy(wire["ExchangeRequest"])
+    props = out["properties"]
+    props["watermarks"] = _ref("Watermarks")  # the source of the Watermarks component
+    props["records"]["items"] = _ref(record)
+    props["appSyncableRows"]["items"] = _ref("AppSyncableRowInput")
+    props["limit"]["description"] = (f"Page size; {sync_settings.DEFAULT_PAGE_LIMIT} when absent, and at most "
+                                     f"{sync_settings.MAX_PAGE_LIMIT} (a larger one is lowered to that).")
+    props["countPending"]["description"] = (
+        "Extension: ask for `pending` in the response (a count of the backlog; ask once per catch-up).")
+    out["title"] = name
+    out["description"] = (
+        f"{description} At most {sync_settings.MAX_ITEMS_PER_REQUEST} items (records and rows together; "
+        f"413 `too_many_items` above) and {sync_settings.MAX_REQUEST_BYTES} bytes (413) per request. "
+        "Unknown fields are ignored.")
+    return out
 
 
 def component_schemas() -> dict[str, Any]:
     """The ``components.schemas`` of the API, with this server's configured limits."""
+    wire = json_schema_components()
+    rec, ent = wire["SharedRecord"], wire["AppSyncableRow"]
+    record_props = _described(rec["properties"], _RECORD_DESCRIPTIONS)
+    entry_props = _described(ent["properties"], _ENTRY_DESCRIPTIONS)
+    watermarks = wire["ExchangeRequest"]["properties"]["watermarks"]
+    response = copy.deepcopy(wire["ExchangeResponse"])
+    # The decoder reads a response leniently (absent or null arrays); the server sends every member but
+    # the extension ``pending``, never null.
+    sent = {name: _as_sent(member) for name, member in response["properties"].items()}
+    sent["responderWatermarks"] = _watermarks_ref(sent["responderWatermarks"], watermarks)
     return {
         "HLC": {
-            "type": "object",
-            "description": "A hybrid logical clock timestamp (PROTOCOL §1), in wire form.",
-            "required": ["wallTime", "counter", "nodeId"],
-            "properties": {
-                "wallTime": {"type": "integer", "minimum": 0, "maximum": MAX_WALL_TIME,
-                             "description": "Milliseconds since the epoch."},
-                "counter": {"type": "integer", "minimum": 0, "maximum": MAX_COUNTER},
-                "nodeId": _text(MAX_NODE_ID_LENGTH, min_length=1, pattern=NODE_ID_PATTERN),
-            },
+            **wire["HLC"],
+            "description": "A hybrid logical clock timestamp (PROTOCOL §1), in wire form. Unknown fields are ignored.",
             "example": HLC_EXAMPLE,
         },
         "Watermarks": {
-            "type": "object",
+            **watermarks,
             "description": "Per node id (a key of the same shape as `HLC.nodeId`), the highest HLC held.",
-            "additionalProperties": _ref("HLC"),
             "example": {"nodeA": HLC_EXAMPLE},
         },
         "SharedRecordInput": {
-            "type": "object",
+            **rec,
+            "title": "SharedRecordInput",
             "description": (
                 "A shared record as sent to the Drive channel (PROTOCOL §2). Unknown fields are ignored. "
                 "An HLC further ahead of the server's clock than its skew bound is 400 `clock_skew`."),
-            "required": _RECORD_REQUIRED_IN,
-            "properties": _DRIVE_RECORD_PROPERTIES,
+            "properties": {**record_props,
+                           "objectStorageKey": {**record_props["objectStorageKey"], **_DRIVE_RECORD_KEY}},
             "example": _RECORD_EXAMPLE,
         },
         "AnySharedRecordInput": {
-            "type": "object",
+            **rec,
+            "title": "AnySharedRecordInput",
             "description": (
                 "A shared record as sent to `/apps/{app_id}/sync/exchange`: well formed on every channel; "
                 f"on `{DRIVE_APP_ID}` its key is also checked as in `SharedRecordInput`, elsewhere it is "
                 "ignored."),
-            "required": _RECORD_REQUIRED_IN,
-            "properties": _RECORD_PROPERTIES,
+            "properties": record_props,
             "example": _RECORD_EXAMPLE,
         },
         "SharedRecord": {
-            "type": "object",
+            **rec,
             "description": "A shared record as the server sends it: every field present.",
-            "required": list(_RECORD_PROPERTIES),
-            "properties": _RECORD_PROPERTIES,
+            "required": list(record_props),
+            "properties": record_props,
             "example": _RECORD_EXAMPLE,
         },
         "AppSyncableRowInput": {
-            "type": "object",
+            **ent,
+            "title": "AppSyncableRowInput",
             "description": (
                 "An app row entry as sent (PROTOCOL §2): `insert` needs `row`; `update` needs `row` and "
                 "`where`; `delete` needs `where` or `row`. Unknown fields are ignored."
             ),
-            "required": ["timestamp", "appId", "table", "op"],
-            "properties": _ENTRY_PROPERTIES,
+            "properties": entry_props,
             "anyOf": _ENTRY_OP_RULES,
             "example": _ENTRY_EXAMPLE,
         },
         "AppSyncableRow": {
-            "type": "object",
+            **ent,
             "description": "An app row entry as the server sends it.",
-            "required": list(_ENTRY_PROPERTIES),
-            "properties": _ENTRY_PROPERTIES,
+            "required": list(entry_props),
+            "properties": entry_props,
             "example": _ENTRY_EXAMPLE,
         },
         "ExchangeRequest": _exchange_request(
+            wire, "ExchangeRequest",
             "One exchange round on the Drive channel (PROTOCOL §4). `records` are applied; `appSyncableRows` "
             "must be well formed and are then ignored.", "SharedRecordInput"),
         "ChannelExchangeRequest": _exchange_request(
+            wire, "ChannelExchangeRequest",
             "One exchange round on the channel of the path (PROTOCOL §4). A per-app channel applies "
             "`appSyncableRows` of its own app and registered tables and ignores well-formed `records`. Rows of "
             "another app or an unregistered table "
@@ -310,17 +287,13 @@ def component_schemas() -> dict[str, Any]:
             + "; an `insert` without `row.updated_at` is 400; "
             f"`{DRIVE_APP_ID}` is the Drive channel (see `ExchangeRequest`).", "AnySharedRecordInput"),
         "ExchangeResponse": {
-            "type": "object",
-            "required": ["records", "appSyncableRows", "responderWatermarks", "hasMore"],
-            "properties": {
-                "records": {"type": "array", "items": _ref("SharedRecord")},
-                "appSyncableRows": {"type": "array", "items": _ref("AppSyncableRow")},
-                "responderWatermarks": _ref("Watermarks"),
-                "hasMore": {"type": "boolean",
-                            "description": "True only if items above the requester's watermarks remain."},
-                "pending": {"type": "integer", "minimum": 0,
-                            "description": "Extension: how many such items remain after this page."},
-            },
+            **response,
+            "description": "The answer of an exchange round (PROTOCOL §4.2).",
+            "required": [name for name in sent if name != "pending"],
+            "properties": _described(sent, {
+                "hasMore": "True only if items above the requester's watermarks remain.",
+                "pending": "Extension: how many such items remain after this page.",
+            }),
         },
         "DriveKey": _key_schema(
             DRIVE_KEY_PATTERN,
@@ -339,8 +312,9 @@ def component_schemas() -> dict[str, Any]:
             "type": "object",
             "required": ["key"],
             "properties": {"key": _ref("DriveKey"),
-                           "contentType": _text(255, nullable=True, pattern=r"^[^\x00-\x1f\x7f]*$",
-                                                description="Content-Type the upload will send.")},
+                           "contentType": {"type": "string", "maxLength": 255, "nullable": True,
+                                           "pattern": r"^[^\x00-\x1f\x7f]*$",
+                                           "description": "Content-Type the upload will send."}},
         },
         "ConfirmRequest": {"type": "object", "required": ["key"], "properties": {"key": _ref("DriveKey")}},
         "Url": {"type": "object", "required": ["url"],
