@@ -11,7 +11,7 @@ from typing import Any
 from .blobs import FileSyncEngine, TransferFailure
 from .channel import ChannelView, Item, group_by_node
 from .constants import FILE_RECORDS_TABLE, LOCAL_DATA_SYNCED, LOGGER_NAME, MAX_COUNTER, MAX_WALL_TIME
-from .exceptions import SyncError, WireFormatError
+from .exceptions import SyncError
 from .hlc import HLCClock, HLCTimestamp, serialize_hlc
 from .memory import MemorySyncStateStore
 from .notifier import ChangeEvent, ChangeNotifier
@@ -26,7 +26,7 @@ from .protocols import (
     SyncTransport,
 )
 from .watermarks import advance_watermarks, is_lower_somewhere, merge_watermarks
-from .wire import SyncExchangeRequest, SyncExchangeResponse, record_to_wire, watermarks_from_wire
+from .wire import SyncExchangeRequest, SyncExchangeResponse, decode_response, record_to_wire
 
 logger = logging.getLogger(LOGGER_NAME)
 
@@ -150,14 +150,12 @@ class SyncEngine:
             finally:
                 # Nothing below may touch the local database while the helper reads it.
                 self._speculation = self._settle(speculation)
-        if not isinstance(answer, SyncExchangeResponse):
-            if not shipped:
-                # Ask for the next page while this one is checked and applied (see ``_predict_next``).
-                following = self._predict_next(own, answer)
-                if following is not None:
-                    self._prefetch(following)
-            answer = SyncExchangeResponse.from_wire(answer)
-        response = answer
+        response = response_of(answer)
+        if not shipped:
+            # Ask for the next page while this one is applied (see ``_predict_next``).
+            following = self._predict_next(own, response)
+            if following is not None:
+                self._prefetch(following)
         result.shipped = len(shipped)
 
         items = self.channel.inbound_items(response.records, response.app_syncable_rows, side="requester")
@@ -279,12 +277,12 @@ class SyncEngine:
     # -- prefetch ----------------------------------------------------------------
 
     def _fetch(self, request: SyncExchangeRequest) -> Any:
-        """The answer to ``request``: parsed JSON from a transport that can prefetch, else a response."""
+        """The answer to ``request``: what ``exchange_json`` gives (see ``response_of``), else a response."""
         if self._can_prefetch:
             return self.transport.exchange_json(request)  # type: ignore[attr-defined]
         return self.transport.exchange(request)
 
-    def _predict_next(self, own: Watermarks, data: Any) -> SyncExchangeRequest | None:
+    def _predict_next(self, own: Watermarks, response: SyncExchangeResponse) -> SyncExchangeRequest | None:
         """The request the next round sends if every item of this answer lands; ``None`` if not worth asking.
 
         Only for a catch-up that pulls metadata: nothing shipped (so the next
@@ -295,28 +293,29 @@ class SyncEngine:
         one, so an item that fails or is refused, or a local write in between,
         just costs the prefetch.
         """
-        if not self._can_prefetch or not isinstance(data, dict) or data.get("hasMore") is not True:
+        if not self._can_prefetch or not response.has_more:
             return None
         me = self.clock.node_id
-        stream, stamp = ("records", "updatedAt") if self.channel.shared else ("appSyncableRows", "timestamp")
+        # The stream ``inbound_items`` applies on this channel; a record with a key has a blob to pull.
+        if self.channel.shared:
+            if any(r.object_storage_key for r in response.records):
+                return None
+            stamps = [r.updated_at for r in response.records]
+        else:
+            if any(e.table == FILE_RECORDS_TABLE for e in response.app_syncable_rows):
+                return None
+            stamps = [e.timestamp for e in response.app_syncable_rows]
         tops: dict[str, HLCTimestamp] = {}
-        try:
-            for raw in data.get(stream) or ():
-                if raw.get("objectStorageKey") or raw.get("table") == FILE_RECORDS_TABLE:
-                    return None
-                h = raw[stamp]
-                hlc = HLCTimestamp(h["wallTime"], h["counter"], h["nodeId"])
-                if hlc[2] == me:
-                    return None
-                if hlc[2] not in tops or hlc > tops[hlc[2]]:
-                    tops[hlc[2]] = hlc
-            theirs = watermarks_from_wire(data.get("responderWatermarks", {}), "responderWatermarks")
-        except (AttributeError, KeyError, TypeError, WireFormatError):
-            return None  # malformed: ``from_wire`` names the problem
+        for hlc in stamps:
+            node = hlc[2]
+            if node == me:
+                return None
+            if node not in tops or hlc > tops[node]:
+                tops[node] = hlc
         predicted = merge_watermarks(own, tops)
-        self._raise_to_peer(predicted, theirs, set(), max(tops.values(), default=None))
+        self._raise_to_peer(predicted, response.responder_watermarks, set(), max(tops.values(), default=None))
         # As ``_track_pending`` will leave it: a count in hand (or estimated) is counted down.
-        count = data.get("pending") is None and self._pending_estimate is None
+        count = response.pending is None and self._pending_estimate is None
         return SyncExchangeRequest(watermarks=predicted, limit=self.page_limit, count_pending=count)
 
     def _prefetch(self, request: SyncExchangeRequest) -> None:
@@ -326,7 +325,8 @@ class SyncEngine:
         self._prefetched = (request, self._prefetcher.submit(fetch, request), time.monotonic())
 
     def _await_prefetch(self) -> tuple[SyncExchangeRequest, Any] | None:
-        """The prefetched ``(request, parsed JSON answer)``, or ``None`` if there is none, it failed or it is stale.
+        """The prefetched ``(request, answer)`` (not yet decoded), or ``None`` if there is none, it failed or it
+        is stale.
 
         Always waits for a prefetch in flight, so the transport (and a session it
         may share with the blob storage) is never used by two threads at once.
@@ -495,6 +495,20 @@ class SyncEngine:
         assert item.entry is not None
         pk = item.identity[3:]
         return str(pk[0]) if len(pk) == 1 else ":".join(str(p) for p in pk)
+
+
+def response_of(answer: Any) -> SyncExchangeResponse:
+    """The response in what ``PrefetchTransport.exchange_json`` returned, decoded and checked.
+
+    JSON bytes are decoded and validated in one pass (``decode_response``), a response decoded
+    already is taken as is, and anything else is taken for parsed JSON (``from_wire``). Raises
+    ``WireFormatError`` (``MalformedJSONError`` for bytes that are not JSON) naming the member.
+    """
+    if isinstance(answer, SyncExchangeResponse):
+        return answer
+    if isinstance(answer, (bytes, bytearray, memoryview)):
+        return decode_response(answer)  # type: ignore[arg-type]
+    return SyncExchangeResponse.from_wire(answer)
 
 
 def create_sync_engine(
