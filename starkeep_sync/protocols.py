@@ -225,8 +225,17 @@ class PrefetchTransport(Protocol):
     prefetch_safe: bool
 
     def exchange_json(self, request: Any) -> Any:
-        """Send a ``SyncExchangeRequest``; the response body as parsed JSON, not yet checked.
-        Raises what ``exchange`` raises for transport and HTTP errors."""
+        """Send a ``SyncExchangeRequest``; the response, for the engine to decode and check itself.
+
+        Returns the response body as JSON bytes, not yet decoded (``HttpSyncTransport``): the engine
+        decodes and validates them in one pass with ``wire.decode_response``. A transport may instead
+        return the body already parsed into plain JSON data (checked with
+        ``SyncExchangeResponse.from_wire``) or a ``SyncExchangeResponse`` it already decoded (taken as
+        is; a wrapper that must look at the answer before the engine applies it, as ``--node-id``'s
+        guard does). Raises what ``exchange`` raises for transport and HTTP errors
+        (``SyncTransportError``); a body that is not a valid response raises ``WireFormatError`` when
+        the engine decodes it, or already here if the transport decodes it.
+        """
         ...
 
 

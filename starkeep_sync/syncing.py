@@ -13,12 +13,12 @@ from .blobs import TransferFailure
 from .client import HttpObjectStorage, create_http_sync_transport
 from .client.transport import HttpSyncTransport
 from .constants import DRIVE_APP_ID
-from .engine import SyncEngine, create_sync_engine
-from .exceptions import SyncError, WireFormatError
+from .engine import SyncEngine, create_sync_engine, response_of
+from .exceptions import SyncError
 from .hlc import HLCClock, HLCTimestamp, serialize_hlc
 from .models import AppNamespace
 from .supervisor import RoundReport
-from .wire import SyncExchangeRequest, SyncExchangeResponse, hlc_from_wire
+from .wire import SyncExchangeRequest, SyncExchangeResponse
 
 
 class NodeIdConflict(SyncError):
@@ -63,20 +63,18 @@ class NodeIdGuard:
         if self._known_held is None or theirs > self._known_held:
             raise node_id_conflict(self.node_id, theirs, self._known_held, self.inner.base_url)
 
-    def exchange_json(self, request: SyncExchangeRequest) -> Any:
-        data = self.inner.exchange_json(request)
-        vector = data.get("responderWatermarks") if isinstance(data, dict) else None
-        entry = vector.get(self.node_id) if isinstance(vector, dict) else None
-        if entry is not None:
-            try:
-                theirs = hlc_from_wire(entry, f"responderWatermarks.{self.node_id}")
-            except WireFormatError:
-                return data  # the engine's parse of the whole answer reports it
-            self.check(theirs)
-        return data
+    def exchange_json(self, request: SyncExchangeRequest) -> SyncExchangeResponse:
+        """The answer decoded (the engine takes it as is), once its coverage passed ``check``.
+
+        The check needs the decoded vector, so the decode happens here rather than in the engine:
+        done once either way. Raises ``NodeIdConflict``, and what ``HttpSyncTransport.exchange`` raises.
+        """
+        response = response_of(self.inner.exchange_json(request))
+        self.check(response.responder_watermarks.get(self.node_id))
+        return response
 
     def exchange(self, request: SyncExchangeRequest) -> SyncExchangeResponse:
-        return SyncExchangeResponse.from_wire(self.exchange_json(request))
+        return self.exchange_json(request)
 
     def close(self) -> None:
         self.inner.close()
