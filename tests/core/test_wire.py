@@ -791,3 +791,15 @@ def test_schema_patterns_agree_with_the_decoder() -> None:
             field_of(lambda d: hlc_from_wire(d, "h"), hlc(node=value)) == "h.nodeId"
     for value, accepted in [("a/b", True), ("ab", False), ("a/\x00", False)]:
         assert bool(media.search(value)) == accepted
+
+
+@pytest.mark.parametrize("member", ["appId", "table"])
+def test_an_entry_with_nul_in_its_app_id_or_table_is_refused_naming_it(member: str) -> None:
+    from starkeep_sync.wire import decode_request
+
+    entry = {"timestamp": {"wallTime": 1, "counter": 0, "nodeId": "a"}, "appId": "notes", "table": "notes",
+             "op": "insert", "row": {"id": "1", "updated_at": "000000000001:0000:a"}}
+    entry[member] = "no\x00tes"
+    with pytest.raises(WireFormatError) as caught:
+        decode_request(json.dumps({"watermarks": {}, "appSyncableRows": [entry]}).encode())
+    assert caught.value.field is not None and caught.value.field.endswith(member)
