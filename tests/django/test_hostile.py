@@ -320,3 +320,13 @@ def test_the_python_client_uploads_signed_blobs_above_the_cap_through_presign(
             assert storage.get(f"apps/notes/syncable/{sha(small)}").data == small
         finally:
             storage.close()
+
+
+@pytest.mark.parametrize("route", ["/files/presign", "/files/confirm"])
+def test_f7_json_body_routes_refuse_a_short_body(live_server: Any, victim: Any, route: str) -> None:
+    token = make_token(victim)
+    payload = json.dumps({"key": drive_key(b"short")}).encode()
+    headers = {"Authorization": f"Bearer {token}", "Content-Type": "application/json"}
+    status, answer = _send(live_server.url, "POST", route, headers, payload, declared=len(payload) + 100)
+    assert status == 400, answer
+    assert answer["error"]["code"] == "incomplete_body"
