@@ -10,7 +10,7 @@ from typing import Any
 
 from .blobs import FileSyncEngine, TransferFailure
 from .channel import ChannelView, Item, group_by_node
-from .constants import FILE_RECORDS_TABLE, LOCAL_DATA_SYNCED, LOGGER_NAME, MAX_COUNTER, MAX_WALL_TIME
+from .constants import DEFAULT_PAGE_LIMIT, FILE_RECORDS_TABLE, LOCAL_DATA_SYNCED, LOGGER_NAME, MAX_COUNTER, MAX_WALL_TIME
 from .exceptions import SyncError
 from .hlc import HLCClock, HLCTimestamp, serialize_hlc
 from .memory import MemorySyncStateStore
@@ -77,7 +77,7 @@ class SyncEngine:
         sync_state: SyncStateStore | None = None,
         app_source: AppSource | None = None,
         sync_shared_records: bool = True,
-        page_limit: int = 1000,
+        page_limit: int = DEFAULT_PAGE_LIMIT,
         scan_page_size: int = 500,
         app_id: str | None = None,
         file_sync: FileSyncEngine | None = None,
@@ -521,7 +521,7 @@ def create_sync_engine(
     sync_state: SyncStateStore | None = None,
     app_source: AppSource | None = None,
     sync_shared_records: bool = True,
-    page_limit: int = 1000,
+    page_limit: int = DEFAULT_PAGE_LIMIT,
     scan_page_size: int = 500,
     app_id: str | None = None,
     change_notifier: ChangeNotifier | None = None,

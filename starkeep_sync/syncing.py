@@ -12,7 +12,7 @@ from .adapters import DjangoObjectStorage, OrmAppSource, OrmDatabaseAdapter, Orm
 from .blobs import TransferFailure
 from .client import HttpObjectStorage, create_http_sync_transport
 from .client.transport import HttpSyncTransport
-from .constants import DRIVE_APP_ID
+from .constants import DEFAULT_PAGE_LIMIT, DRIVE_APP_ID
 from .engine import SyncEngine, create_sync_engine, response_of
 from .exceptions import SyncError
 from .hlc import HLCClock, HLCTimestamp, serialize_hlc
@@ -108,7 +108,7 @@ class Requester:
 
 
 def build_requester(*, owner: Any, url: str, channel: str, token: str, node_id: str,
-                    page_limit: int = 1000, timeout: float = 30.0) -> Requester:
+                    page_limit: int = DEFAULT_PAGE_LIMIT, timeout: float = 30.0) -> Requester:
     """An engine syncing ``owner``'s data on ``channel`` with the server at ``url``."""
     url = url.rstrip("/")
     if not url.startswith(("http://", "https://")):
