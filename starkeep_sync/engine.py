@@ -10,7 +10,14 @@ from typing import Any
 
 from .blobs import FileSyncEngine, TransferFailure
 from .channel import ChannelView, Item, group_by_node
-from .constants import DEFAULT_PAGE_LIMIT, FILE_RECORDS_TABLE, LOCAL_DATA_SYNCED, LOGGER_NAME, MAX_COUNTER, MAX_WALL_TIME
+from .constants import (
+    DEFAULT_PAGE_LIMIT,
+    FILE_RECORDS_TABLE,
+    LOCAL_DATA_SYNCED,
+    LOGGER_NAME,
+    MAX_COUNTER,
+    MAX_WALL_TIME,
+)
 from .exceptions import SyncError
 from .hlc import HLCClock, HLCTimestamp, serialize_hlc
 from .memory import MemorySyncStateStore
