@@ -17,7 +17,7 @@ from starkeep_sync import (
     create_data_record,
     shared_object_key,
 )
-from starkeep_sync.memory import MemoryAppSource
+from starkeep_sync.device.memory import MemoryAppSource
 
 APP_ID = "bench"
 TABLE = "items"

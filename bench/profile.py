@@ -149,8 +149,8 @@ def _prepare(args: argparse.Namespace, creds: dict[str, Any], session: requests.
     from bench.workloads import DRIVE, MAX_ROUNDS
     from starkeep_sync import HLCClock, create_sync_engine
     from starkeep_sync.client import HttpObjectStorage, create_http_sync_transport
-    from starkeep_sync.memory import MemoryAppSource, MemoryDatabaseAdapter, MemoryObjectStorage
-    from starkeep_sync.supervisor import sync_until_done
+    from starkeep_sync.device.memory import MemoryAppSource, MemoryDatabaseAdapter, MemoryObjectStorage
+    from starkeep_sync.device.supervisor import sync_until_done
 
     token = creds["token"]
     app = args.workload.startswith("app-")

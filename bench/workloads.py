@@ -29,9 +29,9 @@ from bench.report import Row, at_least, at_most, ratio_at_least, ratio_at_most
 from bench.server import PAGE_LIMIT, Database, Server, log
 from starkeep_sync import HLCClock, create_in_process_sync_transport, create_sync_engine
 from starkeep_sync.client import HttpObjectStorage, create_http_sync_transport
-from starkeep_sync.memory import MemoryAppSource, MemoryDatabaseAdapter, MemoryObjectStorage
-from starkeep_sync.sqlite import SqliteDeviceStore
-from starkeep_sync.supervisor import sync_until_done
+from starkeep_sync.device.memory import MemoryAppSource, MemoryDatabaseAdapter, MemoryObjectStorage
+from starkeep_sync.device.sqlite import SqliteDeviceStore
+from starkeep_sync.device.supervisor import sync_until_done
 
 DRIVE = "starkeep-drive"
 PUSH_PAGE = 1000  # the engine's default page_limit: what a device sends per round

@@ -20,8 +20,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from starkeep_sync import HLCClock, SyncError, create_data_record, create_sync_engine, shared_object_key
 from starkeep_sync.client import HttpObjectStorage, create_http_sync_transport
-from starkeep_sync.sqlite import SqliteDeviceStore
-from starkeep_sync.supervisor import sync_until_done
+from starkeep_sync.device.sqlite import SqliteDeviceStore
+from starkeep_sync.device.supervisor import sync_until_done
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,27 +1,28 @@
 """starkeep_sync: the Starkeep sync protocol in Python.
 
-This package's top level is the pure-Python protocol core; it never imports
-Django. The Django app lives in the same package (``starkeep_sync.apps``,
-``starkeep_sync.models``, ``starkeep_sync.api``) and is only imported by
-Django itself.
+The pure-Python protocol core lives in ``starkeep_sync.core`` (with the device
+stores in ``starkeep_sync.device`` and the HTTP client in ``starkeep_sync.client``)
+and never imports Django; its public names are re-exported here. The Django
+app around it (``starkeep_sync.apps``, ``models``, ``adapters``, ``api``, ...)
+is only imported by Django itself.
 """
 
-from .blobs import (
+from .client import HttpObjectStorage, create_http_sync_transport
+from .core.blobs import (
     FileSyncEngine,
     FileSyncManifest,
     TransferFailure,
     create_file_sync_engine,
 )
-from .client import HttpObjectStorage, create_http_sync_transport
-from .constants import (
+from .core.constants import (
     DRIVE_APP_ID,
     FILE_RECORDS_TABLE,
     LOCAL_CHANGE_RECORDED,
     LOCAL_DATA_SYNCED,
     REMOTE_UPDATE_AVAILABLE,
 )
-from .engine import ExchangeResult, SyncEngine, create_sync_engine
-from .exceptions import (
+from .core.engine import ExchangeResult, SyncEngine, create_sync_engine
+from .core.exceptions import (
     BlobIntegrityError,
     ClockSkewError,
     InvalidKeyError,
@@ -29,7 +30,7 @@ from .exceptions import (
     SyncTransportError,
     WireFormatError,
 )
-from .hlc import (
+from .core.hlc import (
     ZERO_HLC,
     ClockState,
     HLCClock,
@@ -39,9 +40,9 @@ from .hlc import (
     max_hlc,
     serialize_hlc,
 )
-from .notifier import ChangeEvent, ChangeNotifier, create_change_notifier
-from .protocols import RecordPage, ScanPage, StoredObject
-from .records import (
+from .core.notifier import ChangeEvent, ChangeNotifier, create_change_notifier
+from .core.protocols import RecordPage, ScanPage, StoredObject
+from .core.records import (
     AppSyncableNamespace,
     AppSyncableRowEntry,
     AppSyncableTableInfo,
@@ -49,11 +50,11 @@ from .records import (
     create_data_record,
     shared_object_key,
 )
-from .residency import RecordResidency, residency_of
-from .responder import SyncResponder, create_in_process_sync_transport
-from .state import SqliteSyncStateStore, create_sqlite_sync_state_store
-from .watermarks import advance_watermark, merge_watermarks, select_unseen, watermark_for
-from .wire import SyncExchangeRequest, SyncExchangeResponse
+from .core.residency import RecordResidency, residency_of
+from .core.responder import SyncResponder, create_in_process_sync_transport
+from .core.state import SqliteSyncStateStore, create_sqlite_sync_state_store
+from .core.watermarks import advance_watermark, merge_watermarks, select_unseen, watermark_for
+from .core.wire import SyncExchangeRequest, SyncExchangeResponse
 
 __version__ = "0.1.0"
 

@@ -33,9 +33,9 @@ from django.utils import timezone
 
 from . import server
 from .conf import sync_settings
-from .constants import DELETED_AT, FILE_RECORDS_TABLE, NODE_ID, UPDATED_AT
-from .exceptions import SyncError
-from .hlc import deserialize_hlc, serialize_hlc
+from .core.constants import DELETED_AT, FILE_RECORDS_TABLE, NODE_ID, UPDATED_AT
+from .core.exceptions import SyncError
+from .core.hlc import deserialize_hlc, serialize_hlc
 from .models import (
     AppNamespace,
     AppRow,

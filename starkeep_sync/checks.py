@@ -17,7 +17,7 @@ from django.core.checks import CheckMessage, Error, Warning, register
 from django.core.exceptions import ImproperlyConfigured
 from django.utils.module_loading import import_string
 
-from .constants import UNKNOWN_ROWS_POLICIES
+from .core.constants import UNKNOWN_ROWS_POLICIES
 
 #: Throttle scopes the views use (starkeep_sync.api.throttling).
 THROTTLE_SCOPES = ("exchange", "files", "health")
@@ -49,7 +49,7 @@ def _bool(value: Any) -> str | None:
 
 
 def _node_id(value: Any) -> str | None:
-    from .hlc import HLCClock
+    from .core.hlc import HLCClock
 
     if not isinstance(value, str):
         return f"must be a string, not {type(value).__name__}"

@@ -13,7 +13,7 @@ from django.core.exceptions import ImproperlyConfigured
 from django.core.signals import setting_changed
 from django.utils.module_loading import import_string
 
-from .constants import DEFAULT_PAGE_LIMIT, MAX_ITEMS_PER_REQUEST, MAX_PAGE_LIMIT
+from .core.constants import DEFAULT_PAGE_LIMIT, MAX_ITEMS_PER_REQUEST, MAX_PAGE_LIMIT
 
 DEFAULTS: dict[str, Any] = {
     # Alias in Django's STORAGES of the storage that holds blobs.

@@ -38,18 +38,18 @@ from django.db.models import F
 from .adapters.orm import OrmAppSource, OrmDatabaseAdapter, record_from_model, synced_db
 from .adapters.storage import BlobTooLarge, DjangoObjectStorage
 from .api.quotas import QuotaExceeded, blob_bytes_remaining, check_record_quota
-from .approws import BOOKKEEPING, resolve_entry
-from .blobs import CHUNK_SIZE
 from .conf import sync_settings
-from .constants import DELETED_AT, DRIVE_APP_ID, FILE_RECORDS_TABLE, UPDATED_AT
-from .exceptions import SyncError
-from .hlc import HLCClock, HLCTimestamp, deserialize_hlc
-from .keys import validate_key
+from .core.approws import BOOKKEEPING, resolve_entry
+from .core.blobs import CHUNK_SIZE
+from .core.constants import DELETED_AT, DRIVE_APP_ID, FILE_RECORDS_TABLE, UPDATED_AT
+from .core.exceptions import SyncError
+from .core.hlc import HLCClock, HLCTimestamp, deserialize_hlc
+from .core.keys import validate_key
+from .core.records import AppSyncableRowEntry, DataRecord, shared_object_key
+from .core.ulid import new_ulid
+from .core.wire import SyncExchangeRequest, entry_from_wire, entry_to_wire, record_from_wire, record_to_wire
 from .models import ServerClock, SharedRecord
-from .records import AppSyncableRowEntry, DataRecord, shared_object_key
 from .signals import notify_blob_stored, notify_records_applied, notify_rows_applied
-from .ulid import new_ulid
-from .wire import SyncExchangeRequest, entry_from_wire, entry_to_wire, record_from_wire, record_to_wire
 
 __all__ = [
     "EDITABLE_RECORD_FIELDS",

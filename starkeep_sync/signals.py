@@ -39,7 +39,7 @@ from typing import Any
 from django.db import transaction
 from django.dispatch import Signal
 
-from .constants import DRIVE_APP_ID, FILE_RECORDS_TABLE
+from .core.constants import DRIVE_APP_ID, FILE_RECORDS_TABLE
 from .models import AppRow, Blob, FileRecord, SharedRecord
 
 #: Shared records (Drive channel) written. Extra kwargs: ``record_ids`` (list of ids, in the

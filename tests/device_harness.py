@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 
-from starkeep_sync.sqlite import SqliteDeviceStore
+from starkeep_sync.device.sqlite import SqliteDeviceStore
 from tests.harness import NOTES_NAMESPACE, OTHER_NAMESPACE, Pair, Side, memory_pair
 
 

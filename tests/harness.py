@@ -33,7 +33,7 @@ from starkeep_sync import (
     serialize_hlc,
     shared_object_key,
 )
-from starkeep_sync.memory import (
+from starkeep_sync.device.memory import (
     MemoryAppSource,
     MemoryDatabaseAdapter,
     MemoryObjectStorage,

@@ -12,7 +12,7 @@ from typing import IO, Any
 
 from starkeep_sync.adapters import DjangoObjectStorage, OrmAppSource, OrmDatabaseAdapter
 from starkeep_sync.client import HttpObjectStorage, create_http_sync_transport
-from starkeep_sync.memory import MemoryAppSource, MemoryDatabaseAdapter, MemoryObjectStorage
+from starkeep_sync.device.memory import MemoryAppSource, MemoryDatabaseAdapter, MemoryObjectStorage
 from tests.factories import make_token, make_user, register_app
 from tests.harness import NOTES_NAMESPACE, OTHER_NAMESPACE, FlakyStorage, ManualTime, Pair, Side
 

@@ -40,7 +40,7 @@ from schemathesis.specs.openapi.checks import (  # noqa: E402
 )
 
 from starkeep_sync.client.auth import AppSignatureAuth  # noqa: E402
-from starkeep_sync.constants import DRIVE_APP_ID  # noqa: E402
+from starkeep_sync.core.constants import DRIVE_APP_ID  # noqa: E402
 from tests.factories import make_secret, make_token, make_user, register_app  # noqa: E402
 
 EXAMPLES = int(os.environ.get("STARKEEP_FUZZ_EXAMPLES", "25"))

@@ -19,15 +19,15 @@ from django.db import DataError, IntegrityError, connections, router, transactio
 from django.db.backends.base.base import BaseDatabaseWrapper
 from django.db.models import Model, QuerySet
 
-from .. import paging
-from ..approws import EntryRefused, next_row, resolve_entry
-from ..constants import DELETED_AT, FILE_RECORDS_TABLE, NODE_ID, UPDATED_AT
-from ..exceptions import SyncError
-from ..hlc import ZERO_HLC, HLCTimestamp, deserialize_hlc, serialize_hlc
+from ..core import paging
+from ..core.approws import EntryRefused, next_row, resolve_entry
+from ..core.constants import DELETED_AT, FILE_RECORDS_TABLE, NODE_ID, UPDATED_AT
+from ..core.exceptions import SyncError
+from ..core.hlc import ZERO_HLC, HLCTimestamp, deserialize_hlc, serialize_hlc
+from ..core.protocols import RecordPage, ScanPage
+from ..core.records import AppSyncableNamespace, AppSyncableRowEntry, AppSyncableTableInfo, DataRecord
+from ..core.watermarks import node_floor_bound
 from ..models import AppNamespace, AppRow, FileRecord, NodeCoverage, SharedRecord
-from ..protocols import RecordPage, ScanPage
-from ..records import AppSyncableNamespace, AppSyncableRowEntry, AppSyncableTableInfo, DataRecord
-from ..watermarks import node_floor_bound
 from . import sql
 
 

@@ -7,7 +7,7 @@ from typing import Any
 
 from django.utils import timezone
 
-from ..hlc import ClockState, HLCTimestamp
+from ..core.hlc import ClockState, HLCTimestamp
 from ..models import PeerSyncState
 
 

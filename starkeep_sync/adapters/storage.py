@@ -27,13 +27,13 @@ from django.core.files.storage import FileSystemStorage, Storage, storages
 from django.db import connections, router
 from django.utils import timezone
 
-from ..blobs import CHUNK_SIZE, PipelinedSha256
 from ..conf import sync_settings
-from ..constants import LOGGER_NAME
-from ..exceptions import BlobIntegrityError, InvalidKeyError, SyncError
-from ..keys import check_key_syntax, expected_sha256
+from ..core.blobs import CHUNK_SIZE, PipelinedSha256
+from ..core.constants import LOGGER_NAME
+from ..core.exceptions import BlobIntegrityError, InvalidKeyError, SyncError
+from ..core.keys import check_key_syntax, expected_sha256
+from ..core.protocols import StoredObject
 from ..models import Blob
-from ..protocols import StoredObject
 
 
 class _SpooledUpload(File):

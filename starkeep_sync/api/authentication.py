@@ -15,7 +15,7 @@ from django.utils import timezone
 from rest_framework import authentication, exceptions
 
 from ..conf import sync_settings
-from ..constants import DRIVE_APP_ID
+from ..core.constants import DRIVE_APP_ID
 from ..models import AppSecret, DeviceToken
 from ..models.credentials import hash_token
 from .bodies import LengthRequired, declared_length, read_body, spool_body, unverified_allowance

@@ -20,8 +20,8 @@ from django.core.cache import caches
 from rest_framework import status
 from rest_framework.throttling import BaseThrottle
 
-from ..blobs import CHUNK_SIZE
 from ..conf import sync_settings
+from ..core.blobs import CHUNK_SIZE
 from .exceptions import InvalidRequest, PayloadTooLarge, SyncAPIException
 
 #: Spooled bodies stay in memory up to this size, then go to a temporary file.

@@ -6,8 +6,8 @@ from django.db.models import Sum
 from rest_framework import status
 
 from ..conf import sync_settings
+from ..core.wire import SyncExchangeRequest
 from ..models import AppRow, Blob, FileRecord, SharedRecord
-from ..wire import SyncExchangeRequest
 from .exceptions import SyncAPIException
 
 

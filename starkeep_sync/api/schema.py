@@ -25,17 +25,17 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from .. import __version__
-from ..approws import MAX_FILE_RECORD_ID_LENGTH, MAX_ROW_KEY_LENGTH
 from ..conf import sync_settings
-from ..constants import (
+from ..core.approws import MAX_FILE_RECORD_ID_LENGTH, MAX_ROW_KEY_LENGTH
+from ..core.constants import (
     DRIVE_APP_ID,
     HEADER_APP_ID,
     HEADER_APP_SIG,
     HEADER_APP_TS,
     HEADER_KEY_ID,
 )
-from ..keys import MAX_KEY_BYTES, MAX_KEY_ENCODED_LENGTH, MAX_KEY_LENGTH, PRESIGN_SEGMENT
-from ..wire import MAX_JSON_DEPTH, json_schema_components
+from ..core.keys import MAX_KEY_BYTES, MAX_KEY_ENCODED_LENGTH, MAX_KEY_LENGTH, PRESIGN_SEGMENT
+from ..core.wire import MAX_JSON_DEPTH, json_schema_components
 from . import views
 from .authentication import AppSignatureAuthentication, DeviceTokenAuthentication
 from .exceptions import SyncAPIException, exception_handler
@@ -83,7 +83,7 @@ def _watermarks_ref(member: dict[str, Any], watermarks: dict[str, Any]) -> dict[
     return _ref("Watermarks")
 
 
-# Key rules (PROTOCOL §7, starkeep_sync.keys) as ECMA-262 patterns. A segment is never empty,
+# Key rules (PROTOCOL §7, starkeep_sync.core.keys) as ECMA-262 patterns. A segment is never empty,
 # "." or "..", never holds "/", a backslash or a control character; the last segment is never
 # "presign" (that is the presign route). Only the UTF-8 byte bound is beyond a pattern: it is
 # in ``maxLength`` (as characters: no valid key has more) and in the descriptions.

@@ -16,10 +16,10 @@ from rest_framework import status
 from rest_framework.request import Request
 
 from ..adapters.storage import BlobTooLarge, DjangoObjectStorage
-from ..blobs import CHUNK_SIZE, parse_content_digest
 from ..conf import sync_settings
-from ..exceptions import BlobIntegrityError
-from ..keys import expected_sha256
+from ..core.blobs import CHUNK_SIZE, parse_content_digest
+from ..core.exceptions import BlobIntegrityError
+from ..core.keys import expected_sha256
 from .bodies import IncompleteBody, declared_length
 from .exceptions import InvalidRequest, PayloadTooLarge, SyncAPIException
 from .quotas import QuotaExceeded, blob_bytes_remaining

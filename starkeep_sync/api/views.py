@@ -1,6 +1,6 @@
 """DRF views: the exchange round, blob routes, presigned URLs, health.
 
-The exchange view runs the core's :class:`~starkeep_sync.responder.SyncResponder`
+The exchange view runs the core's :class:`~starkeep_sync.core.responder.SyncResponder`
 with ORM adapters scoped to the caller's owner and channel; the in-process
 transport runs the same class with memory adapters.
 """
@@ -27,16 +27,16 @@ from rest_framework.views import APIView
 
 from ..adapters.orm import OrmAppSource, OrmDatabaseAdapter, synced_db
 from ..adapters.storage import DjangoObjectStorage, get_blob_storage
-from ..blobs import CHUNK_SIZE
 from ..conf import sync_settings
-from ..constants import DRIVE_APP_ID, LOGGER_NAME
-from ..exceptions import BlobIntegrityError, SyncError
-from ..hlc import HLCClock
-from ..keys import expected_sha256, validate_key
+from ..core.blobs import CHUNK_SIZE
+from ..core.constants import DRIVE_APP_ID, LOGGER_NAME
+from ..core.exceptions import BlobIntegrityError, SyncError
+from ..core.hlc import HLCClock
+from ..core.keys import expected_sha256, validate_key
+from ..core.responder import ExchangeReport, SyncResponder
+from ..core.wire import MalformedJSONError, decode_json, decode_request, encode_json, encode_response
 from ..models import AppNamespace, ChannelActivity
-from ..responder import ExchangeReport, SyncResponder
 from ..signals import notify_blob_stored, notify_records_applied, notify_rows_applied
-from ..wire import MalformedJSONError, decode_json, decode_request, encode_json, encode_response
 from .authentication import Principal, channel_of
 from .bodies import read_body
 from .exceptions import (

@@ -14,7 +14,7 @@ import time
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any, Protocol, runtime_checkable
 
-from ..constants import HEADER_APP_ID, HEADER_APP_SIG, HEADER_APP_TS, HEADER_KEY_ID
+from ..core.constants import HEADER_APP_ID, HEADER_APP_SIG, HEADER_APP_TS, HEADER_KEY_ID
 
 #: The TypeScript-style signer: ``sign_request(method, path, body) -> headers``.
 SignRequest = Callable[[str, str, bytes], Mapping[str, str]]

@@ -23,8 +23,8 @@ import requests
 from requests.adapters import HTTPAdapter
 from urllib3.util.retry import Retry
 
-from ..exceptions import SyncTransportError
-from ..wire import decode_json, encode_json
+from ..core.exceptions import SyncTransportError
+from ..core.wire import decode_json, encode_json
 from .auth import AuthLike, RequestAuth, resolve_auth
 
 #: ``timeout`` accepted by every client: seconds, or ``(connect, read)``.

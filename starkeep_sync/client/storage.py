@@ -23,11 +23,11 @@ from urllib.parse import urljoin, urlsplit
 import requests
 import urllib3
 
-from ..blobs import CHUNK_SIZE, CONTENT_DIGEST_HEADER, HashingReader, content_digest
-from ..constants import CONFIRM_PATH, FILES_PATH, PRESIGN_PUT_PATH
-from ..exceptions import SyncTransportError, WireFormatError
-from ..keys import check_key_syntax
-from ..protocols import StoredObject
+from ..core.blobs import CHUNK_SIZE, CONTENT_DIGEST_HEADER, HashingReader, content_digest
+from ..core.constants import CONFIRM_PATH, FILES_PATH, PRESIGN_PUT_PATH
+from ..core.exceptions import SyncTransportError, WireFormatError
+from ..core.keys import check_key_syntax
+from ..core.protocols import StoredObject
 from .auth import AuthLike
 from .session import (
     DEFAULT_TIMEOUT,

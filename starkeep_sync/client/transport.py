@@ -8,9 +8,9 @@ from typing import Any
 import msgspec
 import requests
 
-from ..constants import DRIVE_APP_ID, EXCHANGE_PATH
-from ..exceptions import SyncTransportError, WireFormatError
-from ..wire import MalformedJSONError, SyncExchangeRequest, SyncExchangeResponse, decode_response, encode_request
+from ..core.constants import DRIVE_APP_ID, EXCHANGE_PATH
+from ..core.exceptions import SyncTransportError, WireFormatError
+from ..core.wire import MalformedJSONError, SyncExchangeRequest, SyncExchangeResponse, decode_response, encode_request
 from .auth import AuthLike, CallableAuth, SignRequest
 from .session import (
     DEFAULT_TIMEOUT,

@@ -12,9 +12,9 @@ import random
 from dataclasses import replace
 from typing import Any
 
-from starkeep_sync.channel import ChannelView
-from starkeep_sync.hlc import HLCTimestamp, serialize_hlc
-from starkeep_sync.protocols import (
+from starkeep_sync.core.channel import ChannelView
+from starkeep_sync.core.hlc import HLCTimestamp, serialize_hlc
+from starkeep_sync.core.protocols import (
     AppSource,
     DatabaseAdapter,
     RecordCounter,
@@ -23,9 +23,9 @@ from starkeep_sync.protocols import (
     WireRecordReader,
     WireRowScanner,
 )
-from starkeep_sync.records import AppSyncableNamespace, AppSyncableRowEntry, AppSyncableTableInfo, DataRecord
-from starkeep_sync.watermarks import advance_watermarks
-from starkeep_sync.wire import entry_to_wire, record_to_wire
+from starkeep_sync.core.records import AppSyncableNamespace, AppSyncableRowEntry, AppSyncableTableInfo, DataRecord
+from starkeep_sync.core.watermarks import advance_watermarks
+from starkeep_sync.core.wire import entry_to_wire, record_to_wire
 
 BASE = 1_700_000_000_000
 APP = "notes"

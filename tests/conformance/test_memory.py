@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from starkeep_sync.memory import MemoryAppSource, MemoryDatabaseAdapter
+from starkeep_sync.device.memory import MemoryAppSource, MemoryDatabaseAdapter
 
 from .contract import NOTES, AppSourceContract, DatabaseAdapterContract
 

@@ -7,8 +7,8 @@ from typing import Any
 
 import pytest
 
-from starkeep_sync import paging
-from starkeep_sync.hlc import HLCTimestamp, serialize_hlc
+from starkeep_sync.core import paging
+from starkeep_sync.core.hlc import HLCTimestamp, serialize_hlc
 
 from .contract import hlc
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from starkeep_sync.sqlite import SqliteAppSource, SqliteDatabaseAdapter, SqliteDeviceStore
+from starkeep_sync.device.sqlite import SqliteAppSource, SqliteDatabaseAdapter, SqliteDeviceStore
 
 from .contract import NOTES, AppSourceContract, DatabaseAdapterContract
 

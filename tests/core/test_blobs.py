@@ -9,7 +9,7 @@ from typing import IO
 
 import pytest
 
-from starkeep_sync.blobs import (
+from starkeep_sync.core.blobs import (
     CHUNK_SIZE,
     ChunkPipe,
     FileSyncEngine,
@@ -21,8 +21,8 @@ from starkeep_sync.blobs import (
     parse_content_digest,
     sha256_hex,
 )
-from starkeep_sync.exceptions import BlobIntegrityError
-from starkeep_sync.protocols import ObjectStorage, StoredObject
+from starkeep_sync.core.exceptions import BlobIntegrityError
+from starkeep_sync.core.protocols import ObjectStorage, StoredObject
 
 
 class DictStorage:

@@ -17,9 +17,9 @@ import pytest
 
 from starkeep_sync import HLCClock, SyncTransportError, WireFormatError, create_http_sync_transport
 from starkeep_sync.client.session import create_session
-from starkeep_sync.engine import response_of
-from starkeep_sync.memory import MemoryDatabaseAdapter
-from starkeep_sync.wire import MalformedJSONError, SyncExchangeRequest, SyncExchangeResponse, encode_response
+from starkeep_sync.core.engine import response_of
+from starkeep_sync.core.wire import MalformedJSONError, SyncExchangeRequest, SyncExchangeResponse, encode_response
+from starkeep_sync.device.memory import MemoryDatabaseAdapter
 
 from .test_prefetch import JsonTransport, catch_up, device, metadata
 

@@ -10,8 +10,8 @@ import msgspec
 import pytest
 
 from starkeep_sync import ClockSkewError
-from starkeep_sync.constants import DEFAULT_MAX_SKEW_MS, MAX_COUNTER, MAX_NODE_ID_LENGTH, MAX_WALL_TIME
-from starkeep_sync.hlc import (
+from starkeep_sync.core.constants import DEFAULT_MAX_SKEW_MS, MAX_COUNTER, MAX_NODE_ID_LENGTH, MAX_WALL_TIME
+from starkeep_sync.core.hlc import (
     ZERO_HLC,
     ClockState,
     HLCClock,

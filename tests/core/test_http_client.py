@@ -37,12 +37,12 @@ from starkeep_sync import (
     create_data_record,
     create_http_sync_transport,
 )
-from starkeep_sync.blobs import FileSyncEngine, FileSyncManifest, HashingReader, parse_content_digest
 from starkeep_sync.client import AppSignatureAuth, BearerAuth, HttpObjectStorage, resolve_auth
 from starkeep_sync.client.auth import CallableAuth, NoAuth
 from starkeep_sync.client.session import create_session, parse_retry_after
-from starkeep_sync.memory import MemoryObjectStorage
-from starkeep_sync.records import AppSyncableRowEntry
+from starkeep_sync.core.blobs import FileSyncEngine, FileSyncManifest, HashingReader, parse_content_digest
+from starkeep_sync.core.records import AppSyncableRowEntry
+from starkeep_sync.device.memory import MemoryObjectStorage
 
 APP = "notes"
 SECRET = "s3cret-for-tests"

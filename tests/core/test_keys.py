@@ -7,8 +7,8 @@ from urllib.parse import quote
 import pytest
 
 from starkeep_sync import InvalidKeyError
-from starkeep_sync.constants import DRIVE_APP_ID
-from starkeep_sync.keys import (
+from starkeep_sync.core.constants import DRIVE_APP_ID
+from starkeep_sync.core.keys import (
     MAX_KEY_BYTES,
     MAX_KEY_ENCODED_LENGTH,
     MAX_KEY_LENGTH,

@@ -7,8 +7,8 @@ import logging
 import pytest
 
 from starkeep_sync import LOCAL_CHANGE_RECORDED, LOCAL_DATA_SYNCED, REMOTE_UPDATE_AVAILABLE
-from starkeep_sync.hlc import HLCTimestamp
-from starkeep_sync.notifier import ChangeEvent, ChangeNotifier, create_change_notifier
+from starkeep_sync.core.hlc import HLCTimestamp
+from starkeep_sync.core.notifier import ChangeEvent, ChangeNotifier, create_change_notifier
 
 
 def test_event_types_are_the_reference_names() -> None:

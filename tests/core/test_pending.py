@@ -12,9 +12,9 @@ from starkeep_sync import (
     create_data_record,
     create_sync_engine,
 )
-from starkeep_sync.memory import MemoryAppSource, MemoryDatabaseAdapter, MemoryObjectStorage
-from starkeep_sync.responder import InProcessTransport
-from starkeep_sync.wire import SyncExchangeRequest, SyncExchangeResponse
+from starkeep_sync.core.responder import InProcessTransport
+from starkeep_sync.core.wire import SyncExchangeRequest, SyncExchangeResponse
+from starkeep_sync.device.memory import MemoryAppSource, MemoryDatabaseAdapter, MemoryObjectStorage
 
 
 class Spy(InProcessTransport):

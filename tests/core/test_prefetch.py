@@ -18,9 +18,9 @@ from starkeep_sync import (
     create_sync_engine,
     shared_object_key,
 )
-from starkeep_sync.memory import MemoryDatabaseAdapter, MemoryObjectStorage
-from starkeep_sync.responder import SyncResponder
-from starkeep_sync.wire import SyncExchangeRequest, SyncExchangeResponse
+from starkeep_sync.core.responder import SyncResponder
+from starkeep_sync.core.wire import SyncExchangeRequest, SyncExchangeResponse
+from starkeep_sync.device.memory import MemoryDatabaseAdapter, MemoryObjectStorage
 
 
 class JsonTransport:
@@ -175,7 +175,7 @@ def test_pages_with_blobs_are_not_prefetched(key: str) -> None:
 
 
 def test_a_stale_prefetched_page_is_asked_for_again(monkeypatch: Any) -> None:
-    from starkeep_sync import engine as engine_module
+    from starkeep_sync.core import engine as engine_module
 
     server_db = MemoryDatabaseAdapter(metadata(HLCClock("phone"), 10))
     transport = JsonTransport(server_db)

@@ -6,10 +6,10 @@ import hashlib
 from typing import Any
 
 from starkeep_sync import HLCClock, create_data_record, create_sync_engine, shared_object_key
-from starkeep_sync.engine import SyncEngine
-from starkeep_sync.memory import MemoryDatabaseAdapter, MemoryObjectStorage
-from starkeep_sync.sqlite import SqliteDeviceStore
-from starkeep_sync.wire import SyncExchangeRequest
+from starkeep_sync.core.engine import SyncEngine
+from starkeep_sync.core.wire import SyncExchangeRequest
+from starkeep_sync.device.memory import MemoryDatabaseAdapter, MemoryObjectStorage
+from starkeep_sync.device.sqlite import SqliteDeviceStore
 
 from .test_prefetch import JsonTransport, catch_up, metadata
 

@@ -6,16 +6,16 @@ import dataclasses
 
 import pytest
 
-from starkeep_sync.constants import FILE_RECORDS_TABLE
-from starkeep_sync.hlc import HLCClock, HLCTimestamp
-from starkeep_sync.records import (
+from starkeep_sync.core.constants import FILE_RECORDS_TABLE
+from starkeep_sync.core.hlc import HLCClock, HLCTimestamp
+from starkeep_sync.core.records import (
     AppSyncableNamespace,
     AppSyncableTableInfo,
     DataRecord,
     create_data_record,
     shared_object_key,
 )
-from starkeep_sync.ulid import new_ulid
+from starkeep_sync.core.ulid import new_ulid
 
 CROCKFORD = set("0123456789ABCDEFGHJKMNPQRSTVWXYZ")
 HASH = "cd" * 32

@@ -6,10 +6,10 @@ from typing import IO
 
 import pytest
 
-from starkeep_sync.hlc import HLCTimestamp
-from starkeep_sync.protocols import StoredObject
-from starkeep_sync.records import DataRecord
-from starkeep_sync.residency import RecordResidency, residency_of
+from starkeep_sync.core.hlc import HLCTimestamp
+from starkeep_sync.core.protocols import StoredObject
+from starkeep_sync.core.records import DataRecord
+from starkeep_sync.core.residency import RecordResidency, residency_of
 
 KEY = "shared/image/ab/" + "ab" * 32
 TS = HLCTimestamp(1000, 0, "nodeA")

@@ -5,8 +5,8 @@ from __future__ import annotations
 import sqlite3
 from pathlib import Path
 
-from starkeep_sync.hlc import ClockState, HLCClock, HLCTimestamp
-from starkeep_sync.state import SqliteSyncStateStore, create_sqlite_sync_state_store
+from starkeep_sync.core.hlc import ClockState, HLCClock, HLCTimestamp
+from starkeep_sync.core.state import SqliteSyncStateStore, create_sqlite_sync_state_store
 
 OWN = {
     "local": HLCTimestamp(1_700_000_000_000, 3, "local"),

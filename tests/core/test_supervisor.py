@@ -7,7 +7,7 @@ from typing import Any
 import pytest
 
 from starkeep_sync import ExchangeResult, SyncTransportError
-from starkeep_sync.supervisor import Backoff, RoundReport, SyncSupervisor, sync_until_done
+from starkeep_sync.device.supervisor import Backoff, RoundReport, SyncSupervisor, sync_until_done
 from tests.harness import memory_pair
 
 

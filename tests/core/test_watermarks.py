@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from starkeep_sync.hlc import ZERO_HLC, HLCTimestamp
-from starkeep_sync.watermarks import (
+from starkeep_sync.core.hlc import ZERO_HLC, HLCTimestamp
+from starkeep_sync.core.watermarks import (
     advance_watermark,
     advance_watermarks,
     is_lower_somewhere,

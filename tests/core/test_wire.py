@@ -9,10 +9,10 @@ from typing import Any
 import pytest
 
 from starkeep_sync import WireFormatError
-from starkeep_sync.constants import MAX_COUNTER, MAX_NODE_ID_LENGTH, MAX_WALL_TIME
-from starkeep_sync.hlc import HLCTimestamp
-from starkeep_sync.records import AppSyncableRowEntry, DataRecord
-from starkeep_sync.wire import (
+from starkeep_sync.core.constants import MAX_COUNTER, MAX_NODE_ID_LENGTH, MAX_WALL_TIME
+from starkeep_sync.core.hlc import HLCTimestamp
+from starkeep_sync.core.records import AppSyncableRowEntry, DataRecord
+from starkeep_sync.core.wire import (
     MAX_JSON_DEPTH,
     MAX_SIZE_BYTES,
     MAX_VERSION,
@@ -525,7 +525,7 @@ def test_wire_format_error_is_a_value_error() -> None:
 
 
 def test_node_ids_seen_before_do_not_weaken_the_hlc_checks() -> None:
-    from starkeep_sync.wire import hlc_from_wire
+    from starkeep_sync.core.wire import hlc_from_wire
 
     good = {"wallTime": 1, "counter": 0, "nodeId": "seen-node"}
     assert hlc_from_wire(good, "h") == (1, 0, "seen-node")
@@ -795,7 +795,7 @@ def test_schema_patterns_agree_with_the_decoder() -> None:
 
 @pytest.mark.parametrize("member", ["appId", "table"])
 def test_an_entry_with_nul_in_its_app_id_or_table_is_refused_naming_it(member: str) -> None:
-    from starkeep_sync.wire import decode_request
+    from starkeep_sync.core.wire import decode_request
 
     entry = {"timestamp": {"wallTime": 1, "counter": 0, "nodeId": "a"}, "appId": "notes", "table": "notes",
              "op": "insert", "row": {"id": "1", "updated_at": "000000000001:0000:a"}}

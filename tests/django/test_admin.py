@@ -28,9 +28,9 @@ from rest_framework.test import APIClient
 
 from starkeep_sync import server
 from starkeep_sync.admin import format_hlc
-from starkeep_sync.constants import FILE_RECORDS_TABLE
-from starkeep_sync.exceptions import SyncError
-from starkeep_sync.hlc import HLCTimestamp, deserialize_hlc
+from starkeep_sync.core.constants import FILE_RECORDS_TABLE
+from starkeep_sync.core.exceptions import SyncError
+from starkeep_sync.core.hlc import HLCTimestamp, deserialize_hlc
 from starkeep_sync.models import (
     AppRow,
     AppSecret,

@@ -12,7 +12,7 @@ from django.test import override_settings
 from rest_framework.test import APIClient
 
 from starkeep_sync.adapters.storage import DjangoObjectStorage
-from starkeep_sync.blobs import content_digest
+from starkeep_sync.core.blobs import content_digest
 from starkeep_sync.models import Blob
 
 from .support import app_key, assert_error, bearer, drive_key, put_blob, sha

@@ -7,9 +7,9 @@ from typing import Any
 import pytest
 from rest_framework.test import APIClient
 
-from starkeep_sync.exceptions import SyncTransportError
+from starkeep_sync.core.exceptions import SyncTransportError
+from starkeep_sync.device.supervisor import Backoff, SyncSupervisor
 from starkeep_sync.models import Blob, SharedRecord
-from starkeep_sync.supervisor import Backoff, SyncSupervisor
 from tests.django.support import (
     BASE_MS,
     assert_error,
@@ -64,7 +64,7 @@ def test_client_error_carries_retry_after_and_backoff_honours_it(live_server: An
                                                                  alice_token: str, transactional_db: None) -> None:
     limits(settings)
     from starkeep_sync.client import create_http_sync_transport
-    from starkeep_sync.wire import SyncExchangeRequest
+    from starkeep_sync.core.wire import SyncExchangeRequest
 
     transport = create_http_sync_transport(base_url=f"{live_server.url}/apps/starkeep-drive", auth=alice_token)
     for _ in range(3):

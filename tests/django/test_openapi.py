@@ -230,8 +230,8 @@ def test_statuses_of_every_operation(schema: dict[str, Any]) -> None:
 
 def test_key_rules_in_the_schema_are_the_servers(schema: dict[str, Any]) -> None:
     """Each key pattern accepts exactly what ``validate_key`` accepts, up to the byte bound."""
-    from starkeep_sync.exceptions import InvalidKeyError
-    from starkeep_sync.keys import MAX_KEY_BYTES, validate_key
+    from starkeep_sync.core.exceptions import InvalidKeyError
+    from starkeep_sync.core.keys import MAX_KEY_BYTES, validate_key
 
     components = schema["components"]["schemas"]
     drive, app = components["DriveKey"], components["AppKey"]

@@ -8,11 +8,11 @@ from typing import Any
 import pytest
 
 from starkeep_sync.adapters.orm import OrmAppSource
-from starkeep_sync.approws import EntryRefused
-from starkeep_sync.constants import FILE_RECORDS_TABLE
-from starkeep_sync.hlc import HLCTimestamp
+from starkeep_sync.core.approws import EntryRefused
+from starkeep_sync.core.constants import FILE_RECORDS_TABLE
+from starkeep_sync.core.hlc import HLCTimestamp
+from starkeep_sync.core.records import AppSyncableRowEntry
 from starkeep_sync.models import AppRow, FileRecord
-from starkeep_sync.records import AppSyncableRowEntry
 
 from .support import BASE_MS
 

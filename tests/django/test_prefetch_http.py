@@ -10,9 +10,9 @@ import pytest
 from starkeep_sync import HLCClock, create_data_record, create_sync_engine
 from starkeep_sync.adapters import OrmDatabaseAdapter
 from starkeep_sync.client import HttpObjectStorage, create_http_sync_transport
-from starkeep_sync.memory import MemoryDatabaseAdapter, MemoryObjectStorage
-from starkeep_sync.supervisor import sync_until_done
-from starkeep_sync.wire import SyncExchangeRequest
+from starkeep_sync.core.wire import SyncExchangeRequest
+from starkeep_sync.device.memory import MemoryDatabaseAdapter, MemoryObjectStorage
+from starkeep_sync.device.supervisor import sync_until_done
 from tests.factories import make_token, make_user
 
 pytestmark = pytest.mark.django_db(transaction=True)

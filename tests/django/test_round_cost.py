@@ -11,10 +11,10 @@ from rest_framework.test import APIClient
 
 from starkeep_sync import HLCClock, create_data_record
 from starkeep_sync.adapters.orm import OrmAppSource, OrmDatabaseAdapter
-from starkeep_sync.channel import ChannelView
-from starkeep_sync.constants import FILE_RECORDS_TABLE
-from starkeep_sync.records import AppSyncableRowEntry
-from starkeep_sync.wire import entry_to_wire, record_to_wire
+from starkeep_sync.core.channel import ChannelView
+from starkeep_sync.core.constants import FILE_RECORDS_TABLE
+from starkeep_sync.core.records import AppSyncableRowEntry
+from starkeep_sync.core.wire import entry_to_wire, record_to_wire
 
 from .support import BASE_MS, bearer, body, entry, exchange, exchange_ok, record
 
@@ -152,7 +152,7 @@ def test_app_rows_read_into_wire_form_equal_the_built_ones(alice: Any, notes_app
 
 
 def _wire_records(ids_walls: list[tuple[str, int]], node: str = "nodeA") -> list[Any]:
-    from starkeep_sync.wire import record_from_wire
+    from starkeep_sync.core.wire import record_from_wire
 
     return [record_from_wire(record(rid, BASE_MS + wall, node), rid) for rid, wall in ids_walls]
 

@@ -27,7 +27,7 @@ from django.test import Client
 from django.urls import reverse
 
 from starkeep_sync.client.auth import AppSignatureAuth
-from starkeep_sync.keys import MAX_KEY_BYTES, MAX_KEY_ENCODED_LENGTH
+from starkeep_sync.core.keys import MAX_KEY_BYTES, MAX_KEY_ENCODED_LENGTH
 from tests.factories import make_secret, make_token, make_user, register_app
 
 pytest.importorskip("drf_spectacular")

@@ -30,14 +30,19 @@ from starkeep_sync import (
     serialize_hlc,
     server,
 )
-from starkeep_sync import hlc as hlc_module
 from starkeep_sync.adapters import DjangoObjectStorage
 from starkeep_sync.api.quotas import QuotaExceeded
-from starkeep_sync.engine import SyncEngine
-from starkeep_sync.exceptions import SyncError
-from starkeep_sync.memory import MemoryAppSource, MemoryDatabaseAdapter, MemoryObjectStorage, MemorySyncStateStore
+from starkeep_sync.core import hlc as hlc_module
+from starkeep_sync.core.engine import SyncEngine
+from starkeep_sync.core.exceptions import SyncError
+from starkeep_sync.core.records import AppSyncableRowEntry
+from starkeep_sync.device.memory import (
+    MemoryAppSource,
+    MemoryDatabaseAdapter,
+    MemoryObjectStorage,
+    MemorySyncStateStore,
+)
 from starkeep_sync.models import Blob, NodeCoverage, ServerClock
-from starkeep_sync.records import AppSyncableRowEntry
 from tests.factories import make_token, make_user, register_app
 from tests.harness import NOTES_NAMESPACE
 

@@ -16,8 +16,8 @@ from rest_framework.test import APIClient
 from starkeep_sync import FILE_RECORDS_TABLE, server
 from starkeep_sync.adapters import DjangoObjectStorage
 from starkeep_sync.api.authentication import Principal
+from starkeep_sync.core.responder import SyncResponder
 from starkeep_sync.models import AppRow, Blob, FileRecord, SharedRecord
-from starkeep_sync.responder import SyncResponder
 from starkeep_sync.signals import blob_stored, records_applied, rows_applied
 from tests.factories import make_secret
 

@@ -12,8 +12,8 @@ from django.test.utils import CaptureQueriesContext
 
 from starkeep_sync.adapters import sql
 from starkeep_sync.adapters.orm import OrmDatabaseAdapter
+from starkeep_sync.core.wire import record_from_wire
 from starkeep_sync.models import NodeCoverage, SharedRecord
-from starkeep_sync.wire import record_from_wire
 
 from .support import record
 
@@ -95,7 +95,7 @@ def test_row_values_repeat_the_update_stamp_only_where_it_serializes_alike() -> 
     from dataclasses import replace
 
     from starkeep_sync.adapters.orm import _record_values
-    from starkeep_sync.hlc import HLCTimestamp, serialize_hlc
+    from starkeep_sync.core.hlc import HLCTimestamp, serialize_hlc
 
     fresh = records(1)[0]
     assert fresh.created_at == fresh.updated_at

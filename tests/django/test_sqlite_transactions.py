@@ -9,8 +9,8 @@ from django.db import connection
 from django.db.backends.base.base import BaseDatabaseWrapper
 from rest_framework.test import APIClient
 
+from starkeep_sync.core.responder import SyncResponder
 from starkeep_sync.models import ChannelActivity, NodeCoverage, SharedRecord
-from starkeep_sync.responder import SyncResponder
 
 from .support import BASE_MS, bearer, body, exchange, exchange_ok, record
 

@@ -23,7 +23,7 @@ from rest_framework.test import APIClient
 
 from starkeep_sync import HLCClock, create_data_record, create_sync_engine, shared_object_key
 from starkeep_sync.client import HttpObjectStorage, create_http_sync_transport
-from starkeep_sync.memory import MemoryDatabaseAdapter, MemoryObjectStorage
+from starkeep_sync.device.memory import MemoryDatabaseAdapter, MemoryObjectStorage
 from starkeep_sync.models import Blob
 from tests.factories import make_token, make_user
 

@@ -175,8 +175,8 @@ def test_once_and_watch_are_exclusive(setup: dict[str, Any]) -> None:
 
 
 def test_a_failure_mid_run_says_what_is_left(setup: dict[str, Any], monkeypatch: pytest.MonkeyPatch) -> None:
-    from starkeep_sync.engine import SyncEngine
-    from starkeep_sync.exceptions import SyncTransportError
+    from starkeep_sync.core.engine import SyncEngine
+    from starkeep_sync.core.exceptions import SyncTransportError
 
     real = SyncEngine.exchange
     calls = []
@@ -209,7 +209,7 @@ def test_node_id_of_another_writer_on_the_remote_is_refused(setup: dict[str, Any
 
 
 def test_a_known_shared_node_id_is_refused_before_any_request(setup: dict[str, Any]) -> None:
-    from starkeep_sync.hlc import HLCClock as Clock
+    from starkeep_sync.core.hlc import HLCClock as Clock
 
     url = f"http://127.0.0.1:{free_port()}"  # nothing listens: a request would fail with "cannot reach"
     ahead = Clock("edge").now()

@@ -29,7 +29,7 @@ import requests
 from starkeep_sync import HLCClock, SyncTransportError, create_sync_engine
 from starkeep_sync.client import HttpObjectStorage, create_http_sync_transport
 from starkeep_sync.client.session import create_session
-from starkeep_sync.memory import MemoryDatabaseAdapter, MemoryObjectStorage
+from starkeep_sync.device.memory import MemoryDatabaseAdapter, MemoryObjectStorage
 from tests.load.conftest import REPO, children_of, free_port
 
 NGINX = shutil.which("nginx") or "/usr/sbin/nginx"

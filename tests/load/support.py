@@ -1,7 +1,7 @@
 """Devices, their random workload, a fault-injecting proxy, and the convergence check.
 
 A :class:`Device` is one node: its own store (memory adapters, or a
-:class:`~starkeep_sync.sqlite.SqliteDeviceStore` on disk), its own node id, an
+:class:`~starkeep_sync.device.sqlite.SqliteDeviceStore` on disk), its own node id, an
 ``HLCClock`` on real time, and one engine per channel (the Drive channel for
 shared records, the ``notes`` channel for app rows), both over HTTP.
 
@@ -45,8 +45,13 @@ from starkeep_sync import (
     shared_object_key,
 )
 from starkeep_sync.client import HttpObjectStorage, create_http_sync_transport
-from starkeep_sync.memory import MemoryAppSource, MemoryDatabaseAdapter, MemoryObjectStorage, MemorySyncStateStore
-from starkeep_sync.sqlite import SqliteDeviceStore
+from starkeep_sync.device.memory import (
+    MemoryAppSource,
+    MemoryDatabaseAdapter,
+    MemoryObjectStorage,
+    MemorySyncStateStore,
+)
+from starkeep_sync.device.sqlite import SqliteDeviceStore
 from tests.harness import FlakyStorage
 
 APP = "notes"

@@ -21,8 +21,8 @@ from typing import Any
 
 from starkeep_sync import HLCClock, SyncEngine, create_data_record, create_sync_engine, shared_object_key
 from starkeep_sync.client import HttpObjectStorage, create_http_sync_transport
-from starkeep_sync.sqlite import SqliteDeviceStore
-from starkeep_sync.supervisor import sync_until_done
+from starkeep_sync.device.sqlite import SqliteDeviceStore
+from starkeep_sync.device.supervisor import sync_until_done
 from tests.s3.conftest import MotoS3
 from tests.s3.server_process import MIB, ServerProcess, running_server
 

@@ -13,10 +13,10 @@ import requests
 from starkeep_sync import HLCClock, create_data_record, create_sync_engine, shared_object_key
 from starkeep_sync.adapters import DjangoObjectStorage, OrmDatabaseAdapter
 from starkeep_sync.client import HttpObjectStorage, create_http_sync_transport
-from starkeep_sync.exceptions import SyncTransportError
-from starkeep_sync.memory import MemoryDatabaseAdapter, MemoryObjectStorage, MemorySyncStateStore
+from starkeep_sync.core.exceptions import SyncTransportError
+from starkeep_sync.device.memory import MemoryDatabaseAdapter, MemoryObjectStorage, MemorySyncStateStore
+from starkeep_sync.device.supervisor import sync_until_done
 from starkeep_sync.models import Blob
-from starkeep_sync.supervisor import sync_until_done
 from tests.factories import make_token, make_user
 from tests.s3.conftest import MotoS3
 

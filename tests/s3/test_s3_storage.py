@@ -14,8 +14,8 @@ from botocore.exceptions import ClientError
 from django.core.files.storage import storages
 
 from starkeep_sync.adapters import DjangoObjectStorage
-from starkeep_sync.blobs import HashingReader
-from starkeep_sync.exceptions import BlobIntegrityError
+from starkeep_sync.core.blobs import HashingReader
+from starkeep_sync.core.exceptions import BlobIntegrityError
 from starkeep_sync.models import Blob
 from tests.factories import make_user
 from tests.s3.conftest import STORAGE_ALIAS, MotoS3

@@ -8,7 +8,7 @@ from django.contrib.auth import get_user_model
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 from django.db import transaction
 
-from starkeep_sync.constants import DRIVE_APP_ID, FILE_RECORDS_TABLE
+from starkeep_sync.core.constants import DRIVE_APP_ID, FILE_RECORDS_TABLE
 from starkeep_sync.models import AppNamespace, AppSecret, AppTable
 
 

@@ -8,8 +8,8 @@ from django.contrib.auth import get_user_model
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 from django.db.models import Count, Q
 
-from starkeep_sync.constants import DRIVE_APP_ID, FILE_RECORDS_TABLE
-from starkeep_sync.hlc import deserialize_hlc
+from starkeep_sync.core.constants import DRIVE_APP_ID, FILE_RECORDS_TABLE
+from starkeep_sync.core.hlc import deserialize_hlc
 from starkeep_sync.models import AppRow, Blob, ChannelActivity, FileRecord, NodeCoverage, PeerSyncState, SharedRecord
 
 

@@ -10,11 +10,11 @@ from django.contrib.auth import get_user_model
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from starkeep_sync.conf import sync_settings
-from starkeep_sync.constants import DRIVE_APP_ID
-from starkeep_sync.engine import ExchangeResult
-from starkeep_sync.exceptions import SyncError
-from starkeep_sync.supervisor import Backoff, RoundReport, SyncSupervisor, sync_until_done
-from starkeep_sync.syncing import build_requester
+from starkeep_sync.core.constants import DRIVE_APP_ID
+from starkeep_sync.core.engine import ExchangeResult
+from starkeep_sync.core.exceptions import SyncError
+from starkeep_sync.device.supervisor import Backoff, RoundReport, SyncSupervisor, sync_until_done
+from starkeep_sync.management.syncing import build_requester
 
 TOKEN_ENV = "STARKEEP_SYNC_TOKEN"
 

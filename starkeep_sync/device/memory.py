@@ -10,13 +10,14 @@ from dataclasses import replace
 from itertools import islice
 from typing import IO, Any
 
-from . import paging
-from .approws import next_row, resolve_entry, row_to_entry
-from .hlc import ClockState, HLCTimestamp, serialize_hlc
-from .keys import check_key_syntax
-from .protocols import RecordPage, ScanPage, StoredObject
-from .records import AppSyncableNamespace, AppSyncableRowEntry, DataRecord
-from .watermarks import raise_watermarks
+from ..core import paging
+from ..core.approws import next_row, resolve_entry, row_to_entry
+from ..core.hlc import HLCTimestamp, serialize_hlc
+from ..core.keys import check_key_syntax
+from ..core.protocols import RecordPage, ScanPage, StoredObject
+from ..core.records import AppSyncableNamespace, AppSyncableRowEntry, DataRecord
+from ..core.state import MemorySyncStateStore  # noqa: F401  (part of the memory adapters' public set)
+from ..core.watermarks import raise_watermarks
 
 Watermarks = dict[str, HLCTimestamp]
 
@@ -31,7 +32,7 @@ class NodeIndex:
     Entries go stale when a key is overwritten; ``read`` skips them by asking
     ``current(key)`` for the key's live HLC. Finding what is above a
     watermark is a bisect per node, never a scan of every row; the paging
-    itself is :mod:`starkeep_sync.paging`'s.
+    itself is :mod:`starkeep_sync.core.paging`'s.
     """
 
     def __init__(self, current: Callable[[Hashable], HLCTimestamp | None]) -> None:
@@ -217,31 +218,6 @@ class MemoryObjectStorage:
     def clear(self) -> None:
         with self._lock:
             self._objects.clear()
-
-
-class MemorySyncStateStore:
-    def __init__(self) -> None:
-        self._own: Watermarks = {}
-        self._peer: Watermarks = {}
-        self._clock: ClockState | None = None
-
-    def get_watermarks(self) -> Watermarks:
-        return dict(self._own)
-
-    def set_watermarks(self, w: Mapping[str, HLCTimestamp]) -> None:
-        self._own = dict(w)
-
-    def get_peer_watermarks(self) -> Watermarks:
-        return dict(self._peer)
-
-    def set_peer_watermarks(self, w: Mapping[str, HLCTimestamp]) -> None:
-        self._peer = dict(w)
-
-    def get_hlc_clock_state(self) -> ClockState | None:
-        return self._clock
-
-    def set_hlc_clock_state(self, state: ClockState) -> None:
-        self._clock = ClockState(*state)
 
 
 class MemoryNamespaceStore:

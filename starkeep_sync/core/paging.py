@@ -44,7 +44,7 @@ class NodeReader(Protocol[T_co]):
         """Items of ``node`` whose HLC is above ``floor``, ascending, at most ``limit`` (``None``: all).
 
         ``floor`` may carry another node's id (a page cursor): compare whole
-        HLCs, or see :func:`starkeep_sync.watermarks.node_floor_bound` for SQL.
+        HLCs, or see :func:`starkeep_sync.core.watermarks.node_floor_bound` for SQL.
         Items whose ``(id, hlc)`` is in ``skip`` (all of this node) are left
         out, and do not count towards ``limit``. May be lazy: the merge takes
         only what the page needs.

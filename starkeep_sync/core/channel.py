@@ -186,8 +186,8 @@ class ChannelView:
         the adapter cannot.
 
         For a responder, which only serialises what it sends: a
-        :class:`~starkeep_sync.protocols.WireRecordReader` database (shared
-        records) or :class:`~starkeep_sync.protocols.WireRowScanner` applier
+        :class:`~starkeep_sync.core.protocols.WireRecordReader` database (shared
+        records) or :class:`~starkeep_sync.core.protocols.WireRowScanner` applier
         (app rows; the ORM has both) reads rows straight into wire form,
         leaving out ``exclude`` and keeping hasMore exact.
         """

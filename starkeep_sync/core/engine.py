@@ -20,7 +20,6 @@ from .constants import (
 )
 from .exceptions import SyncError
 from .hlc import HLCClock, HLCTimestamp, serialize_hlc
-from .memory import MemorySyncStateStore
 from .notifier import ChangeEvent, ChangeNotifier
 from .protocols import (
     AppSource,
@@ -32,6 +31,7 @@ from .protocols import (
     SyncStateStore,
     SyncTransport,
 )
+from .state import MemorySyncStateStore
 from .watermarks import advance_watermarks, is_lower_somewhere, merge_watermarks
 from .wire import SyncExchangeRequest, SyncExchangeResponse, decode_response, record_to_wire
 

@@ -1,8 +1,8 @@
 """Adapter protocols: what the engine and the responder need from storage.
 
 Every method documents what it returns and raises. Implementations: the
-memory adapters (:mod:`starkeep_sync.memory`), the stdlib-sqlite device store
-(:mod:`starkeep_sync.sqlite`), the Django ORM adapters and the HTTP object
+memory adapters (:mod:`starkeep_sync.device.memory`), the stdlib-sqlite device store
+(:mod:`starkeep_sync.device.sqlite`), the Django ORM adapters and the HTTP object
 storage client.
 """
 
@@ -76,7 +76,7 @@ class DatabaseAdapter(Protocol):
         versions never to return (a responder's echoes, PROTOCOL §5 rule 7a); the
         channel passes it only when it is not empty. Must use an ordered per-node
         index: cost independent of the rows below the watermarks.
-        :func:`starkeep_sync.paging.page_since` does all of this given a per-node read.
+        :func:`starkeep_sync.core.paging.page_since` does all of this given a per-node read.
         """
 
     def get_node_watermarks(self) -> Watermarks:

@@ -84,3 +84,28 @@ def create_sqlite_sync_state_store(
     conn: sqlite3.Connection, namespace: str = "default"
 ) -> SqliteSyncStateStore:
     return SqliteSyncStateStore(conn, namespace)
+
+
+class MemorySyncStateStore:
+    def __init__(self) -> None:
+        self._own: Watermarks = {}
+        self._peer: Watermarks = {}
+        self._clock: ClockState | None = None
+
+    def get_watermarks(self) -> Watermarks:
+        return dict(self._own)
+
+    def set_watermarks(self, w: Mapping[str, HLCTimestamp]) -> None:
+        self._own = dict(w)
+
+    def get_peer_watermarks(self) -> Watermarks:
+        return dict(self._peer)
+
+    def set_peer_watermarks(self, w: Mapping[str, HLCTimestamp]) -> None:
+        self._peer = dict(w)
+
+    def get_hlc_clock_state(self) -> ClockState | None:
+        return self._clock
+
+    def set_hlc_clock_state(self, state: ClockState) -> None:
+        self._clock = ClockState(*state)

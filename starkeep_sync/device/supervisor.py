@@ -15,9 +15,9 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from .constants import LOGGER_NAME
-from .engine import ExchangeResult, SyncEngine
-from .exceptions import SyncTransportError
+from ..core.constants import LOGGER_NAME
+from ..core.engine import ExchangeResult, SyncEngine
+from ..core.exceptions import SyncTransportError
 
 logger = logging.getLogger(LOGGER_NAME)
 

@@ -8,17 +8,17 @@ from typing import Any
 
 from django.utils import timezone
 
-from .adapters import DjangoObjectStorage, OrmAppSource, OrmDatabaseAdapter, OrmSyncStateStore
-from .blobs import TransferFailure
-from .client import HttpObjectStorage, create_http_sync_transport
-from .client.transport import HttpSyncTransport
-from .constants import DEFAULT_PAGE_LIMIT, DRIVE_APP_ID
-from .engine import SyncEngine, create_sync_engine, response_of
-from .exceptions import SyncError
-from .hlc import HLCClock, HLCTimestamp, serialize_hlc
-from .models import AppNamespace
-from .supervisor import RoundReport
-from .wire import SyncExchangeRequest, SyncExchangeResponse
+from ..adapters import DjangoObjectStorage, OrmAppSource, OrmDatabaseAdapter, OrmSyncStateStore
+from ..client import HttpObjectStorage, create_http_sync_transport
+from ..client.transport import HttpSyncTransport
+from ..core.blobs import TransferFailure
+from ..core.constants import DEFAULT_PAGE_LIMIT, DRIVE_APP_ID
+from ..core.engine import SyncEngine, create_sync_engine, response_of
+from ..core.exceptions import SyncError
+from ..core.hlc import HLCClock, HLCTimestamp, serialize_hlc
+from ..core.wire import SyncExchangeRequest, SyncExchangeResponse
+from ..device.supervisor import RoundReport
+from ..models import AppNamespace
 
 
 class NodeIdConflict(SyncError):

@@ -18,16 +18,16 @@ from dataclasses import replace
 from pathlib import Path
 from typing import IO, Any
 
-from . import paging
-from .approws import next_row, resolve_entry, row_to_entry
-from .blobs import CHUNK_SIZE
-from .constants import DELETED_AT, NODE_ID, UPDATED_AT
-from .hlc import HLCTimestamp, deserialize_hlc, serialize_hlc
-from .keys import check_key_syntax
-from .protocols import RecordPage, ScanPage, StoredObject
-from .records import AppSyncableNamespace, AppSyncableRowEntry, AppSyncableTableInfo, DataRecord
-from .state import SqliteSyncStateStore
-from .watermarks import node_floor_bound
+from ..core import paging
+from ..core.approws import next_row, resolve_entry, row_to_entry
+from ..core.blobs import CHUNK_SIZE
+from ..core.constants import DELETED_AT, NODE_ID, UPDATED_AT
+from ..core.hlc import HLCTimestamp, deserialize_hlc, serialize_hlc
+from ..core.keys import check_key_syntax
+from ..core.protocols import RecordPage, ScanPage, StoredObject
+from ..core.records import AppSyncableNamespace, AppSyncableRowEntry, AppSyncableTableInfo, DataRecord
+from ..core.state import SqliteSyncStateStore
+from ..core.watermarks import node_floor_bound
 
 Watermarks = dict[str, HLCTimestamp]
 
