@@ -123,3 +123,10 @@ def exception_handler(exc: Exception, context: dict[str, Any]) -> Response | Non
         # DRF writes "%d": a wait under a second would read "0", which clients take as "now".
         response["Retry-After"] = str(max(1, int(exc.wait)))  # type: ignore[attr-defined]
     return response
+
+
+class ProtocolErrors:
+    """Mixin for every view of this app: errors answer with the protocol's JSON body (set once, here)."""
+
+    def get_exception_handler(self) -> Any:
+        return exception_handler

@@ -38,7 +38,7 @@ from ..core.keys import MAX_KEY_BYTES, MAX_KEY_ENCODED_LENGTH, MAX_KEY_LENGTH, P
 from ..core.wire import MAX_JSON_DEPTH, json_schema_components
 from . import views
 from .authentication import AppSignatureAuthentication, DeviceTokenAuthentication
-from .exceptions import SyncAPIException, exception_handler
+from .exceptions import ProtocolErrors, SyncAPIException
 from .throttling import HealthRateThrottle
 
 try:  # the "openapi" extra
@@ -738,7 +738,7 @@ if HAS_SPECTACULAR:
         "SORT_OPERATIONS": True,
     }
 
-    class SchemaView(SpectacularAPIView):
+    class SchemaView(ProtocolErrors, SpectacularAPIView):
         """``GET schema``: this API's OpenAPI 3 schema as JSON (no credentials needed)."""
 
         renderer_classes = [OpenApiJsonRenderer2]  # application/json, errors included
@@ -749,9 +749,6 @@ if HAS_SPECTACULAR:
         serve_public = True
         urlconf = None
         patterns = None
-
-        def get_exception_handler(self) -> Any:
-            return exception_handler
 
         @_operation(
             tags=["schema"], summary="This OpenAPI schema",
@@ -766,16 +763,13 @@ if HAS_SPECTACULAR:
 
 else:
 
-    class SchemaView(APIView):  # type: ignore[no-redef]
+    class SchemaView(ProtocolErrors, APIView):  # type: ignore[no-redef]
         """``GET schema`` without drf-spectacular installed: 404 with our error body."""
 
         authentication_classes: list[Any] = []
         permission_classes: list[Any] = []
         renderer_classes = [JSONRenderer]
         throttle_classes = [HealthRateThrottle]
-
-        def get_exception_handler(self) -> Any:
-            return exception_handler
 
         def get(self, request: Request, *args: Any, **kwargs: Any) -> Response:
             exc = SyncAPIException(

@@ -42,10 +42,10 @@ from .bodies import read_body
 from .exceptions import (
     BlobNotFound,
     InvalidRequest,
+    ProtocolErrors,
     RouteNotFound,
     SyncAPIException,
     UnknownChannel,
-    exception_handler,
 )
 from .permissions import ChannelAllowed, HasPrincipal
 from .quotas import check_record_quota
@@ -57,7 +57,7 @@ logger = logging.getLogger(LOGGER_NAME)
 DIRECT_SALT = "starkeep_sync.direct"
 
 
-class SyncAPIView(APIView):
+class SyncAPIView(ProtocolErrors, APIView):
     """Base: our authentication, channel permissions and JSON error body."""
 
     permission_classes = [HasPrincipal, ChannelAllowed]
@@ -66,9 +66,6 @@ class SyncAPIView(APIView):
 
     def get_authenticators(self) -> list[Any]:
         return [cls() for cls in sync_settings.AUTHENTICATION_CLASSES]
-
-    def get_exception_handler(self) -> Any:
-        return exception_handler
 
     def channel(self) -> str:
         return channel_of(self.request)
@@ -357,16 +354,13 @@ class UrlAlreadyUsed(SyncAPIException):
     default_code = "url_used"
 
 
-class DirectBlobView(APIView):
+class DirectBlobView(ProtocolErrors, APIView):
     """The target of this server's own signed URLs (file-system storage): the token is the credential."""
 
     authentication_classes: list[Any] = []
     permission_classes: list[Any] = []
     parser_classes: list[Any] = []
     throttle_classes = [FilesRateThrottle]
-
-    def get_exception_handler(self) -> Any:
-        return exception_handler
 
     def _claims(self, token: str, method: str) -> dict[str, Any]:
         try:
@@ -412,15 +406,12 @@ class DirectBlobView(APIView):
         return json_response({"ok": True}, status_code=201)
 
 
-class HealthView(APIView):
+class HealthView(ProtocolErrors, APIView):
     """``GET health``: database and storage reachability. No credentials needed."""
 
     authentication_classes: list[Any] = []
     permission_classes: list[Any] = []
     throttle_classes = [HealthRateThrottle]
-
-    def get_exception_handler(self) -> Any:
-        return exception_handler
 
     def get(self, request: Request, app_id: str | None = None) -> HttpResponse:
         db_ok = storage_ok = True
@@ -442,16 +433,13 @@ class HealthView(APIView):
         )
 
 
-class NoRouteView(APIView):
+class NoRouteView(ProtocolErrors, APIView):
     """Whatever no route matches under our prefixes: a JSON 404 for every method, not the project's HTML page."""
 
     schema = None  # not an operation of the OpenAPI schema
     authentication_classes: list[Any] = []
     permission_classes: list[Any] = []
     throttle_classes = [HealthRateThrottle]
-
-    def get_exception_handler(self) -> Any:
-        return exception_handler
 
     def http_method_not_allowed(self, request: Request, *args: Any, **kwargs: Any) -> HttpResponse:
         raise RouteNotFound()
