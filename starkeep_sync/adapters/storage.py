@@ -25,7 +25,6 @@ from django.core.exceptions import SuspiciousFileOperation
 from django.core.files import File
 from django.core.files.storage import FileSystemStorage, Storage, storages
 from django.db import connections, router
-from django.utils import timezone
 
 from ..conf import sync_settings
 from ..core.blobs import CHUNK_SIZE, PipelinedSha256
@@ -164,38 +163,6 @@ def _copy_hashing(data: bytes | IO[bytes], out: IO[bytes], max_bytes: int | None
         pipelined.close()
 
 
-def _upsert_blob_row(owner_id: int, key: str, content_type: str, size: int, sha256: str) -> None:
-    """The blob's metadata row, inserted or refreshed in one statement (INSERT ... ON CONFLICT).
-
-    On SQLite and PostgreSQL the statement is written out here: building it
-    through ``bulk_create(update_conflicts=True)`` costs about as much as
-    running it, once per uploaded blob.
-    """
-    connection = connections[router.db_for_write(Blob)]
-    if connection.vendor not in ("sqlite", "postgresql"):
-        Blob.objects.bulk_create(
-            [Blob(owner_id=owner_id, key=key, content_type=content_type, size_bytes=size, sha256=sha256)],
-            update_conflicts=True, unique_fields=["owner", "key"],
-            update_fields=["content_type", "size_bytes", "sha256", "created"],
-        )
-        return
-    sql = _UPSERT_SQL.get(connection.vendor)
-    if sql is None:
-        q = connection.ops.quote_name
-        cols = ", ".join(q(c) for c in ("owner_id", "key", "content_type", "size_bytes", "sha256", "created"))
-        updates = ", ".join(f"{q(c)} = EXCLUDED.{q(c)}" for c in ("content_type", "size_bytes", "sha256", "created"))
-        sql = _UPSERT_SQL[connection.vendor] = (
-            f"INSERT INTO {q(Blob._meta.db_table)} ({cols}) VALUES (%s, %s, %s, %s, %s, %s) "
-            f"ON CONFLICT ({q('owner_id')}, {q('key')}) DO UPDATE SET {updates}"
-        )
-    now = connection.ops.adapt_datetimefield_value(timezone.now())
-    with connection.cursor() as cursor:
-        cursor.execute(sql, [owner_id, key, content_type, size, sha256, now])
-
-
-_UPSERT_SQL: dict[str, str] = {}  # by database vendor
-
-
 def get_blob_storage() -> Storage:
     return storages[sync_settings.STORAGE_ALIAS]
 
@@ -282,7 +249,7 @@ class DjangoObjectStorage:
             # Gone already once renamed into place; a file that cannot be removed is left to the sweep command.
             with contextlib.suppress(OSError):
                 os.unlink(path)
-        _upsert_blob_row(self.owner_id, key, content_type or "", size, hexdigest)
+        Blob.objects.record(self.owner_id, key, content_type or "", size, hexdigest)
         return hexdigest
 
     def _local_path(self, name: str) -> str | None:

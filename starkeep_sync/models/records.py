@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 from django.conf import settings
-from django.db import models
+from django.db import connections, models, router
+from django.utils import timezone
 
 HLC_LENGTH = 160  # 12 + 1 + 4 + 1 + 128-character node id, with room to spare
 
@@ -123,6 +124,32 @@ class NodeCoverage(models.Model):
         return f"{self.scope} {self.node_id} {self.hlc}"
 
 
+class BlobManager(models.Manager["Blob"]):
+    def record(self, owner_id: int, key: str, content_type: str, size: int, sha256: str) -> None:
+        """The blob's metadata row, inserted or refreshed in one statement (INSERT ... ON CONFLICT).
+
+        Every upload runs this. On SQLite and PostgreSQL the statement is written
+        out once per database: building it through ``bulk_create(update_conflicts=True)``
+        costs about as much as running it.
+        """
+        db = connections[router.db_for_write(self.model)]
+        if db.vendor not in ("sqlite", "postgresql"):
+            self.bulk_create(
+                [self.model(owner_id=owner_id, key=key, content_type=content_type, size_bytes=size, sha256=sha256)],
+                update_conflicts=True, unique_fields=["owner", "key"],
+                update_fields=["content_type", "size_bytes", "sha256", "created"],
+            )
+            return
+        q = db.ops.quote_name
+        cols = ", ".join(q(c) for c in ("owner_id", "key", "content_type", "size_bytes", "sha256", "created"))
+        updates = ", ".join(f"{q(c)} = EXCLUDED.{q(c)}" for c in ("content_type", "size_bytes", "sha256", "created"))
+        sql = (f"INSERT INTO {q(self.model._meta.db_table)} ({cols}) VALUES (%s, %s, %s, %s, %s, %s) "
+               f"ON CONFLICT ({q('owner_id')}, {q('key')}) DO UPDATE SET {updates}")
+        with db.cursor() as cursor:
+            cursor.execute(sql, [owner_id, key, content_type, size, sha256,
+                                 db.ops.adapt_datetimefield_value(timezone.now())])
+
+
 class Blob(models.Model):
     """What the server knows of a stored blob beyond its bytes: type, size, hash."""
 
@@ -132,6 +159,8 @@ class Blob(models.Model):
     size_bytes = models.BigIntegerField(default=0)
     sha256 = models.CharField(max_length=64, blank=True)
     created = models.DateTimeField(auto_now=True)
+
+    objects = BlobManager()
 
     class Meta:
         constraints = [models.UniqueConstraint(fields=["owner", "key"], name="starkeep_blob_unique")]

@@ -168,12 +168,12 @@ def test_a_storage_out_of_reach_on_head_is_503(api: APIClient, alice_token: str,
 def test_a_full_disk_outside_the_blob_adapter_is_507_too(api: APIClient, alice_token: str,
                                                          monkeypatch: pytest.MonkeyPatch) -> None:
     """The handler maps a stray ENOSPC (a spool file, a log) to the same 507, not an HTML 500."""
-    from starkeep_sync.adapters import storage as blob_storage
+    from starkeep_sync.models.records import BlobManager
 
     def disk_full(*args: Any, **kwargs: Any) -> Any:
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(blob_storage, "_upsert_blob_row", disk_full)  # past the adapter's own guards
+    monkeypatch.setattr(BlobManager, "record", disk_full)  # past the adapter's own guards
     data = b"w" * 100
     assert_error(put_blob(api, f"/files/{drive_key(data)}", data, bearer(alice_token)), 507, "insufficient_storage")
 
