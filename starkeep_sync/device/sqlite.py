@@ -11,23 +11,20 @@ from __future__ import annotations
 import json
 import os
 import sqlite3
-import tempfile
 import threading
 from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import replace
-from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 from ..core import paging
 from ..core.approws import next_row, resolve_entry, row_to_entry
-from ..core.blobs import CHUNK_SIZE
 from ..core.constants import DELETED_AT, NODE_ID, UPDATED_AT
 from ..core.hlc import HLCTimestamp, deserialize_hlc, serialize_hlc
-from ..core.keys import check_key_syntax
-from ..core.protocols import RecordPage, ScanPage, StoredObject
+from ..core.protocols import RecordPage, ScanPage
 from ..core.records import AppSyncableNamespace, AppSyncableRowEntry, AppSyncableTableInfo, DataRecord
 from ..core.state import SqliteSyncStateStore
 from ..core.watermarks import node_floor_bound
+from .files import FileSystemObjectStorage
 
 Watermarks = dict[str, HLCTimestamp]
 
@@ -353,72 +350,6 @@ class SqliteAppSource:
         with self.applier._db.lock, self.applier._db.conn:
             self.applier._db.conn.execute("DELETE FROM sk_app_rows")
             self.applier._db.conn.execute("DELETE FROM sk_coverage WHERE scope != ?", (RECORDS_SCOPE,))
-
-
-class FileSystemObjectStorage:
-    """Blobs as files under ``root`` (key = relative path); writes land by atomic rename."""
-
-    def __init__(self, root: str | os.PathLike[str]) -> None:
-        self.root = Path(root)
-        self.root.mkdir(parents=True, exist_ok=True)
-
-    def _path(self, key: str) -> Path:
-        check_key_syntax(key)
-        return self.root / key
-
-    def put(self, key: str, data: bytes | IO[bytes], content_type: str | None = None) -> None:
-        path = self._path(key)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".part-")
-        try:
-            with os.fdopen(fd, "wb") as out:
-                if isinstance(data, (bytes, bytearray, memoryview)):
-                    out.write(data)
-                else:
-                    while chunk := data.read(CHUNK_SIZE):
-                        out.write(chunk)
-            os.replace(tmp, path)
-        except BaseException:
-            os.unlink(tmp)
-            raise
-        if content_type:
-            path.with_name(path.name + ".content-type").write_text(content_type)
-
-    def _content_type(self, path: Path) -> str | None:
-        ct = path.with_name(path.name + ".content-type")
-        return ct.read_text() if ct.exists() else None
-
-    def get(self, key: str) -> StoredObject | None:
-        path = self._path(key)
-        if not path.is_file():
-            return None
-        data = path.read_bytes()
-        return StoredObject(data, self._content_type(path), len(data))
-
-    def open(self, key: str) -> IO[bytes] | None:
-        path = self._path(key)
-        try:
-            return open(path, "rb")
-        except FileNotFoundError:
-            return None
-
-    def has(self, key: str) -> bool:
-        return self._path(key).is_file()
-
-    def delete(self, key: str) -> None:
-        path = self._path(key)
-        path.unlink(missing_ok=True)
-        path.with_name(path.name + ".content-type").unlink(missing_ok=True)
-
-    def keys(self) -> list[str]:
-        return sorted(
-            p.relative_to(self.root).as_posix() for p in self.root.rglob("*")
-            if p.is_file() and not p.name.endswith(".content-type") and not p.name.startswith(".part-")
-        )
-
-    def clear(self) -> None:
-        for key in self.keys():
-            self.delete(key)
 
 
 class SqliteDeviceStore:

@@ -1,0 +1,78 @@
+"""A device's blobs as plain files in a folder (the object storage of the SQLite device store)."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+from typing import IO
+
+from ..core.blobs import CHUNK_SIZE
+from ..core.keys import check_key_syntax
+from ..core.protocols import StoredObject
+
+
+class FileSystemObjectStorage:
+    """Blobs as files under ``root`` (key = relative path); writes land by atomic rename."""
+
+    def __init__(self, root: str | os.PathLike[str]) -> None:
+        self.root = Path(root)
+        self.root.mkdir(parents=True, exist_ok=True)
+
+    def _path(self, key: str) -> Path:
+        check_key_syntax(key)
+        return self.root / key
+
+    def put(self, key: str, data: bytes | IO[bytes], content_type: str | None = None) -> None:
+        path = self._path(key)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".part-")
+        try:
+            with os.fdopen(fd, "wb") as out:
+                if isinstance(data, (bytes, bytearray, memoryview)):
+                    out.write(data)
+                else:
+                    while chunk := data.read(CHUNK_SIZE):
+                        out.write(chunk)
+            os.replace(tmp, path)
+        except BaseException:
+            os.unlink(tmp)
+            raise
+        if content_type:
+            path.with_name(path.name + ".content-type").write_text(content_type)
+
+    def _content_type(self, path: Path) -> str | None:
+        ct = path.with_name(path.name + ".content-type")
+        return ct.read_text() if ct.exists() else None
+
+    def get(self, key: str) -> StoredObject | None:
+        path = self._path(key)
+        if not path.is_file():
+            return None
+        data = path.read_bytes()
+        return StoredObject(data, self._content_type(path), len(data))
+
+    def open(self, key: str) -> IO[bytes] | None:
+        path = self._path(key)
+        try:
+            return open(path, "rb")
+        except FileNotFoundError:
+            return None
+
+    def has(self, key: str) -> bool:
+        return self._path(key).is_file()
+
+    def delete(self, key: str) -> None:
+        path = self._path(key)
+        path.unlink(missing_ok=True)
+        path.with_name(path.name + ".content-type").unlink(missing_ok=True)
+
+    def keys(self) -> list[str]:
+        return sorted(
+            p.relative_to(self.root).as_posix() for p in self.root.rglob("*")
+            if p.is_file() and not p.name.endswith(".content-type") and not p.name.startswith(".part-")
+        )
+
+    def clear(self) -> None:
+        for key in self.keys():
+            self.delete(key)
