@@ -321,20 +321,12 @@ def record_row_to_wire(t: tuple[Any, ...]) -> dict[str, Any]:
 
 
 def _record_values(r: DataRecord) -> list[Any]:
-    updated, created, deleted = r.updated_at, r.created_at, r.deleted_at
-    stamp = serialize_hlc(updated)
-    # A record's first version, and a tombstone, repeat the update stamp: equal integers serialize alike.
+    deleted = r.deleted_at
     return [
-        r.id, r.kind, r.type, stamp if _same_stamp(created, updated) else serialize_hlc(created), stamp,
-        None if deleted is None else stamp if _same_stamp(deleted, updated) else serialize_hlc(deleted),
-        r.version, r.content_hash, r.object_storage_key, r.mime_type, r.size_bytes, r.original_filename,
-        r.origin_app_id, r.parent_id, r.label, updated[2],
+        r.id, r.kind, r.type, serialize_hlc(r.created_at), serialize_hlc(r.updated_at),
+        None if deleted is None else serialize_hlc(deleted), r.version, r.content_hash, r.object_storage_key,
+        r.mime_type, r.size_bytes, r.original_filename, r.origin_app_id, r.parent_id, r.label, r.updated_at[2],
     ]
-
-
-def _same_stamp(h: HLCTimestamp, serialized: HLCTimestamp) -> bool:
-    """Whether ``h`` serializes as ``serialized`` (already serialized, so valid) does."""
-    return h == serialized and type(h[0]) is int and type(h[1]) is int
 
 
 @lru_cache(maxsize=64)
