@@ -15,6 +15,7 @@ from contextlib import AbstractContextManager, ExitStack, contextmanager
 from functools import lru_cache
 from typing import Any
 
+import msgspec
 from django.db import DataError, IntegrityError, connections, router, transaction
 from django.db.backends.base.base import BaseDatabaseWrapper
 from django.db.models import Model, QuerySet
@@ -28,7 +29,6 @@ from ..models import AppNamespace, AppRow, FileRecord, NodeCoverage, SharedRecor
 from ..protocols import RecordPage, ScanPage
 from ..records import AppSyncableNamespace, AppSyncableRowEntry, AppSyncableTableInfo, DataRecord
 from ..watermarks import node_floor_bound
-from . import sql
 
 
 def synced_db() -> BaseDatabaseWrapper:
@@ -38,7 +38,6 @@ def synced_db() -> BaseDatabaseWrapper:
 
 Watermarks = dict[str, HLCTimestamp]
 RECORDS_SCOPE = "records"
-UPSERT_BATCH = 500
 
 
 def _lt(column: str, other: str) -> str:
@@ -123,7 +122,7 @@ def coverage_by_scope(owner_id: int) -> dict[str, Watermarks]:
     """
     out: dict[str, Watermarks] = {}
     with synced_db().cursor() as cur:
-        sql.execute(cur, _coverage_sql(synced_db().vendor), [owner_id])
+        cur.execute(_coverage_sql(synced_db().vendor), [owner_id])
         for scope, node, hlc in cur.fetchall():
             out.setdefault(scope, {})[node] = stored_hlc(hlc)
     return out
@@ -329,11 +328,11 @@ def _record_values(r: DataRecord) -> list[Any]:
     ]
 
 
-@lru_cache(maxsize=64)
-def _record_upsert_sql(vendor: str, rows: int, conditional: bool) -> str:
-    """The shared-record upsert: ``rows`` rows of values (SQLite), or one array per column (``rows`` 0, PostgreSQL).
+@lru_cache(maxsize=8)
+def _record_upsert_sql(vendor: str, conditional: bool) -> str:
+    """The shared-record upsert, one statement whatever the batch size: its text does not grow with the batch.
 
-    Built once per shape: the same text comes back for every full batch.
+    PostgreSQL takes one array per column (``unnest``); SQLite one JSON array of rows (``json_each``).
     """
     table = synced_db().ops.quote_name(SharedRecord._meta.db_table)
     cols = ", ".join(("owner_id", *_RECORD_COLUMNS))
@@ -343,7 +342,9 @@ def _record_upsert_sql(vendor: str, rows: int, conditional: bool) -> str:
     if vendor == "postgresql":
         arrays = ", ".join(f"%s::{t}[]" for t in _RECORD_PG_TYPES)
         return f"INSERT INTO {table} ({cols}) SELECT %s, * FROM unnest({arrays}) {conflict}"
-    return f"INSERT INTO {table} ({cols}) VALUES {sql.placeholders(len(_RECORD_COLUMNS) + 1, rows)} {conflict}"
+    values = ", ".join(f"json_extract(value, '$[{i}]')" for i in range(len(_RECORD_COLUMNS)))
+    # ``WHERE true``: SQLite's parser needs it between an INSERT's SELECT and ON CONFLICT.
+    return f"INSERT INTO {table} ({cols}) SELECT %s, {values} FROM json_each(%s) WHERE true {conflict}"
 
 
 class OrmDatabaseAdapter:
@@ -398,21 +399,12 @@ class OrmDatabaseAdapter:
         written: set[str] = set()
         with transaction.atomic(using=synced_db().alias), synced_db().cursor() as cur:
             if synced_db().vendor == "postgresql":
-                # One array per column: a fixed-shape statement whatever the batch size,
-                # so the driver binds 17 parameters instead of parsing thousands.
                 columns = [list(c) for c in zip(*rows, strict=True)]
-                cur.execute(_record_upsert_sql("postgresql", 0, conditional), [self.owner_id, *columns])
-                written.update(row[0] for row in cur.fetchall())
+                cur.execute(_record_upsert_sql("postgresql", conditional), [self.owner_id, *columns])
             else:
-                owner = self.owner_id
-                for start in range(0, len(rows), UPSERT_BATCH):
-                    batch = rows[start:start + UPSERT_BATCH]
-                    params: list[Any] = []
-                    for row in batch:
-                        params.append(owner)
-                        params.extend(row)
-                    sql.execute(cur, _record_upsert_sql(synced_db().vendor, len(batch), conditional), params)
-                    written.update(row[0] for row in cur.fetchall())
+                cur.execute(_record_upsert_sql(synced_db().vendor, conditional),
+                            [self.owner_id, msgspec.json.encode(rows).decode()])
+            written.update(row[0] for row in cur.fetchall())
             bump_coverage(self.owner_id, RECORDS_SCOPE, (r.updated_at for r in (coverage or records)))
         return written
 
