@@ -467,7 +467,7 @@ def test_concurrent_now_issues_unique_timestamps() -> None:
 ])
 def test_node_id_problem_is_the_one_rule(node: object, problem: str | None) -> None:
     assert node_id_problem(node) == problem
-    assert node_id_problem(node) == problem  # the same when asked again
+    assert node_id_problem(node) == problem  # the same once a valid id is remembered
 
 
 def test_wire_hlc_round_trips_a_timestamp_and_keeps_tuple_order() -> None:
