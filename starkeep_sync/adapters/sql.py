@@ -1,11 +1,10 @@
-"""Raw statements of the ORM adapters, with as little per-statement work in Django as is safe.
+"""The SQLite batch upsert of shared records, without Django's per-call placeholder rewrite.
 
-Batch upserts are a few statement shapes run thousands of times: their text is
-built once per shape (``functools.lru_cache`` on the builders, so the same
-string object, whose hash Python keeps, comes back), and on SQLite the
-``%s`` -> ``?`` rewrite Django's cursor does on every call with a regular
-expression is done once per shape too. Over a 500-row upsert's 8,500
-placeholders that rewrite alone was a tenth of a push's server time.
+Django's SQLite cursor turns ``%s`` into ``?`` with a regular expression on
+every call; over a 500-row upsert's 8,500 placeholders that made a 1,000-record
+SQLite push take 10% longer, 10,000 records 15% (same-run before/after,
+2026-12-04). ``execute`` converts once per statement text instead. Nothing else
+goes this way: the other statements are short.
 """
 
 from __future__ import annotations

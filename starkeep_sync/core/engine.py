@@ -23,7 +23,6 @@ from .hlc import HLCClock, HLCTimestamp, serialize_hlc
 from .notifier import ChangeEvent, ChangeNotifier
 from .protocols import (
     AppSource,
-    ChangeTracking,
     DatabaseAdapter,
     ObjectStorage,
     PrefetchTransport,
@@ -32,8 +31,8 @@ from .protocols import (
     SyncTransport,
 )
 from .state import MemorySyncStateStore
-from .watermarks import advance_watermarks, is_lower_somewhere, merge_watermarks
-from .wire import SyncExchangeRequest, SyncExchangeResponse, decode_response, record_to_wire
+from .watermarks import is_lower_somewhere, merge_watermarks
+from .wire import SyncExchangeRequest, SyncExchangeResponse, decode_response
 
 logger = logging.getLogger(LOGGER_NAME)
 
@@ -116,10 +115,6 @@ class SyncEngine:
         self._prefetched: tuple[SyncExchangeRequest, Future[Any], float] | None = None
         self._prefetcher: ThreadPoolExecutor | None = None
         self._can_prefetch = isinstance(transport, PrefetchTransport) and bool(transport.prefetch_safe)
-        # Capabilities are looked up once: an isinstance miss against a runtime protocol costs ~6 µs.
-        self._token_of = local_database.change_token if isinstance(local_database, ChangeTracking) else None
-        #: The next push page, read while this round's was answered (see ``_speculate``).
-        self._speculation: tuple[Watermarks, Any, Any] | None = None
 
     @property
     def blob_failures(self) -> dict[str, TransferFailure]:
@@ -135,28 +130,17 @@ class SyncEngine:
         peer = self.sync_state.get_peer_watermarks()
         result = ExchangeResult(0, 0, False)
 
-        ahead = self._take_speculation(peer)
-        if ahead is not None:
-            shipped, left_behind, encoded = ahead
-        else:
-            shipped, left_behind = self._gather_outbound(peer, result)
-            encoded = None
+        shipped, left_behind = self._gather_outbound(peer, result)
         request = SyncExchangeRequest(
             watermarks=own,
             records=[i.record for i in shipped if i.record is not None],
             app_syncable_rows=[i.entry for i in shipped if i.entry is not None],
             limit=self.page_limit,
             count_pending=self._pending_estimate is None,
-            wire_records=encoded,
         )
         answer = prefetched[1] if prefetched is not None and prefetched[0] == request else None
         if answer is None:
-            speculation = self._speculate(peer, shipped) if left_behind else None
-            try:
-                answer = self._fetch(request)
-            finally:
-                # Nothing below may touch the local database while the helper reads it.
-                self._speculation = self._settle(speculation)
+            answer = self._fetch(request)
         response = response_of(answer)
         if not shipped:
             # Ask for the next page while this one is applied (see ``_predict_next``).
@@ -226,60 +210,6 @@ class SyncEngine:
                 bound = hlc if cut is None or hlc < cut else cut
             if node not in new_own or bound > new_own[node]:
                 new_own[node] = bound
-
-    # -- the next push page, read while this one is answered ------------------------
-
-    def _speculate(self, peer: Watermarks, shipped: list[Item]) -> tuple[Watermarks, Any, Future[Any]] | None:
-        """Start reading and encoding the page the next round would push, if this round's lands as sent.
-
-        Only on the Drive channel, for metadata (a blob must be pushed before
-        its record ships, and that is the round's own work), with a local
-        database that can say whether it was written since (``change_token``).
-        The next round takes the page only if the peer's vector is then exactly
-        the one predicted here and the token has not moved (see
-        ``_take_speculation``); otherwise it reads the page itself. The read
-        runs while the request is in flight, on the helper thread, and the
-        round waits for it before it applies anything.
-        """
-        token_of = self._token_of
-        # ``prefetch_safe``: the transport's work happens elsewhere (over HTTP), so the read overlaps it.
-        if (not self._can_prefetch or token_of is None or not self.channel.shared or not shipped
-                or any(i.manifest is not None or i.record is None for i in shipped)):
-            return None
-        predicted = advance_watermarks(peer, (i.hlc for i in shipped))  # the responder covers what it takes in
-        token = token_of()
-        if self._prefetcher is None:
-            self._prefetcher = ThreadPoolExecutor(max_workers=1, thread_name_prefix="starkeep-prefetch")
-        return predicted, token, self._prefetcher.submit(self._read_ahead, predicted)
-
-    def _read_ahead(self, floor: Watermarks) -> tuple[list[Item], bool, list[dict[str, Any]]] | None:
-        candidates, left_behind = self.channel.changes_since(floor, self.page_limit, self.scan_page_size)
-        if not candidates or any(i.manifest is not None or i.record is None for i in candidates):
-            return None
-        return candidates, left_behind, [record_to_wire(i.record) for i in candidates]  # type: ignore[arg-type]
-
-    def _settle(self, speculation: tuple[Watermarks, Any, Future[Any]] | None) -> tuple[Watermarks, Any, Any] | None:
-        """Wait for a read-ahead in flight; ``(predicted peer, token, page)`` or ``None``."""
-        if speculation is None:
-            return None
-        predicted, token, future = speculation
-        try:
-            page = future.result()
-        except Exception as err:  # the next round reads its page itself
-            logger.debug("read-ahead of the next push page dropped: %s", err)
-            return None
-        return (predicted, token, page) if page is not None else None
-
-    def _take_speculation(self, peer: Watermarks) -> tuple[list[Item], bool, list[dict[str, Any]]] | None:
-        """The page read ahead, if it is exactly what reading it now would give."""
-        speculation, self._speculation = self._speculation, None
-        if speculation is None:
-            return None
-        predicted, token, page = speculation
-        token_of = self._token_of
-        if predicted != peer or token_of is None or token_of() != token:
-            return None
-        return page  # type: ignore[no-any-return]
 
     # -- prefetch ----------------------------------------------------------------
 

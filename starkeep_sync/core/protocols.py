@@ -8,7 +8,7 @@ storage client.
 
 from __future__ import annotations
 
-from collections.abc import Collection, Hashable, Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import IO, Any, Protocol, runtime_checkable
@@ -209,15 +209,6 @@ class SnapshotReader(Protocol):
 
 
 @runtime_checkable
-class ChangeTracking(Protocol):
-    """A ``DatabaseAdapter`` that says cheaply whether it was written (lets the engine read ahead)."""
-
-    def change_token(self) -> Hashable:
-        """A value that moves on every write: two equal tokens mean nothing was written in between."""
-        ...
-
-
-@runtime_checkable
 class PrefetchTransport(Protocol):
     """A ``SyncTransport`` whose calls may overlap the engine's own work (over HTTP, not in-process)."""
 
@@ -293,7 +284,6 @@ __all__ = [
     "AppSyncableApplier",
     "AppSyncableNamespaceStore",
     "BatchApplier",
-    "ChangeTracking",
     "DatabaseAdapter",
     "ObjectStorage",
     "PrefetchTransport",

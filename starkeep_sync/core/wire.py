@@ -253,10 +253,6 @@ class SyncExchangeRequest:
     #: Counting costs the responder a pass over that backlog, so a requester asks once per catch-up
     #: and estimates the later pages itself.
     count_pending: bool = False
-    #: ``records`` already in wire form (the engine encodes a predicted next page while the
-    #: previous one is answered); sent instead of encoding ``records`` again. ``from_wire``
-    #: never fills it.
-    wire_records: list[dict[str, Any]] | None = field(default=None, compare=False)
 
     def __post_init__(self) -> None:
         # ``None`` means none, as on the wire (issue #16).
@@ -268,8 +264,7 @@ class SyncExchangeRequest:
     def to_wire(self) -> dict[str, Any]:
         out: dict[str, Any] = {
             "watermarks": watermarks_to_wire(self.watermarks),
-            "records": self.wire_records if self.wire_records is not None
-            else [record_to_wire(r) for r in self.records],
+            "records": [record_to_wire(r) for r in self.records],
             "appSyncableRows": [entry_to_wire(e) for e in self.app_syncable_rows],
         }
         if self.limit is not None:

@@ -94,13 +94,8 @@ class MemoryDatabaseAdapter:
         self._records: dict[str, DataRecord] = {}
         self._lock = threading.RLock()
         self._index = NodeIndex(self._current)
-        self._changes = 0
         for r in records:
             self.put(r)
-
-    def change_token(self) -> int:
-        """Moves on every write: equal tokens mean nothing was written in between."""
-        return self._changes
 
     def _current(self, key: Hashable) -> HLCTimestamp | None:
         r = self._records.get(key)  # type: ignore[call-overload]
@@ -111,7 +106,6 @@ class MemoryDatabaseAdapter:
 
     def put(self, record: DataRecord) -> None:
         with self._lock:
-            self._changes += 1
             self._records[record.id] = record
             self._index.add(record.updated_at, record.id)
 
@@ -130,7 +124,6 @@ class MemoryDatabaseAdapter:
             for r in records:
                 stored = self._records.get(r.id)
                 if stored is not None and stored.updated_at >= r.updated_at:
-                    self._changes += 1
                     self._index.cover(r.updated_at)
                     out.append(False)
                 else:
@@ -165,7 +158,6 @@ class MemoryDatabaseAdapter:
     def clear(self) -> None:
         """Forget everything, as a wiped server would."""
         with self._lock:
-            self._changes += 1
             self._records.clear()
             self._index.clear()
 

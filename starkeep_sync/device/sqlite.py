@@ -155,12 +155,6 @@ class SqliteDatabaseAdapter:
 
     def __init__(self, db: _Db) -> None:
         self._db = db
-        self._changes = 0
-
-    def change_token(self) -> tuple[int, int]:
-        """Moves on every write: this adapter's own, and (``data_version``) any other connection's commit."""
-        with self._db.lock:
-            return self._changes, self._db.conn.execute("PRAGMA data_version").fetchone()[0]
 
     def get(self, id: str) -> DataRecord | None:
         with self._db.lock:
@@ -178,7 +172,6 @@ class SqliteDatabaseAdapter:
                f"{where} RETURNING id")
         out = []
         with self._db.lock, self._db.conn:
-            self._changes += 1
             for r in records:
                 out.append(self._db.conn.execute(sql, _record_row(r)).fetchone() is not None)
             self._db.bump(RECORDS_SCOPE, (r.updated_at for r in records))
@@ -220,7 +213,6 @@ class SqliteDatabaseAdapter:
     def clear(self) -> None:
         """Forget every record and its coverage (a wipe)."""
         with self._db.lock, self._db.conn:
-            self._changes += 1
             self._db.conn.execute("DELETE FROM sk_records")
             self._db.conn.execute("DELETE FROM sk_coverage WHERE scope = ?", (RECORDS_SCOPE,))
 

@@ -91,7 +91,7 @@ def test_errors_are_djangos_and_a_broken_transaction_is_refused(alice: Any) -> N
 
 
 @pytest.mark.nodb
-def test_row_values_repeat_the_update_stamp_only_where_it_serializes_alike() -> None:
+def test_row_values_hold_each_stamp_serialized_and_refuse_what_serialize_hlc_refuses() -> None:
     from dataclasses import replace
 
     from starkeep_sync.adapters.orm import _record_values
