@@ -650,15 +650,25 @@ def test_response_decode_errors_name_the_field() -> None:
 
 
 @pytest.mark.parametrize("body", [b"", b"{", b"{oops}", b'{"watermarks":{}} x', b'{"watermarks":NaN}',
-                                  b'{"watermarks":{},"limit":Infinity}', b'{"watermarks":{},"limit":1e999}',
-                                  b'{"watermarks":{},"appSyncableRows":[{"row":{"x":' + b"[" * 5000 + b"]" * 5000
-                                  + b"}}]}"])
+                                  b'{"watermarks":{},"limit":Infinity}', b'{"watermarks":{},"limit":1e999}'])
 def test_not_json_is_malformed_json(body: bytes) -> None:
     with pytest.raises(MalformedJSONError) as info:
         decode_request(body)
     assert (info.value.code, info.value.field, info.value.status) == ("invalid_json", "body", 400)
     with pytest.raises(ValueError):
         decode_json(body)
+
+
+@pytest.mark.parametrize("depth", [100, 5000])
+def test_too_deep_a_row_is_refused(depth: int) -> None:
+    """Refused as bad JSON where the decoder's recursion guard trips first (CPython 3.11), else by the row check."""
+    nested = b"[" * depth + b"]" * depth
+    body = (b'{"watermarks":{},"appSyncableRows":[{"timestamp":{"wallTime":1,"counter":0,"nodeId":"a"},'
+            b'"appId":"notes","table":"notes","op":"insert","row":{"id":"1","x":' + nested + b"}}]}")
+    with pytest.raises(WireFormatError) as info:
+        decode_request(body)
+    assert info.value.field is not None and info.value.field.startswith(("body", "appSyncableRows[0].row")), \
+        info.value.field
 
 
 def test_row_number_too_large_for_a_double_is_malformed_json() -> None:
