@@ -45,7 +45,7 @@ from .core.constants import DELETED_AT, DRIVE_APP_ID, FILE_RECORDS_TABLE, UPDATE
 from .core.exceptions import SyncError
 from .core.hlc import HLCClock, HLCTimestamp, deserialize_hlc
 from .core.keys import validate_key
-from .core.records import AppSyncableRowEntry, DataRecord, shared_object_key
+from .core.records import AppSyncableRowEntry, DataRecord, shared_object_key, tombstone_of
 from .core.ulid import new_ulid
 from .core.wire import SyncExchangeRequest, entry_from_wire, entry_to_wire, record_from_wire, record_to_wire
 from .models import ServerClock, SharedRecord
@@ -249,8 +249,7 @@ def delete_record(owner: Any, record_id: str) -> DataRecord:
         if current.is_deleted:
             return current
         stamp = _stamp(current.updated_at)
-        return _write_record(owner, dataclasses.replace(current, updated_at=stamp, deleted_at=stamp,
-                                                        version=current.version + 1))
+        return _write_record(owner, tombstone_of(current, stamp))
 
 
 def get_record(owner: Any, record_id: str) -> DataRecord | None:

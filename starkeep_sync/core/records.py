@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
 from .constants import DRIVE_APP_ID, FILE_RECORDS_TABLE
@@ -48,6 +48,11 @@ class DataRecord:
     @property
     def is_deleted(self) -> bool:
         return self.deleted_at is not None
+
+
+def tombstone_of(record: DataRecord, hlc: HLCTimestamp) -> DataRecord:
+    """The soft delete of ``record`` at ``hlc`` (PROTOCOL §2): deleted and updated at ``hlc``, next version."""
+    return replace(record, deleted_at=hlc, updated_at=hlc, version=record.version + 1)
 
 
 def shared_object_key(type: str, content_hash: str) -> str:

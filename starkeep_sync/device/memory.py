@@ -6,7 +6,6 @@ import bisect
 import io
 import threading
 from collections.abc import Callable, Collection, Hashable, Iterable, Iterator, Mapping, Sequence
-from dataclasses import replace
 from itertools import islice
 from typing import IO, Any
 
@@ -15,7 +14,7 @@ from ..core.approws import next_row, resolve_entry, row_to_entry
 from ..core.hlc import HLCTimestamp, serialize_hlc
 from ..core.keys import check_key_syntax
 from ..core.protocols import RecordPage, ScanPage, StoredObject
-from ..core.records import AppSyncableNamespace, AppSyncableRowEntry, DataRecord
+from ..core.records import AppSyncableNamespace, AppSyncableRowEntry, DataRecord, tombstone_of
 from ..core.state import MemorySyncStateStore  # noqa: F401  (part of the memory adapters' public set)
 from ..core.watermarks import raise_watermarks
 
@@ -114,7 +113,7 @@ class MemoryDatabaseAdapter:
             r = self._records.get(id)
             if r is None:
                 return None
-            new = replace(r, deleted_at=hlc, updated_at=hlc, version=r.version + 1)
+            new = tombstone_of(r, hlc)
             self.put(new)
             return new
 

@@ -13,7 +13,6 @@ import os
 import sqlite3
 import threading
 from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
-from dataclasses import replace
 from typing import Any
 
 from ..core import paging
@@ -21,7 +20,7 @@ from ..core.approws import next_row, resolve_entry, row_to_entry
 from ..core.constants import DELETED_AT, NODE_ID, UPDATED_AT
 from ..core.hlc import HLCTimestamp, deserialize_hlc, serialize_hlc
 from ..core.protocols import RecordPage, ScanPage
-from ..core.records import AppSyncableNamespace, AppSyncableRowEntry, AppSyncableTableInfo, DataRecord
+from ..core.records import AppSyncableNamespace, AppSyncableRowEntry, AppSyncableTableInfo, DataRecord, tombstone_of
 from ..core.state import SqliteSyncStateStore
 from ..core.watermarks import node_floor_bound
 from .files import FileSystemObjectStorage
@@ -185,7 +184,7 @@ class SqliteDatabaseAdapter:
             r = self.get(id)
             if r is None:
                 return None
-            new = replace(r, deleted_at=hlc, updated_at=hlc, version=r.version + 1)
+            new = tombstone_of(r, hlc)
             self.put(new)
             return new
 
