@@ -58,13 +58,14 @@ def read_snapshot() -> Iterator[None]:
     A read-only REPEATABLE READ transaction sees one set; read-only, it never
     fails to serialize. SQLite reads inside one transaction from one snapshot.
     """
-    if synced_db().in_atomic_block:
+    db = synced_db()
+    if db.in_atomic_block:
         # An outer transaction (ATOMIC_REQUESTS, a test) already fixes the isolation.
         yield
         return
-    with transaction.atomic(using=synced_db().alias):
-        if synced_db().vendor == "postgresql":
-            with synced_db().cursor() as cur:
+    with transaction.atomic(using=db.alias):
+        if db.vendor == "postgresql":
+            with db.cursor() as cur:
                 cur.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY")
         yield
 
@@ -122,8 +123,9 @@ def coverage_by_scope(owner_id: int) -> dict[str, Watermarks]:
     the ORM's queryset for it.
     """
     out: dict[str, Watermarks] = {}
-    with synced_db().cursor() as cur:
-        cur.execute(_coverage_sql(synced_db().vendor), [owner_id])
+    db = synced_db()
+    with db.cursor() as cur:
+        cur.execute(_coverage_sql(db.vendor), [owner_id])
         for scope, node, hlc in cur.fetchall():
             out.setdefault(scope, {})[node] = stored_hlc(hlc)
     return out
@@ -396,8 +398,9 @@ class OrmDatabaseAdapter:
                 coverage: Iterable[DataRecord] | None = None) -> set[str]:
         rows = [_record_values(r) for r in records]
         written: set[str] = set()
-        with transaction.atomic(using=synced_db().alias), synced_db().cursor() as cur:
-            if synced_db().vendor == "postgresql":
+        db = synced_db()
+        with transaction.atomic(using=db.alias), db.cursor() as cur:
+            if db.vendor == "postgresql":
                 # One array per column: a fixed-shape statement whatever the batch size,
                 # so the driver binds 17 parameters instead of parsing thousands.
                 columns = [list(c) for c in zip(*rows, strict=True)]
@@ -415,7 +418,7 @@ class OrmDatabaseAdapter:
                     # every call: without ``sql.execute`` a 1,000-record SQLite push took 10% longer, 10,000 records
                     # 15% (one fixed-shape json_each statement instead: 17% and 29%) (same-run before/after,
                     # 2026-12-04).
-                    sql.execute(cur, _record_upsert_sql(synced_db().vendor, len(batch), conditional), params)
+                    sql.execute(cur, _record_upsert_sql(db.vendor, len(batch), conditional), params)
                     written.update(row[0] for row in cur.fetchall())
             bump_coverage(self.owner_id, RECORDS_SCOPE, (r.updated_at for r in (coverage or records)))
         return written
@@ -642,11 +645,12 @@ class OrmApplier:
         advisory lock per key, in one sorted order (no deadlocks). SQLite
         serializes writers itself.
         """
-        if synced_db().vendor != "postgresql":
+        db = synced_db()
+        if db.vendor != "postgresql":
             return
         ids = sorted({_advisory_id(self.owner_id, *k) for k in keys})
         if ids:
-            with synced_db().cursor() as cur:
+            with db.cursor() as cur:
                 cur.execute("SELECT pg_advisory_xact_lock(k) FROM unnest(%s::bigint[]) AS k ORDER BY k", [ids])
 
     def lock_row(self, app_id: str, table: str, pk: Sequence[Any]) -> dict[str, Any] | None:
