@@ -15,8 +15,10 @@ from .core.blobs import (
     create_file_sync_engine,
 )
 from .core.constants import (
+    BLOB_RESIDENT,
     DRIVE_APP_ID,
     FILE_RECORDS_TABLE,
+    ITEM_REJECTED,
     LOCAL_CHANGE_RECORDED,
     LOCAL_DATA_SYNCED,
     REMOTE_UPDATE_AVAILABLE,
@@ -26,6 +28,7 @@ from .core.exceptions import (
     BlobIntegrityError,
     ClockSkewError,
     InvalidKeyError,
+    ItemsRejected,
     SyncError,
     SyncTransportError,
     WireFormatError,
@@ -52,15 +55,19 @@ from .core.records import (
 )
 from .core.residency import RecordResidency, residency_of
 from .core.responder import SyncResponder, create_in_process_sync_transport
+from .core.staged import RejectedItem, RetryPolicy, StagedBlob
 from .core.state import SqliteSyncStateStore, create_sqlite_sync_state_store
+from .core.transfers import TransferProgress
 from .core.watermarks import advance_watermark, merge_watermarks, select_unseen, watermark_for
 from .core.wire import SyncExchangeRequest, SyncExchangeResponse
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "BLOB_RESIDENT",
     "DRIVE_APP_ID",
     "FILE_RECORDS_TABLE",
+    "ITEM_REJECTED",
     "LOCAL_CHANGE_RECORDED",
     "LOCAL_DATA_SYNCED",
     "REMOTE_UPDATE_AVAILABLE",
@@ -81,10 +88,14 @@ __all__ = [
     "HLCTimestamp",
     "HttpObjectStorage",
     "InvalidKeyError",
+    "ItemsRejected",
     "RecordPage",
     "RecordResidency",
+    "RejectedItem",
+    "RetryPolicy",
     "ScanPage",
     "SqliteSyncStateStore",
+    "StagedBlob",
     "StoredObject",
     "SyncEngine",
     "SyncError",
@@ -93,6 +104,7 @@ __all__ = [
     "SyncResponder",
     "SyncTransportError",
     "TransferFailure",
+    "TransferProgress",
     "WireFormatError",
     "advance_watermark",
     "compare_hlc",

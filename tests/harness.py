@@ -33,6 +33,7 @@ from starkeep_sync import (
     serialize_hlc,
     shared_object_key,
 )
+from starkeep_sync.core.staged import RetryPolicy
 from starkeep_sync.device.memory import (
     MemoryAppSource,
     MemoryDatabaseAdapter,
@@ -333,6 +334,8 @@ class Pair:
             page_limit=page_limit,
             scan_page_size=scan_page_size,
             app_id=None if drive else channel,
+            # Failed blob fetches are retried at the next round here; backoff has tests of its own.
+            blob_retry=RetryPolicy(base=0.0, cap=0.0),
         )
         self.engines[cache_key] = engine
         return engine

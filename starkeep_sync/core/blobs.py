@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from typing import IO, Protocol, runtime_checkable
 
 from .constants import LOGGER_NAME
-from .exceptions import BlobIntegrityError
+from .exceptions import BlobIntegrityError, SyncTransportError
 from .keys import expected_sha256
 from .protocols import ObjectStorage
 
@@ -92,6 +92,85 @@ class TransferFailure:
     first_failure: float
     last_failure: float
     last_error: str
+
+
+#: HTTP statuses of a blob upload that no retry can fix (PROTOCOL §5c): a bad key or bytes that do not
+#: match their hash (400), a key outside the channel (403), too large (413), over the owner's quota (507).
+PERMANENT_PUSH_STATUSES = frozenset({400, 403, 413, 507})
+
+
+def is_permanent_push_failure(err: BaseException | None) -> bool:
+    """Whether a failed upload would fail the same way if tried again.
+
+    A local blob whose bytes no longer hash to its key or content hash, and the
+    peer's refusals listed in ``PERMANENT_PUSH_STATUSES``. Network errors, 5xx,
+    429 and a blob not (yet) held locally are transient.
+    """
+    if isinstance(err, BlobIntegrityError):
+        return True
+    return isinstance(err, SyncTransportError) and err.status in PERMANENT_PUSH_STATUSES
+
+
+@dataclass(slots=True)
+class TransferOutcome:
+    """How one blob transfer ended: ``ok`` when the destination holds the key afterwards."""
+
+    key: str
+    ok: bool
+    bytes_moved: int = 0
+    error: BaseException | None = None
+
+    @property
+    def reason(self) -> str:
+        err = self.error
+        return "" if err is None else f"{type(err).__name__}: {err}"
+
+
+class CountingReader(io.RawIOBase):
+    """Passes a binary stream through, telling ``on_bytes`` how many new bytes each read gave.
+
+    Seeking is passed through too, so a client can still send a file from its
+    position. Bytes read again after seeking back (a client that checks a file's
+    hash before uploading it) are not counted twice: only reads past the furthest
+    point reached so far count.
+    """
+
+    def __init__(self, stream: IO[bytes], on_bytes: Callable[[int], None]) -> None:
+        self._stream = stream
+        self._on_bytes = on_bytes
+        self._pos = 0
+        self._furthest = 0
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        seekable = getattr(self._stream, "seekable", None)
+        return bool(seekable and seekable())
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        self._pos = self._stream.seek(offset, whence)
+        return self._pos
+
+    def tell(self) -> int:
+        return self._stream.tell()
+
+    def read(self, size: int | None = -1) -> bytes:
+        chunk = self._stream.read(-1 if size is None else size)
+        self._pos += len(chunk)
+        if self._pos > self._furthest:
+            self._on_bytes(self._pos - self._furthest)
+            self._furthest = self._pos
+        return chunk
+
+    def readinto(self, b: bytearray) -> int:  # type: ignore[override]
+        data = self.read(len(b))
+        b[:len(data)] = data
+        return len(data)
+
+    def close(self) -> None:
+        self._stream.close()
+        super().close()
 
 
 class ChunkPipe:
@@ -281,43 +360,67 @@ class FileSyncEngine:
         *,
         direction: str = "transfer",
     ) -> bool:
-        """Copy one blob; ``True`` when the destination holds it afterwards.
+        """Copy one blob; ``True`` when the destination holds it afterwards (see :meth:`transfer`)."""
+        outcome = self.transfer(manifest, source, destination, direction=direction)
+        self.bytes_moved += outcome.bytes_moved
+        return outcome.ok
 
-        Never raises for a transfer problem: a missing source, a storage error
-        or an integrity mismatch is logged, remembered and returns ``False``.
+    def transfer(
+        self,
+        manifest: FileSyncManifest,
+        source: ObjectStorage,
+        destination: ObjectStorage,
+        *,
+        direction: str = "transfer",
+        on_bytes: Callable[[int], None] | None = None,
+    ) -> TransferOutcome:
+        """Copy one blob, checking its bytes against its hash on the way.
+
+        Never raises for a transfer problem: a missing source, a storage error or
+        an integrity mismatch is logged, remembered in :attr:`failures` and comes
+        back in the outcome. ``bytes_moved`` counts the bytes read from the
+        source (so an upload the destination refused after receiving it counts
+        too); ``on_bytes`` hears of them as they pass. Safe to call from several
+        threads at once; a key already in flight returns a failed outcome at once.
         """
         key = manifest.object_storage_key
         with self._lock:
             if key in self._in_flight:
-                return False
+                return TransferOutcome(key, False, 0, RuntimeError(f"a transfer of {key!r} is in flight"))
             self._in_flight.add(key)
+        moved = 0
+
+        def count(n: int) -> None:
+            nonlocal moved
+            moved += n
+            if on_bytes is not None:
+                on_bytes(n)
+
         try:
             try:
                 conditional = isinstance(destination, ConditionalPut)
                 if not conditional and destination.has(key):
                     self._clear(key)
-                    return True
-                stream = source.open(key)
-                if stream is None:
+                    return TransferOutcome(key, True)
+                raw = source.open(key)
+                if raw is None:
                     raise FileNotFoundError(f"source has no blob at {key!r}")
+                stream = CountingReader(raw, count)
                 try:
                     expected = expected_sha256(manifest.file_hash, key)
                     if conditional:
                         # The destination checks presence and the hash itself (one request).
-                        moved = destination.put_if_absent(key, stream, manifest.mime_type, sha256=expected)
-                        self.bytes_moved += moved or 0
+                        destination.put_if_absent(key, stream, manifest.mime_type, sha256=expected)
                     else:
-                        reader = HashingReader(stream, expected)
-                        destination.put(key, reader, manifest.mime_type)
-                        self.bytes_moved += reader.bytes_read
+                        destination.put(key, HashingReader(stream, expected), manifest.mime_type)
                 finally:
                     stream.close()
             except Exception as err:
                 logger.warning("blob %s of %s failed: %s", direction, key, err)
                 self._record_failure(key, direction, f"{type(err).__name__}: {err}")
-                return False
+                return TransferOutcome(key, False, moved, err)
             self._clear(key)
-            return True
+            return TransferOutcome(key, True, moved)
         finally:
             with self._lock:
                 self._in_flight.discard(key)

@@ -67,5 +67,9 @@ MAX_NODE_ID_LENGTH = 128
 REMOTE_UPDATE_AVAILABLE = "remote-update-available"
 LOCAL_DATA_SYNCED = "local-data-synced"
 LOCAL_CHANGE_RECORDED = "local-change-recorded"
+#: Beyond the reference (PROTOCOL §5c): the blobs of these ids landed here.
+BLOB_RESIDENT = "blob-resident"
+#: Beyond the reference (PROTOCOL §5c): the peer refused these ids' blobs for good.
+ITEM_REJECTED = "item-rejected"
 
 LOGGER_NAME = "starkeep_sync"

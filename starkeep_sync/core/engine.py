@@ -4,15 +4,18 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable, Iterable
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
-from .blobs import FileSyncEngine, TransferFailure
+from .blobs import FileSyncEngine, FileSyncManifest, TransferFailure, TransferOutcome, is_permanent_push_failure
 from .channel import ChannelView, Item, group_by_node
 from .constants import (
+    BLOB_RESIDENT,
     DEFAULT_PAGE_LIMIT,
     FILE_RECORDS_TABLE,
+    ITEM_REJECTED,
     LOCAL_DATA_SYNCED,
     LOGGER_NAME,
     MAX_COUNTER,
@@ -23,6 +26,7 @@ from .hlc import HLCClock, HLCTimestamp, serialize_hlc
 from .notifier import ChangeEvent, ChangeNotifier
 from .protocols import (
     AppSource,
+    BlobStateStore,
     DatabaseAdapter,
     ObjectStorage,
     PrefetchTransport,
@@ -30,7 +34,9 @@ from .protocols import (
     SyncStateStore,
     SyncTransport,
 )
+from .staged import BlobPolicy, MemoryBlobState, RejectedItem, RetryPolicy, StagedBlob, identity_of, ref_of
 from .state import MemorySyncStateStore
+from .transfers import DEFAULT_TRANSFER_CONCURRENCY, ProgressCallback, ProgressTracker, TransferPool
 from .watermarks import is_lower_somewhere, merge_watermarks
 from .wire import SyncExchangeRequest, SyncExchangeResponse, decode_response
 
@@ -48,7 +54,10 @@ class ExchangeResult:
 
     ``applied``: items whose metadata was newly applied here; ``shipped``:
     items sent to the peer; ``has_more``: an immediate next round would move
-    something.
+    something (staged blobs never set it). ``staged``/``staged_bytes``: the
+    staged set after the round; ``staged_failing``: its entries whose last fetch
+    failed; ``resident``: ids whose blob landed in this round; ``rejected``:
+    versions the peer refused for good in this round (reported once).
     """
 
     applied: int
@@ -61,6 +70,11 @@ class ExchangeResult:
     failed_pulls: list[str] = field(default_factory=list)
     refused: list[str] = field(default_factory=list)
     pending: int | None = None
+    staged: int = 0
+    staged_bytes: int = 0
+    staged_failing: list[StagedBlob] = field(default_factory=list)
+    resident: list[str] = field(default_factory=list)
+    rejected: list[RejectedItem] = field(default_factory=list)
 
     @property
     def bytes_moved(self) -> int:
@@ -68,7 +82,8 @@ class ExchangeResult:
 
     @property
     def errors(self) -> list[str]:
-        return [*self.failed_pushes, *self.failed_pulls, *self.refused]
+        return [*self.failed_pushes, *self.failed_pulls, *self.refused,
+                *(f"{r.item_id}: {r.reason}" for r in self.rejected)]
 
 
 class SyncEngine:
@@ -88,11 +103,22 @@ class SyncEngine:
         app_id: str | None = None,
         file_sync: FileSyncEngine | None = None,
         change_notifier: ChangeNotifier | None = None,
+        transfer_concurrency: int = DEFAULT_TRANSFER_CONCURRENCY,
+        blob_policy: BlobPolicy = "eager",
+        blob_retry: RetryPolicy | None = None,
+        fetch_budget_bytes: int | None = None,
+        on_progress: ProgressCallback | None = None,
+        after_transfer: Callable[[], None] | None = None,
+        now: Callable[[], float] = time.time,
     ) -> None:
         if page_limit < 1:
             raise ValueError("page_limit must be at least 1")
         if scan_page_size < 1:
             raise ValueError("scan_page_size must be at least 1")
+        if blob_policy not in ("eager", "lazy") and not callable(blob_policy):
+            raise ValueError(f"blob_policy must be 'eager', 'lazy' or a callable, not {blob_policy!r}")
+        if fetch_budget_bytes is not None and fetch_budget_bytes < 1:
+            raise ValueError("fetch_budget_bytes must be at least 1 (or None for no budget)")
         self.channel = ChannelView(
             database=local_database,
             app_source=app_source,
@@ -109,6 +135,16 @@ class SyncEngine:
         self.scan_page_size = scan_page_size
         self.file_sync = file_sync or FileSyncEngine()
         self.change_notifier = change_notifier or ChangeNotifier()
+        self.blob_policy = blob_policy
+        self.blob_retry = blob_retry or RetryPolicy()
+        self.fetch_budget_bytes = fetch_budget_bytes
+        self.on_progress = on_progress
+        self.transfers = TransferPool(transfer_concurrency, after_job=after_transfer)
+        self._now = now
+        #: The requester's blob state (PROTOCOL §5c): durable when the state store keeps it.
+        self.blob_state: BlobStateStore = (
+            self.sync_state if isinstance(self.sync_state, BlobStateStore) else MemoryBlobState()
+        )
         #: What the responder still holds for us, while a catch-up runs (see ``_track_pending``).
         self._pending_estimate: int | None = None
         #: The next page asked for while this one was applied (see ``_predict_next``).
@@ -120,6 +156,18 @@ class SyncEngine:
     def blob_failures(self) -> dict[str, TransferFailure]:
         """Blob keys whose last transfer failed, with attempt counts and last error."""
         return self.file_sync.failures
+
+    @property
+    def transfer_concurrency(self) -> int:
+        return self.transfers.concurrency
+
+    def close(self) -> None:
+        """Stop the helper threads (blob transfers, prefetch); the engine can still run rounds afterwards."""
+        self.transfers.close()
+        if self._prefetcher is not None:
+            self._prefetcher.shutdown(wait=True)
+            self._prefetcher = None
+            self._prefetched = None
 
     # -- the round ---------------------------------------------------------------
 
@@ -157,32 +205,43 @@ class SyncEngine:
         cut = max((i.hlc for i in items), default=None) if response.has_more else None
         theirs = response.responder_watermarks
         applied_ids: list[str] = []
+        staged: list[StagedBlob] = []
         new_own = dict(own)
         failed_nodes: set[str] = set()
         for node, run in group_by_node(items).items():
-            last_ok = self._apply_run(node, run, result, applied_ids)
+            last_ok = self._apply_run(node, run, result, applied_ids, staged)
             if last_ok is not None and (node not in new_own or last_ok > new_own[node]):
                 new_own[node] = last_ok
             if last_ok is None or last_ok != run[-1].hlc:
                 failed_nodes.add(node)
-        self._pull_shipped_staged(shipped, own, new_own, failed_nodes, result)
+        # Shipped items held here only as metadata (relayed after a restart lost the peer
+        # vector): the peer never sends them back (no echo), so their blobs are wanted too.
+        staged += [self._staged_entry(i) for i in shipped
+                   if i.manifest is not None and not self.local_storage.has(i.manifest.object_storage_key)]
         self._raise_to_peer(new_own, theirs, failed_nodes, cut)
 
+        # The staged set first: once the watermarks pass an item, only the set remembers its blob.
+        if staged:
+            self.blob_state.stage_blobs(staged)
         self.sync_state.set_watermarks(new_own)
         self.sync_state.set_peer_watermarks(theirs)
         self.sync_state.set_hlc_clock_state(self.clock.state)
+        if is_lower_somewhere(theirs, peer):
+            self.blob_state.forget_remote_keys()  # the peer lost data: what it held may be gone too
 
         result.applied = len(applied_ids)
         # "An immediate next round would move something" (§5.7b). A response page
-        # that moved no watermark (each node on it stopped at a failed pull or a
-        # refusal) would come back identical: failures wait for the next scheduled
-        # round. ``left_behind`` only counts nodes that did not halt on a push.
+        # that moved no watermark (each node on it stopped at a refusal) would come
+        # back identical: it waits for the next scheduled round. ``left_behind``
+        # only counts nodes that did not halt on a push. Staged blobs never count.
         more_inbound = response.has_more and new_own != own
         result.has_more = bool(more_inbound or left_behind or is_lower_somewhere(theirs, peer))
         if applied_ids:
             self.change_notifier.emit(
                 ChangeEvent(LOCAL_DATA_SYNCED, applied_ids, self.clock.now(), self.channel.app_id)
             )
+        self._fetch_staged(self.blob_state.staged_blobs(due_at=self._now()), result)
+        self._report_staged(result)
         return result
 
     def _raise_to_peer(self, new_own: Watermarks, theirs: Watermarks, failed_nodes: set[str],
@@ -308,73 +367,217 @@ class SyncEngine:
         floor = dict(peer)
         halted: set[str] = set()
         shipped: list[Item] = []
+        rejected = {(r.ref, r.hlc) for r in self.blob_state.rejected_items()}
         while True:
             room = self.page_limit - len(shipped)
             candidates, left_behind = self.channel.changes_since(floor, room, self.scan_page_size)
             halted_before = len(halted)
-            shipped.extend(self._push_blobs(candidates, result, halted))
+            shipped.extend(self._push_blobs(candidates, result, halted, rejected))
             if not left_behind or len(halted) == halted_before:
-                return shipped, left_behind
+                break
             # Refill past what this pass considered; halted nodes sit above everything.
             for item in candidates:
                 node = item.node
                 floor[node] = HLCTimestamp(MAX_WALL_TIME, MAX_COUNTER, node) if node in halted else item.hlc
+        if rejected and shipped:
+            # A newer version of a rejected item ships: it is no longer rejected.
+            self.blob_state.clear_rejected([ref_of(i.identity) for i in shipped])
+        return shipped, left_behind
 
-    def _push_blobs(self, candidates: list[Item], result: ExchangeResult, halted: set[str]) -> list[Item]:
-        """Push blobs node by node; a node stops shipping at its first failed push."""
+    def _push_blobs(self, candidates: list[Item], result: ExchangeResult, halted: set[str],
+                    rejected: set[tuple[str, HLCTimestamp]]) -> list[Item]:
+        """Upload the candidates' blobs side by side, then ship per node the longest prefix whose blobs landed.
+
+        A blob the peer is known to hold is not sent again. A refusal no retry can fix
+        rejects that version (reported once, never offered again) and does not hold
+        back the node; any other failure halts the node for this round (PROTOCOL §5c).
+        """
+        candidates = [i for i in candidates if not (rejected and (ref_of(i.identity), i.hlc) in rejected)]
+        manifests: dict[str, FileSyncManifest] = {}
+        for item in candidates:
+            if item.manifest is not None and item.node not in halted:
+                manifests.setdefault(item.manifest.object_storage_key, item.manifest)
+        known = self.blob_state.remote_keys_known(manifests) if manifests else set()
+        outcomes = self._transfer(
+            [m for key, m in manifests.items() if key not in known], "push", result,
+            self.local_storage, self.remote_storage,
+        )
+        landed = [o.key for o in outcomes.values() if o.ok]
+        if landed:
+            self.blob_state.remember_remote_keys(landed)
+
         shipped: list[Item] = []
+        newly_rejected: list[RejectedItem] = []
         for item in candidates:  # HLC order; per node that is the node's order
             if item.node in halted:
                 continue
-            if item.manifest is not None:
-                before = self.file_sync.bytes_moved
-                ok = self.file_sync.transfer_file(
-                    item.manifest, self.local_storage, self.remote_storage, direction="push"
-                )
-                result.pushed_bytes += self.file_sync.bytes_moved - before
-                if not ok:
-                    halted.add(item.node)
-                    result.failed_pushes.append(item.manifest.object_storage_key)
-                    logger.warning(
-                        "node %s: blob push of %s for %s failed; its later items wait for the next round",
-                        item.node, item.manifest.object_storage_key, item.describe(),
-                    )
+            outcome = outcomes.get(item.manifest.object_storage_key) if item.manifest is not None else None
+            if outcome is not None and not outcome.ok:
+                if is_permanent_push_failure(outcome.error):
+                    newly_rejected.append(RejectedItem(
+                        ref_of(item.identity), self._id_of(item), item.hlc, outcome.key, outcome.reason, self._now()))
+                    logger.warning("%s: the peer refused blob %s for good (%s); it ships again once written anew",
+                                   item.describe(), outcome.key, outcome.reason)
                     continue
+                halted.add(item.node)
+                result.failed_pushes.append(outcome.key)
+                logger.warning(
+                    "node %s: blob push of %s for %s failed; its later items wait for the next round",
+                    item.node, outcome.key, item.describe(),
+                )
+                continue
             shipped.append(item)
+        if newly_rejected:
+            self.blob_state.reject_items(newly_rejected)
+            result.rejected += newly_rejected
+            rejected.update((r.ref, r.hlc) for r in newly_rejected)
+            self.change_notifier.emit(ChangeEvent(ITEM_REJECTED, [r.item_id for r in newly_rejected],
+                                                  self.clock.now(), self.channel.app_id))
         return shipped
 
-    def _pull_shipped_staged(self, shipped: list[Item], own: Watermarks, new_own: Watermarks,
-                             failed_nodes: set[str], result: ExchangeResult) -> None:
-        """Pull the blobs of shipped items held here only as metadata (staged).
+    def _transfer(self, manifests: list[FileSyncManifest], direction: str, result: ExchangeResult,
+                  source: ObjectStorage, destination: ObjectStorage) -> dict[str, TransferOutcome]:
+        """Move these blobs, at most ``transfer_concurrency`` at once; the outcome per key."""
+        if not manifests:
+            return {}
+        progress = ProgressTracker(direction, len(manifests), sum(m.size_bytes for m in manifests),
+                                   self.on_progress)
 
-        Such an item ships because the peer already has its blob (e.g. a staged
-        record relayed after a restart lost the peer vector), and the peer never
-        sends it back (no echo), so its blob would never be pulled while the
-        vectors move past it. Pull it now; if that fails, keep the node's own
-        watermark where it was, so the item comes back and the pull is retried.
-        """
-        for item in shipped:
-            manifest = item.manifest
-            if manifest is None or self.local_storage.has(manifest.object_storage_key):
-                continue
-            before = self.file_sync.bytes_moved
-            ok = self.file_sync.transfer_file(manifest, self.remote_storage, self.local_storage, direction="pull")
-            result.pulled_bytes += self.file_sync.bytes_moved - before
-            if ok:
-                continue
-            result.failed_pulls.append(manifest.object_storage_key)
-            failed_nodes.add(item.node)
-            if item.node in own:
-                new_own[item.node] = own[item.node]
+        def job(m: FileSyncManifest) -> Callable[[], TransferOutcome]:
+            def run() -> TransferOutcome:
+                key = m.object_storage_key
+                outcome = self.file_sync.transfer(m, source, destination, direction=direction,
+                                                  on_bytes=progress.bytes_for(key))
+                progress.item_done(key)
+                return outcome
+            return run
+
+        outcomes = self.transfers.run([job(m) for m in manifests])
+        for o in outcomes:
+            if direction == "push":
+                result.pushed_bytes += o.bytes_moved
             else:
-                new_own.pop(item.node, None)
+                result.pulled_bytes += o.bytes_moved
+        return {o.key: o for o in outcomes}
+
+    # -- the staged set ------------------------------------------------------------
+
+    def fetch_blobs(self, ids: Iterable[str]) -> ExchangeResult:
+        """Fetch now the staged blobs of these record ids (or app-row keys), whatever the blob policy.
+
+        They become wanted, so a failure is retried with backoff by later rounds.
+        Returns what moved (``resident``, ``pulled_bytes``, ``failed_pulls``) and the
+        staged set afterwards. Ids with nothing staged are ignored.
+        """
+        wanted = set(ids)
+        entries = [replace(e, wanted=True, next_attempt=0.0)
+                   for e in self.blob_state.staged_blobs() if e.item_id in wanted]
+        result = ExchangeResult(0, 0, False)
+        if entries:
+            self.blob_state.update_staged(entries)
+            self._fetch_staged(entries, result)
+        self._report_staged(result)
+        return result
+
+    def _staged_entry(self, item: Item) -> StagedBlob:
+        m = item.manifest
+        assert m is not None
+        return StagedBlob(ref_of(item.identity), self._id_of(item), m.object_storage_key, m.file_hash,
+                          m.size_bytes, m.mime_type, wanted=self._wants_now(item))
+
+    def _wants_now(self, item: Item) -> bool:
+        policy = self.blob_policy
+        if policy == "eager":
+            return True
+        if policy == "lazy":
+            return False
+        subject = item.record if item.record is not None else item.entry
+        return bool(policy(subject))  # type: ignore[operator, arg-type]
+
+    def _fetch_staged(self, due: list[StagedBlob], result: ExchangeResult) -> None:
+        """Fetch these staged blobs, at most ``transfer_concurrency`` at once.
+
+        Entries whose record moved on (another key, deleted, gone) leave the set, as do
+        those whose blob arrived by another route. A failure backs off (``blob_retry``).
+        """
+        if not due:
+            return
+        drop: list[str] = []
+        arrived: list[StagedBlob] = []
+        by_key: dict[str, list[StagedBlob]] = {}
+        spent = 0
+        for entry in due:
+            if not self._still_wanted(entry):
+                drop.append(entry.ref)
+            elif self.local_storage.has(entry.key):
+                arrived.append(entry)
+            elif entry.key in by_key:
+                by_key[entry.key].append(entry)
+            elif self.fetch_budget_bytes is None or spent < self.fetch_budget_bytes:
+                by_key[entry.key] = [entry]
+                spent += entry.size
+        manifests = [FileSyncManifest(e[0].file_hash, key, e[0].size, e[0].mime_type) for key, e in by_key.items()]
+        outcomes = self._transfer(manifests, "pull", result, self.remote_storage, self.local_storage)
+        failed: list[StagedBlob] = []
+        now = self._now()
+        for key, entries in by_key.items():
+            outcome = outcomes[key]
+            if outcome.ok:
+                arrived += entries
+                continue
+            result.failed_pulls.append(key)
+            if isinstance(outcome.error, FileNotFoundError):
+                self.blob_state.forget_remote_keys([key])
+            for e in entries:
+                attempts = e.attempts + 1
+                failed.append(replace(e, attempts=attempts, next_attempt=now + self.blob_retry.delay(attempts),
+                                      last_error=outcome.reason[:2000]))
+                logger.warning("blob %s of %s stays staged (attempt %d): %s", key, e.item_id, attempts,
+                               outcome.reason)
+        if failed:
+            self.blob_state.update_staged(failed)
+        if arrived:
+            self.blob_state.remember_remote_keys({e.key for e in arrived})
+        if drop or arrived:
+            self.blob_state.unstage_blobs([*drop, *(e.ref for e in arrived)])
+        if arrived:
+            ids = [e.item_id for e in arrived]
+            result.resident += ids
+            self.change_notifier.emit(ChangeEvent(BLOB_RESIDENT, ids, self.clock.now(), self.channel.app_id))
+
+    def _still_wanted(self, entry: StagedBlob) -> bool:
+        """Whether the local copy of the entry's record or row still names this blob, live."""
+        identity = identity_of(entry.ref)
+        if identity[0] == "r":
+            if self.local_database is None:
+                return False
+            record = self.local_database.get(identity[1])
+            return record is not None and record.deleted_at is None and record.object_storage_key == entry.key
+        source = self.channel.app_source
+        if source is None:
+            return False
+        applier = source.applier
+        if not isinstance(applier, RowReader):
+            return True  # cannot tell; fetching a blob no longer named is harmless
+        row = applier.get_row(identity[1], identity[2], list(identity[3:]))
+        return row is not None and not row.get("deleted_at") and row.get("object_storage_key") == entry.key
+
+    def _report_staged(self, result: ExchangeResult) -> None:
+        result.staged, result.staged_bytes = self.blob_state.staged_totals()
+        if result.staged:
+            result.staged_failing = [e for e in self.blob_state.staged_blobs() if e.attempts]
 
     # -- inbound -----------------------------------------------------------------
 
     def _apply_run(
-        self, node: str, run: list[Item], result: ExchangeResult, applied_ids: list[str]
+        self, node: str, run: list[Item], result: ExchangeResult, applied_ids: list[str],
+        staged: list[StagedBlob],
     ) -> HLCTimestamp | None:
-        """Apply one node's items in order; return the HLC of the last item that fully landed."""
+        """Apply one node's metadata in order; return the HLC of the last item that landed.
+
+        A refused item halts the node. A landed item whose blob is not here joins
+        ``staged`` (fetched after the metadata, PROTOCOL §5 step 5).
+        """
         last_ok: HLCTimestamp | None = None
         for item in run:
             try:
@@ -388,19 +591,10 @@ class SyncEngine:
                 return last_ok
             if newly:
                 applied_ids.append(self._id_of(item))
-            if item.manifest is not None and self._holds_version(item):
-                before = self.file_sync.bytes_moved
-                ok = self.file_sync.transfer_file(
-                    item.manifest, self.remote_storage, self.local_storage, direction="pull"
-                )
-                result.pulled_bytes += self.file_sync.bytes_moved - before
-                if not ok:
-                    result.failed_pulls.append(item.manifest.object_storage_key)
-                    logger.warning(
-                        "node %s: blob pull of %s for %s failed; the record stays staged",
-                        node, item.manifest.object_storage_key, item.describe(),
-                    )
-                    return last_ok
+            manifest = item.manifest
+            if (manifest is not None and self._holds_version(item)
+                    and not self.local_storage.has(manifest.object_storage_key)):
+                staged.append(self._staged_entry(item))
             last_ok = item.hlc
         return last_ok
 
@@ -462,6 +656,12 @@ def create_sync_engine(
     scan_page_size: int = 500,
     app_id: str | None = None,
     change_notifier: ChangeNotifier | None = None,
+    transfer_concurrency: int = DEFAULT_TRANSFER_CONCURRENCY,
+    blob_policy: BlobPolicy = "eager",
+    blob_retry: RetryPolicy | None = None,
+    fetch_budget_bytes: int | None = None,
+    on_progress: ProgressCallback | None = None,
+    after_transfer: Callable[[], None] | None = None,
 ) -> SyncEngine:
     return SyncEngine(
         local_database=local_database,
@@ -476,4 +676,10 @@ def create_sync_engine(
         scan_page_size=scan_page_size,
         app_id=app_id,
         change_notifier=change_notifier,
+        transfer_concurrency=transfer_concurrency,
+        blob_policy=blob_policy,
+        blob_retry=blob_retry,
+        fetch_budget_bytes=fetch_budget_bytes,
+        on_progress=on_progress,
+        after_transfer=after_transfer,
     )

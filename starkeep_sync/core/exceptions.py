@@ -78,3 +78,20 @@ class SyncTransportError(SyncError):
     ) -> None:
         super().__init__(message, code=code, status=status)
         self.retry_after = retry_after
+
+
+class ItemsRejected(SyncError):
+    """The peer refused these items' blobs for a reason no retry can fix (PROTOCOL §5c).
+
+    Raised by ``sync_until_done(strict=True)`` once the rounds are done; ``rejected``
+    holds the ``RejectedItem``s. Fix the cause (e.g. shrink the file, free quota),
+    then write the record again: a new HLC ships it.
+    """
+
+    code = "items_rejected"
+
+    def __init__(self, rejected: list) -> None:  # type: ignore[type-arg]
+        shown = "; ".join(f"{r.item_id}: {r.reason}" for r in rejected[:5])
+        more = f" (and {len(rejected) - 5} more)" if len(rejected) > 5 else ""
+        super().__init__(f"{len(rejected)} item(s) rejected by the peer: {shown}{more}")
+        self.rejected = list(rejected)

@@ -7,12 +7,19 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from .constants import LOCAL_CHANGE_RECORDED, LOCAL_DATA_SYNCED, LOGGER_NAME, REMOTE_UPDATE_AVAILABLE
+from .constants import (
+    BLOB_RESIDENT,
+    ITEM_REJECTED,
+    LOCAL_CHANGE_RECORDED,
+    LOCAL_DATA_SYNCED,
+    LOGGER_NAME,
+    REMOTE_UPDATE_AVAILABLE,
+)
 from .hlc import HLCTimestamp
 
 logger = logging.getLogger(LOGGER_NAME)
 
-EVENT_TYPES = (REMOTE_UPDATE_AVAILABLE, LOCAL_DATA_SYNCED, LOCAL_CHANGE_RECORDED)
+EVENT_TYPES = (REMOTE_UPDATE_AVAILABLE, LOCAL_DATA_SYNCED, LOCAL_CHANGE_RECORDED, BLOB_RESIDENT, ITEM_REJECTED)
 
 
 @dataclass(frozen=True, slots=True)

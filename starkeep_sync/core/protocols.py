@@ -8,13 +8,14 @@ storage client.
 
 from __future__ import annotations
 
-from collections.abc import Collection, Mapping, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import IO, Any, Protocol, runtime_checkable
 
 from .hlc import ClockState, HLCTimestamp
 from .records import AppSyncableNamespace, AppSyncableRowEntry, DataRecord
+from .staged import RejectedItem, StagedBlob
 
 Watermarks = dict[str, HLCTimestamp]
 
@@ -267,6 +268,58 @@ class SyncStateStore(Protocol):
     def set_hlc_clock_state(self, state: ClockState) -> None: ...
 
 
+@runtime_checkable
+class BlobStateStore(Protocol):
+    """A ``SyncStateStore`` that keeps the requester's blob state durably (PROTOCOL §5c).
+
+    The memory, SQLite and ORM state stores all do; with one that does not, the
+    engine keeps it in memory for the life of the process (``MemoryBlobState``).
+    Implementations are safe to call from several threads.
+    """
+
+    def stage_blobs(self, entries: Iterable[StagedBlob]) -> None:
+        """Add or replace entries by ``ref``; an entry for the same ref and key keeps its attempts
+        and backoff (and stays wanted if it was)."""
+        ...
+
+    def staged_blobs(self, *, due_at: float | None = None, limit: int | None = None) -> list[StagedBlob]:
+        """Every entry (``due_at=None``), or the wanted ones whose ``next_attempt`` is at or before
+        ``due_at``; soonest first, at most ``limit``."""
+        ...
+
+    def staged_for(self, refs: Collection[str]) -> list[StagedBlob]:
+        """The entries of these refs (those staged)."""
+        ...
+
+    def update_staged(self, entries: Iterable[StagedBlob]) -> None:
+        """Store new attempts, backoff, error or wantedness of entries still staged for the same key."""
+        ...
+
+    def unstage_blobs(self, refs: Collection[str]) -> None: ...
+
+    def staged_totals(self) -> tuple[int, int]:
+        """How many entries, and their declared bytes."""
+        ...
+
+    def remote_keys_known(self, keys: Collection[str]) -> set[str]:
+        """Those of ``keys`` the peer is known to hold."""
+        ...
+
+    def remember_remote_keys(self, keys: Collection[str]) -> None: ...
+
+    def forget_remote_keys(self, keys: Collection[str] | None = None) -> None:
+        """Forget these keys, or all (``None``: the peer lost data)."""
+        ...
+
+    def reject_items(self, items: Iterable[RejectedItem]) -> None:
+        """Remember refused versions, one per ref (the latest replaces an older one)."""
+        ...
+
+    def rejected_items(self) -> list[RejectedItem]: ...
+
+    def clear_rejected(self, refs: Collection[str]) -> None: ...
+
+
 class SyncTransport(Protocol):
     """How a requester reaches its responder.
 
@@ -284,6 +337,7 @@ __all__ = [
     "AppSyncableApplier",
     "AppSyncableNamespaceStore",
     "BatchApplier",
+    "BlobStateStore",
     "DatabaseAdapter",
     "ObjectStorage",
     "PrefetchTransport",

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 from ..core.constants import LOGGER_NAME
 from ..core.engine import ExchangeResult, SyncEngine
-from ..core.exceptions import SyncTransportError
+from ..core.exceptions import ItemsRejected, SyncTransportError
 
 logger = logging.getLogger(LOGGER_NAME)
 
@@ -59,8 +59,13 @@ def sync_until_done(
     *,
     max_rounds: int = 1000,
     on_round: RoundCallback | None = None,
+    strict: bool = False,
 ) -> list[ExchangeResult]:
-    """Run rounds while ``has_more``; errors propagate. Raises ``RuntimeError`` past ``max_rounds``."""
+    """Run rounds while ``has_more``; errors propagate. Raises ``RuntimeError`` past ``max_rounds``.
+
+    With ``strict``, items the peer rejected for good during these rounds raise
+    ``ItemsRejected`` once the rounds are done (they are reported in the results either way).
+    """
     results: list[ExchangeResult] = []
     for n in range(1, max_rounds + 1):
         started = time.monotonic()
@@ -74,6 +79,9 @@ def sync_until_done(
         if on_round is not None:
             on_round(RoundReport(n, result, None, time.monotonic() - started))
         if not result.has_more:
+            rejected = [r for res in results for r in res.rejected]
+            if strict and rejected:
+                raise ItemsRejected(rejected)
             return results
     raise RuntimeError(f"still has_more after {max_rounds} rounds; is another writer outpacing this sync?")
 

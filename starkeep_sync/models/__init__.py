@@ -1,7 +1,7 @@
 from .credentials import AppSecret, DeviceToken
 from .namespaces import AppNamespace, AppTable
 from .records import AppRow, Blob, FileRecord, NodeCoverage, SharedRecord
-from .state import ChannelActivity, PeerSyncState, ServerClock
+from .state import ChannelActivity, PeerRejectedItem, PeerRemoteKey, PeerStagedBlob, PeerSyncState, ServerClock
 
 __all__ = [
     "AppNamespace",
@@ -13,6 +13,9 @@ __all__ = [
     "DeviceToken",
     "FileRecord",
     "NodeCoverage",
+    "PeerRejectedItem",
+    "PeerRemoteKey",
+    "PeerStagedBlob",
     "PeerSyncState",
     "ServerClock",
     "SharedRecord",

@@ -34,6 +34,67 @@ class PeerSyncState(models.Model):
         return f"{self.peer_url} [{self.channel}]"
 
 
+class PeerStagedBlob(models.Model):
+    """One entry of a ``PeerSyncState``'s staged set: a blob wanted here whose metadata landed (PROTOCOL §5c).
+
+    ``ref`` names the record or row (see ``starkeep_sync.core.staged.ref_of``);
+    ``ref_digest`` (its sha256) is what the uniqueness rule indexes, as refs can
+    be longer than an index entry allows.
+    """
+
+    peer = models.ForeignKey(PeerSyncState, on_delete=models.CASCADE, related_name="staged_blobs")
+    ref_digest = models.CharField(max_length=64)
+    ref = models.TextField()
+    item_id = models.TextField()
+    key = models.CharField(max_length=1024)
+    file_hash = models.CharField(max_length=128, blank=True)
+    size = models.BigIntegerField(default=0)
+    mime_type = models.CharField(max_length=255, null=True, blank=True)
+    wanted = models.BooleanField(default=True)
+    attempts = models.IntegerField(default=0)
+    next_attempt = models.FloatField(default=0.0)
+    last_error = models.TextField(blank=True)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["peer", "ref_digest"], name="starkeep_staged_unique"),
+        ]
+        indexes = [models.Index(fields=["peer", "wanted", "next_attempt"], name="starkeep_staged_due")]
+        verbose_name = "staged blob"
+
+    def __str__(self) -> str:
+        return f"{self.item_id} ({self.key})"
+
+
+class PeerRemoteKey(models.Model):
+    """A blob key the peer of a ``PeerSyncState`` is known to hold, so it is never uploaded again."""
+
+    peer = models.ForeignKey(PeerSyncState, on_delete=models.CASCADE, related_name="remote_keys")
+    key = models.CharField(max_length=1024)
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["peer", "key"], name="starkeep_remote_key_unique")]
+
+
+class PeerRejectedItem(models.Model):
+    """A version whose blob the peer refused for good; it ships again once written anew."""
+
+    peer = models.ForeignKey(PeerSyncState, on_delete=models.CASCADE, related_name="rejected_items")
+    ref_digest = models.CharField(max_length=64)
+    ref = models.TextField()
+    item_id = models.TextField()
+    hlc = models.CharField(max_length=200)
+    key = models.CharField(max_length=1024)
+    reason = models.TextField()
+    at = models.FloatField()
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["peer", "ref_digest"], name="starkeep_rejected_unique")]
+
+    def __str__(self) -> str:
+        return f"{self.item_id}: {self.reason}"
+
+
 class ChannelActivityManager(models.Manager["ChannelActivity"]):
     def count_exchange(self, owner: Any, channel: str, refusal: str | None = None) -> None:
         """Count one exchange of ``owner`` on ``channel``, keeping ``refusal`` as the last error.

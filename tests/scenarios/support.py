@@ -231,16 +231,21 @@ def converge(pair: Pair, channel: str, **kw: Any) -> list[ExchangeResult]:
     return results
 
 
-def synced_ids(pair: Pair, channel: str, **kw: Any) -> list[list[str]]:
-    """Subscribe to ``local-data-synced`` on the engine for ``channel``; the list fills as rounds run."""
+def events(pair: Pair, channel: str, event_type: str, **kw: Any) -> list[list[str]]:
+    """Subscribe to ``event_type`` on the engine for ``channel``; the list fills as rounds run."""
     seen: list[list[str]] = []
 
     def listener(event: ChangeEvent) -> None:
-        if event.event_type == LOCAL_DATA_SYNCED:
+        if event.event_type == event_type:
             seen.append(list(event.record_ids))
 
     pair.engine(channel, **kw).change_notifier.subscribe(listener)
     return seen
+
+
+def synced_ids(pair: Pair, channel: str, **kw: Any) -> list[list[str]]:
+    """The ids of each ``local-data-synced`` event on the engine for ``channel``, as rounds run."""
+    return events(pair, channel, LOCAL_DATA_SYNCED, **kw)
 
 
 def assert_sides_equal(pair: Pair, dt: DataType) -> dict[str, Any]:

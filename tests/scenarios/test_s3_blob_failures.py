@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from starkeep_sync import RecordResidency
+from starkeep_sync.core.constants import BLOB_RESIDENT
 from tests.harness import FlakyStorage
 from tests.scenarios.support import (
     BLOB_TYPES,
@@ -13,6 +14,7 @@ from tests.scenarios.support import (
     assert_converged_round,
     assert_same,
     echoed,
+    events,
     synced_ids,
 )
 
@@ -83,42 +85,47 @@ def test_S3_003_download_fails_metadata_applied_blob_staged(pair, dt: DataType):
 
     assert r.applied == 2  # both metadata rows are newly here, the stuck one staged
     assert r.failed_pulls == [dt.blob_key(stuck)]
-    assert not r.has_more
+    assert not r.has_more  # a staged blob never asks for another round
     assert synced == [["first", "stuck"]]  # staged ids are announced too
     assert dt.get(pair.local, "stuck") == stuck
     assert pair.local.residency(dt.get(pair.local, "stuck")) == RecordResidency.STAGED
     assert pair.local.residency(dt.get(pair.local, "first")) == RecordResidency.RESIDENT
+    assert (r.staged, [e.key for e in r.staged_failing]) == (1, [dt.blob_key(stuck)])
     own = pair.watermarks(dt.channel)[0]
-    assert own["cloud"] == dt.hlc(first)  # behind the staged record
+    assert own["cloud"] == dt.hlc(stuck)  # metadata landed: the staged set owns the blob now
+    assert dt.hlc(first) < dt.hlc(stuck)
 
-    # Persistent: every later round asks again, re-applies nothing, announces nothing.
-    for _ in range(2):
+    # Persistent: every later round fetches again from the staged set; no metadata is asked again.
+    for attempt in (2, 3):
         r = pair.sync(dt.channel, local_storage=flaky)
-        assert (r.applied, r.received, r.failed_pulls) == (0, 1, [dt.blob_key(stuck)])
+        assert (r.applied, r.received, r.failed_pulls) == (0, 0, [dt.blob_key(stuck)])
+        assert [e.attempts for e in r.staged_failing] == [attempt]
         assert pair.local.residency(dt.get(pair.local, "stuck")) == RecordResidency.STAGED
-        assert pair.watermarks(dt.channel)[0]["cloud"] == dt.hlc(first)
+        assert pair.watermarks(dt.channel)[0]["cloud"] == dt.hlc(stuck)
     assert synced == [["first", "stuck"]]
 
 
 @blob_types
-def test_S3_004_download_fails_transiently_round_two_pulls_and_advances(pair, dt: DataType):
+def test_S3_004_download_fails_transiently_round_two_pulls_it_from_the_staged_set(pair, dt: DataType):
     dt.insert(pair.cloud, "flaky", "flaky")
     item = dt.get(pair.cloud, "flaky")
     flaky = FlakyStorage(pair.local.storage)
     flaky.fail_once.add(dt.blob_key(item))
     synced = synced_ids(pair, dt.channel, local_storage=flaky)
+    resident = events(pair, dt.channel, BLOB_RESIDENT, local_storage=flaky)
 
     r1 = pair.sync(dt.channel, local_storage=flaky)
-    assert (r1.applied, r1.failed_pulls, r1.has_more) == (1, [dt.blob_key(item)], False)
+    assert (r1.applied, r1.failed_pulls, r1.has_more, r1.staged) == (1, [dt.blob_key(item)], False, 1)
     assert pair.local.residency(dt.get(pair.local, "flaky")) == RecordResidency.STAGED
-    assert "cloud" not in pair.watermarks(dt.channel)[0]
+    assert pair.watermarks(dt.channel)[0]["cloud"] == dt.hlc(item)
 
     r2 = pair.sync(dt.channel, local_storage=flaky)
-    assert (r2.applied, r2.received, r2.has_more) == (0, 1, False)  # blob retry, metadata already here
+    assert (r2.applied, r2.received, r2.has_more) == (0, 0, False)  # blob retry only: no metadata again
     assert not r2.errors
+    assert (r2.resident, r2.staged) == (["flaky"], 0)
     assert_blob_resident(pair.local, dt, item)
-    assert pair.watermarks(dt.channel)[0]["cloud"] == dt.hlc(item)
     assert synced == [["flaky"]]  # announced once, when its metadata landed
+    assert resident == [["flaky"]]
     assert_converged_round(pair, dt.channel, local_storage=flaky)
 
 
@@ -168,16 +175,16 @@ def test_S3_006_download_failure_mid_run_blocks_only_that_node(pair, dt: DataTyp
     for rid in ("C1", "Y1", "Y2", "Y3"):
         assert_blob_resident(pair.local, dt, assert_same(pair, dt, rid))
     assert pair.local.residency(dt.get(pair.local, "C2")) == RecordResidency.STAGED
+    assert_blob_resident(pair.local, dt, assert_same(pair, dt, "C3"))  # not held back by C2
     own = pair.watermarks(dt.channel)[0]
-    assert own["cloud"] == dt.hlc(dt.get(pair.cloud, "C1"))
+    assert own["cloud"] == dt.hlc(dt.get(pair.cloud, "C3"))
     assert own["nodeY"] == dt.hlc(dt.get(pair.cloud, "Y3"))
+    assert r1.applied == 6  # every item's metadata applied in round 1
 
     r2 = pair.sync(dt.channel, local_storage=flaky)
     assert not r2.errors and not r2.has_more
-    for rid in ("C2", "C3"):
-        assert_blob_resident(pair.local, dt, assert_same(pair, dt, rid))
-    assert pair.watermarks(dt.channel)[0]["cloud"] == dt.hlc(dt.get(pair.cloud, "C3"))
-    assert r1.applied + r2.applied == 6  # every item's metadata applied exactly once
+    assert (r2.applied, r2.received, r2.resident) == (0, 0, ["C2"])
+    assert_blob_resident(pair.local, dt, assert_same(pair, dt, "C2"))
     assert_converged_round(pair, dt.channel, local_storage=flaky)
 
 
@@ -214,7 +221,8 @@ def test_S3_007b_cloud_record_without_blob_arrives_staged(pair, dt: DataType):
 
     assert (r.applied, r.failed_pulls, r.has_more) == (1, [dt.blob_key(orphan)], False)
     assert pair.local.residency(dt.get(pair.local, "orphan")) == RecordResidency.STAGED
-    assert "cloud" not in pair.watermarks(dt.channel)[0]
+    assert pair.watermarks(dt.channel)[0]["cloud"] == dt.hlc(orphan)
+    assert r.staged == 1
 
 
 @blob_types
