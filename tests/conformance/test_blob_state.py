@@ -14,6 +14,7 @@ PostgreSQL in tier 2, selected by ``STARKEEP_TEST_DATABASE_URL`` as for
 from __future__ import annotations
 
 import sqlite3
+import threading
 from collections.abc import Callable, Iterator
 from dataclasses import replace
 from pathlib import Path
@@ -25,6 +26,7 @@ from starkeep_sync.core.hlc import HLCTimestamp
 from starkeep_sync.core.protocols import BlobStateStore
 from starkeep_sync.core.staged import RejectedItem, StagedBlob, ref_of
 from starkeep_sync.core.state import MemorySyncStateStore, SqliteSyncStateStore
+from starkeep_sync.core.wire import MAX_HASH_LENGTH, MAX_NAME_LENGTH, MAX_STORAGE_KEY_LENGTH
 
 from .contract import hlc
 
@@ -56,6 +58,8 @@ class BlobStateContract:
 
     #: Whether a reopened store sees what the first one wrote (not for the memory store).
     durable = True
+    #: Whether the test may call the store from threads of its own.
+    threaded = True
 
     def test_is_a_blob_state_store(self, store: BlobStateStore) -> None:
         assert isinstance(store, BlobStateStore)
@@ -73,6 +77,22 @@ class BlobStateContract:
         store.stage_blobs([e, app_row])
         assert by_ref(store.staged_blobs()) == {e.ref: e, app_row.ref: app_row}
         assert store.staged_for([app_row.ref, ref("absent")]) == [app_row]
+
+    def test_the_longest_values_the_wire_allows_are_kept_whole(self, store: BlobStateStore) -> None:
+        # Whatever a record may carry on the wire (PROTOCOL §4) must fit in the staged set and the rejected items.
+        key = "shared/image/ab/" + "a" * (MAX_STORAGE_KEY_LENGTH - len("shared/image/ab/"))
+        long_hash = "sha512-" + "f" * (MAX_HASH_LENGTH - len("sha512-"))
+        mime = "image/" + "x" * (MAX_NAME_LENGTH - len("image/"))
+        rid = "r" * MAX_NAME_LENGTH
+        e = StagedBlob(ref(rid), rid, key, long_hash, 2**40, mime, True, 0, 0.0, "")
+        store.stage_blobs([e])
+        assert store.staged_blobs() == [e]
+        assert store.staged_totals() == (1, 2**40)
+        store.remember_remote_keys([key])
+        assert store.remote_keys_known([key]) == {key}
+        item = RejectedItem(ref(rid), rid, HLCTimestamp(2**47, 65535, "n" * 128), key, "reason " * 400, 1.5)
+        store.reject_items([item])
+        assert store.rejected_items() == [item]
 
     def test_restaging_the_same_key_keeps_attempts_backoff_and_error(self, store: BlobStateStore) -> None:
         store.stage_blobs([entry("r1")])
@@ -222,6 +242,32 @@ class BlobStateContract:
         assert [e.item_id for e in store.staged_blobs()] == ["r1"]
         assert [r.item_id for r in store.rejected_items()] == ["r1"]
 
+    def test_safe_to_call_from_several_threads(self, store: BlobStateStore) -> None:
+        if not self.threaded:
+            pytest.skip("the Django test database is bound to the test's own connection")
+        errors: list[BaseException] = []
+
+        def work(n: int) -> None:
+            try:
+                mine = [entry(f"t{n}-{i}", f"shared/image/{n:02x}/{n:02x}{i:062x}", size=1) for i in range(150)]
+                store.stage_blobs(mine)
+                store.remember_remote_keys([e.key for e in mine])
+                store.update_staged([replace(e, attempts=1) for e in mine[:50]])
+                store.unstage_blobs([e.ref for e in mine[100:]])
+                store.reject_items([rejected(f"t{n}", at=float(n))])
+            except BaseException as err:  # reported by the main thread
+                errors.append(err)
+
+        threads = [threading.Thread(target=work, args=(n,)) for n in range(8)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert errors == []
+        assert store.staged_totals() == (800, 800)
+        assert sum(e.attempts for e in store.staged_blobs()) == 400
+        assert len(store.rejected_items()) == 8
+
     def test_a_reopened_store_sees_the_same_state(self, store: BlobStateStore,
                                                   reopen: Callable[[], BlobStateStore]) -> None:
         if not self.durable:
@@ -297,6 +343,7 @@ class TestSqliteBlobState(BlobStateContract):
 
 @pytest.mark.django_db
 class TestOrmBlobState(BlobStateContract):
+    threaded = False
     PEER = "https://cloud.example/sync"
 
     @pytest.fixture

@@ -351,6 +351,20 @@ def test_lazy_fetch_blobs_that_fails_is_retried_by_later_rounds() -> None:
     assert resident(pair.local, record)
 
 
+def test_fetch_blobs_fetches_every_asked_blob_at_once_whatever_the_round_budget() -> None:
+    """PROTOCOL §5c: a lazy entry becomes due when the application asks, "e.g. engine.fetch_blobs([record_id]),
+    which fetches at once"; the per-round budget bounds what a round fetches on its own, not an explicit ask."""
+    pair = memory_pair()
+    records = [write(pair.cloud, f"r{i}", bytes([i]) * 100) for i in range(6)]
+    remote = Remote(pair.cloud.storage)
+    engine = make_engine(pair, remote, blob_policy="lazy", fetch_budget_bytes=150)
+    engine.exchange()
+    got = engine.fetch_blobs(["r0", "r1", "r2", "r3"])
+    assert sorted(got.resident) == ["r0", "r1", "r2", "r3"], (got.resident, got.failed_pulls)
+    assert sorted(remote.opens) == sorted(records[i].object_storage_key for i in range(4))
+    assert got.staged == 2
+
+
 def test_a_callable_policy_fetches_small_blobs_eagerly_and_leaves_large_ones_on_demand() -> None:
     pair = memory_pair()
     small = [write(pair.cloud, f"small{i}", os.urandom(50)) for i in range(3)]
