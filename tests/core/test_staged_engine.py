@@ -567,6 +567,32 @@ def test_a_pulled_blob_is_known_to_the_peer_and_never_pushed_back() -> None:
     assert (r.shipped, r.pushed_bytes, remote.puts, remote.has_calls) == (1, 0, [], [])
 
 
+def test_blobs_uploaded_in_a_round_whose_exchange_failed_are_not_uploaded_again() -> None:
+    pair = memory_pair()
+    records = [write(pair.local, f"r{i}", os.urandom(500)) for i in range(3)]
+    remote = Remote(pair.cloud.storage)
+    engine = make_engine(pair, remote)
+    inner = engine.transport
+    calls = {"n": 0}
+
+    class DropsTheFirstRequest:
+        def exchange(self, request: Any) -> Any:
+            calls["n"] += 1
+            if calls["n"] == 1:
+                raise SyncTransportError("connection reset", code="connection_error")
+            return inner.exchange(request)
+
+    engine.transport = DropsTheFirstRequest()  # type: ignore[assignment]
+    with pytest.raises(SyncTransportError):
+        engine.exchange()
+    assert sorted(remote.puts) == sorted(r.object_storage_key for r in records)  # the blobs went up
+    assert pair.cloud.database.all() == []  # the metadata did not
+    remote.reset()
+    r = engine.exchange()
+    assert (r.shipped, r.pushed_bytes, remote.puts, remote.has_calls) == (3, 0, [], [])
+    assert all(pair.cloud.database.get(x.id) == x for x in records)
+
+
 # -- entries leaving the set ------------------------------------------------------------------------------
 
 
@@ -752,6 +778,9 @@ def test_a_rejection_survives_a_new_engine_on_the_same_state() -> None:
     pytest.param(SyncTransportError("service unavailable", status=503), id="503"),
     pytest.param(SyncTransportError("too many requests", status=429), id="429"),
     pytest.param(OSError("connection reset"), id="network"),
+    # The server's own disk is full (not the owner's quota): its operator frees space and the same upload succeeds.
+    pytest.param(SyncTransportError("The server's blob storage is full; nothing of this blob was stored.",
+                                    status=507, code="insufficient_storage"), id="507-server-disk-full"),
 ])
 def test_a_transient_push_failure_still_halts_its_node(error: BaseException) -> None:
     pair = memory_pair()

@@ -164,3 +164,22 @@ def test_label_edits_of_a_record_with_a_blob_do_not_upload_it_again(live_server:
     # The server received no blob request at all for these edits: not a PUT, not even a HEAD.
     assert device.session.blob_requests("PUT") == []
     assert device.session.blob_requests("HEAD") == []
+
+
+def test_a_blob_over_the_owners_quota_is_rejected_and_the_records_around_it_ship(
+    live_server: Any, owner: Any, settings: Any
+) -> None:
+    settings.STARKEEP_SYNC = {**settings.STARKEEP_SYNC, "QUOTA_BLOB_BYTES": 4000}
+    device = Device(live_server.url, make_token(owner))
+    before = device.write("before", os.urandom(1000))
+    over = device.write("over", os.urandom(5000))
+    after = device.write("after", os.urandom(1000))
+    r = device.engine.exchange()
+    assert r.shipped == 2 and r.failed_pushes == []
+    assert [x.item_id for x in r.rejected] == ["over"] and "507" in r.rejected[0].reason
+    assert held_by_server(owner, before) and held_by_server(owner, after)
+    assert OrmDatabaseAdapter(owner).get("over") is None
+    assert device.rejected_events == [["over"]]
+    again = device.engine.exchange()
+    assert (again.shipped, again.rejected, again.failed_pushes) == (0, [], [])
+    assert len([p for p in device.session.blob_requests("PUT") if p.endswith(over.object_storage_key)]) == 1
