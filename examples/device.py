@@ -18,7 +18,14 @@ from pathlib import Path
 # Runnable from a checkout without installing.
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from starkeep_sync import HLCClock, SyncError, create_data_record, create_sync_engine, shared_object_key
+from starkeep_sync import (
+    HLCClock,
+    SyncError,
+    TransferProgress,
+    create_data_record,
+    create_sync_engine,
+    shared_object_key,
+)
 from starkeep_sync.client import HttpObjectStorage, create_http_sync_transport
 from starkeep_sync.device.sqlite import SqliteDeviceStore
 from starkeep_sync.device.supervisor import sync_until_done
@@ -57,7 +64,7 @@ def main(argv: list[str] | None = None) -> int:
         local_database=store.database, local_storage=store.storage,
         remote_storage=HttpObjectStorage(base, auth=args.token),
         transport=create_http_sync_transport(base_url=base, auth=args.token),
-        clock=clock, sync_state=state,
+        clock=clock, sync_state=state, on_progress=show_progress,
     )
     try:
         results = sync_until_done(engine)
@@ -72,11 +79,27 @@ def main(argv: list[str] | None = None) -> int:
     held = len(store.database.all())
     print(f"{node_id}: {len(results)} round(s), shipped {shipped}, received {applied}, "
           f"{moved} bytes moved; {held} records held")
-    failures = engine.blob_failures
-    for key, f in failures.items():
-        print(f"  failing {f.direction} {key}: {f.last_error}", file=sys.stderr)
+    last = results[-1]
+    if last.staged:
+        print(f"  {last.staged} blob(s) staged ({last.staged_bytes} bytes): metadata here, bytes not yet")
+    for entry in last.staged_failing:
+        print(f"  staged {entry.item_id} ({entry.key}): {entry.attempts} attempt(s), {entry.last_error}",
+              file=sys.stderr)
+    for item in (r for res in results for r in res.rejected):
+        print(f"  rejected by the server: {item.item_id}: {item.reason}", file=sys.stderr)
+    failing = bool(last.staged_failing or last.failed_pushes or any(r.rejected for r in results))
     store.close()
-    return 1 if failures else 0
+    return 1 if failing else 0
+
+
+def show_progress(p: TransferProgress) -> None:
+    """Blob transfers as they go, on one terminal line (nothing when output is not a terminal)."""
+    if not sys.stderr.isatty():
+        return
+    verb = "uploading" if p.direction == "push" else "downloading"
+    end = "\n" if p.items_done == p.items_total and p.bytes_done >= p.bytes_total else ""
+    print(f"\r{verb} {p.items_done}/{p.items_total} blobs, {p.bytes_done}/{p.bytes_total} bytes",
+          end=end, file=sys.stderr, flush=True)
 
 
 if __name__ == "__main__":

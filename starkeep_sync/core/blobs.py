@@ -97,18 +97,22 @@ class TransferFailure:
 #: HTTP statuses of a blob upload that no retry can fix (PROTOCOL §5c): a bad key or bytes that do not
 #: match their hash (400), a key outside the channel (403), too large (413), over the owner's quota (507).
 PERMANENT_PUSH_STATUSES = frozenset({400, 403, 413, 507})
+#: ...except a 507 that says the server's own disk is full: its operator frees space and the retry works.
+TRANSIENT_PUSH_CODES = frozenset({"insufficient_storage"})
 
 
 def is_permanent_push_failure(err: BaseException | None) -> bool:
     """Whether a failed upload would fail the same way if tried again.
 
     A local blob whose bytes no longer hash to its key or content hash, and the
-    peer's refusals listed in ``PERMANENT_PUSH_STATUSES``. Network errors, 5xx,
-    429 and a blob not (yet) held locally are transient.
+    peer's refusals listed in ``PERMANENT_PUSH_STATUSES`` (but for
+    ``TRANSIENT_PUSH_CODES``). Network errors, 5xx, 429 and a blob not (yet)
+    held locally are transient.
     """
     if isinstance(err, BlobIntegrityError):
         return True
-    return isinstance(err, SyncTransportError) and err.status in PERMANENT_PUSH_STATUSES
+    return (isinstance(err, SyncTransportError) and err.status in PERMANENT_PUSH_STATUSES
+            and err.code not in TRANSIENT_PUSH_CODES)
 
 
 @dataclass(slots=True)

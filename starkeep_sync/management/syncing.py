@@ -6,6 +6,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from django.db import connections
 from django.utils import timezone
 
 from ..adapters import DjangoObjectStorage, OrmAppSource, OrmDatabaseAdapter, OrmSyncStateStore
@@ -16,6 +17,8 @@ from ..core.constants import DEFAULT_PAGE_LIMIT, DRIVE_APP_ID
 from ..core.engine import SyncEngine, create_sync_engine, response_of
 from ..core.exceptions import SyncError
 from ..core.hlc import HLCClock, HLCTimestamp, serialize_hlc
+from ..core.staged import BlobPolicy
+from ..core.transfers import DEFAULT_TRANSFER_CONCURRENCY
 from ..core.wire import SyncExchangeRequest, SyncExchangeResponse
 from ..device.supervisor import RoundReport
 from ..models import AppNamespace
@@ -103,12 +106,15 @@ class Requester:
         row.save(update_fields=["last_error", "failed_transfers", "last_exchange_at"])
 
     def close(self) -> None:
+        self.engine.close()
         self.transport.close()
         self.remote_storage.close()
 
 
 def build_requester(*, owner: Any, url: str, channel: str, token: str, node_id: str,
-                    page_limit: int = DEFAULT_PAGE_LIMIT, timeout: float = 30.0) -> Requester:
+                    page_limit: int = DEFAULT_PAGE_LIMIT, timeout: float = 30.0,
+                    transfer_concurrency: int = DEFAULT_TRANSFER_CONCURRENCY,
+                    blob_policy: BlobPolicy = "eager") -> Requester:
     """An engine syncing ``owner``'s data on ``channel`` with the server at ``url``."""
     url = url.rstrip("/")
     if not url.startswith(("http://", "https://")):
@@ -133,6 +139,10 @@ def build_requester(*, owner: Any, url: str, channel: str, token: str, node_id: 
         sync_shared_records=drive,
         page_limit=page_limit,
         app_id=None if drive else channel,
+        transfer_concurrency=transfer_concurrency,
+        blob_policy=blob_policy,
+        # Blobs land through DjangoObjectStorage on transfer threads, each with its own connection.
+        after_transfer=connections.close_all,
     )
     # What an earlier run learnt of the remote's coverage refuses a shared node id before any request.
     transport.check(state.get_peer_watermarks().get(node_id))

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 from django.contrib.auth import get_user_model
 from django.core.management.base import BaseCommand, CommandError, CommandParser
-from django.db.models import Count, Q
+from django.db.models import Count, Q, Sum
 
 from starkeep_sync.core.constants import DRIVE_APP_ID, FILE_RECORDS_TABLE
 from starkeep_sync.core.hlc import deserialize_hlc
@@ -24,7 +25,9 @@ def _coverage_text(rows: list[tuple[str, str]]) -> str:
 class Command(BaseCommand):
     help = (
         "Show, per owner and channel: record and row counts, per-node coverage, staged records whose "
-        "blob is missing here, failing blob transfers, and the last exchange and error."
+        "blob is missing here, failing blob transfers, and the last exchange and error; for each remote "
+        "this instance syncs with, its staged blobs (with attempts and last error) and the items the "
+        "remote refused for good."
     )
 
     def add_arguments(self, parser: CommandParser) -> None:
@@ -87,7 +90,27 @@ class Command(BaseCommand):
             for key, f in sorted(peer.failed_transfers.items()):
                 self.stdout.write(self.style.WARNING(
                     f"    failing {f['direction']} of {key}: {f['attempts']} attempt(s), last error {f['last_error']}"))
+            self._peer_blobs(peer)
         return True
+
+    def _peer_blobs(self, peer: PeerSyncState, shown: int = 20) -> None:
+        """The staged set and the rejected items of this instance as a requester (PROTOCOL §5c)."""
+        staged = peer.staged_blobs.order_by("-attempts", "next_attempt", "pk")
+        total = staged.aggregate(n=Count("pk"), size=Sum("size"))
+        if total["n"]:
+            waiting = staged.filter(wanted=False).count()
+            lazy = f", {waiting} waiting to be asked for (lazy)" if waiting else ""
+            self.stdout.write(f"    staged blobs: {total['n']} ({total['size'] or 0} bytes){lazy}")
+            now = time.time()
+            for entry in staged.filter(attempts__gt=0)[:shown]:
+                due = "due now" if entry.next_attempt <= now else f"next try in {entry.next_attempt - now:.0f} s"
+                self.stdout.write(self.style.WARNING(
+                    f"      {entry.item_id} ({entry.key}): {entry.attempts} attempt(s), {due}, "
+                    f"last error {entry.last_error}"))
+        for item in peer.rejected_items.order_by("at", "pk")[:shown]:
+            self.stdout.write(self.style.ERROR(
+                f"    rejected by the peer: {item.item_id} ({item.key}) at {item.hlc}: {item.reason}. "
+                "Fix the cause, then save the record again."))
 
     def _activity(self, activity: ChannelActivity | None) -> None:
         if activity is None:

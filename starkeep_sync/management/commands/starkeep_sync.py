@@ -12,7 +12,8 @@ from django.core.management.base import BaseCommand, CommandError, CommandParser
 from starkeep_sync.conf import sync_settings
 from starkeep_sync.core.constants import DRIVE_APP_ID
 from starkeep_sync.core.engine import ExchangeResult
-from starkeep_sync.core.exceptions import SyncError
+from starkeep_sync.core.exceptions import ItemsRejected, SyncError
+from starkeep_sync.core.transfers import DEFAULT_TRANSFER_CONCURRENCY, TransferProgress
 from starkeep_sync.device.supervisor import Backoff, RoundReport, SyncSupervisor, sync_until_done
 from starkeep_sync.management.syncing import build_requester
 
@@ -36,11 +37,13 @@ class Progress:
         self.items = self.bytes = self.rounds = self.completed = self.errors = 0
         self.pending: int | None = None
         self.last: ExchangeResult | None = None
+        self.results: list[ExchangeResult] = []
 
     def update(self, report: RoundReport) -> None:
         self.rounds += 1
         if report.result is not None:
             r = self.last = report.result
+            self.results.append(r)
             self.completed += 1
             self.items += r.applied + r.shipped
             self.bytes += r.bytes_moved
@@ -49,6 +52,19 @@ class Progress:
         else:
             self.errors += 1
         self.out.write(self.line(), ending="\r" if self.tty else "\n")
+        if self.tty:
+            self.out.flush()
+
+    def blobs(self, p: TransferProgress) -> None:
+        """Blob transfers as they go: every step on a terminal, a batch's start and end in a log."""
+        if not self.tty and p.key is not None and p.items_done < p.items_total:
+            return
+        if not self.tty and p.key is not None and p.bytes_done < p.bytes_total and p.items_done == p.items_total:
+            return  # the last blob's own byte steps; its end is reported once below
+        verb = "uploading" if p.direction == "push" else "downloading"
+        line = (f"{verb} blobs: {p.items_done}/{p.items_total}, "
+                f"{human_bytes(p.bytes_done)} of {human_bytes(p.bytes_total)}")
+        self.out.write(line, ending="\r" if self.tty else "\n")
         if self.tty:
             self.out.flush()
 
@@ -102,6 +118,14 @@ class Command(BaseCommand):
         parser.add_argument("--timeout", type=float, default=30.0, help="HTTP timeout in seconds.")
         parser.add_argument("--max-cycles", type=int, default=None,
                             help="With --watch, stop after this many cycles (for scripts and tests).")
+        parser.add_argument("--transfer-concurrency", type=int, default=DEFAULT_TRANSFER_CONCURRENCY,
+                            help="Most blob uploads or downloads at once (default %(default)s).")
+        parser.add_argument("--blobs", choices=["eager", "lazy"], default="eager",
+                            help="'eager' (default) downloads every blob the synced records name; 'lazy' "
+                                 "syncs metadata only and leaves the blobs staged (see starkeep_status).")
+        parser.add_argument("--strict", action="store_true",
+                            help="Fail (exit status 1) when the remote refuses a blob for good, e.g. one over "
+                                 "its size limit or quota, once the other items are synced.")
 
     def handle(self, *args: Any, **options: Any) -> None:
         token = options["token"] or os.environ.get(TOKEN_ENV)
@@ -111,6 +135,8 @@ class Command(BaseCommand):
             raise CommandError("--page-limit must be at least 1.")
         if options["interval"] <= 0:
             raise CommandError("--interval must be positive.")
+        if options["transfer_concurrency"] < 1:
+            raise CommandError("--transfer-concurrency must be at least 1.")
         model = get_user_model()
         try:
             owner = model.objects.get(**{model.USERNAME_FIELD: options["user"]})
@@ -120,12 +146,14 @@ class Command(BaseCommand):
             requester = build_requester(
                 owner=owner, url=options["url"], channel=options["channel"], token=token,
                 node_id=options["node_id"] or sync_settings.NODE_ID, page_limit=options["page_limit"],
-                timeout=options["timeout"],
+                timeout=options["timeout"], transfer_concurrency=options["transfer_concurrency"],
+                blob_policy=options["blobs"],
             )
         except (SyncError, ValueError) as err:
             raise CommandError(str(err)) from err
 
         progress = Progress(self.stdout, tty=self.stdout.isatty() if hasattr(self.stdout, "isatty") else False)
+        requester.engine.on_progress = progress.blobs
         on_round = progress.update
         try:
             if options["watch"]:
@@ -141,7 +169,12 @@ class Command(BaseCommand):
                 requester.record(report)
                 on_round(report)
             else:
-                sync_until_done(requester.engine, on_round=lambda r: (requester.record(r), on_round(r)))
+                sync_until_done(requester.engine, on_round=lambda r: (requester.record(r), on_round(r)),
+                                strict=options["strict"])
+        except ItemsRejected as err:
+            requester.close()
+            raise CommandError(f"{err}. Everything else is synced. Fix the cause, then save the record again "
+                               "(a new version ships).") from err
         except (SyncError, OSError, RuntimeError) as err:
             requester.record(RoundReport(progress.rounds + 1, None, err, 0.0))
             if progress.tty:
@@ -161,6 +194,16 @@ class Command(BaseCommand):
         left = progress.left()
         if left and options["once"]:
             self.stdout.write(self.style.WARNING(f"{left} Run again without --once to sync the rest."))
+        last = progress.last
+        if last is not None and last.staged:
+            failing = f", {len(last.staged_failing)} failing and retried with backoff" if last.staged_failing else ""
+            self.stdout.write(self.style.WARNING(
+                f"{last.staged} blob(s) staged ({human_bytes(last.staged_bytes)}){failing}; "
+                "see manage.py starkeep_status."))
+        rejected = sum(len(r.rejected) for r in progress.results)
+        if rejected:
+            self.stdout.write(self.style.WARNING(
+                f"{rejected} item(s) refused by the remote for good; see manage.py starkeep_status."))
         if failures:
             self.stdout.write(self.style.WARNING(
                 f"{len(failures)} blob transfer(s) failing; they are retried next run "
