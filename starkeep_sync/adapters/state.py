@@ -117,10 +117,13 @@ class OrmSyncStateStore:
                                "next_attempt", "last_error"],
             )
 
-    def staged_blobs(self, *, due_at: float | None = None, limit: int | None = None) -> list[StagedBlob]:
+    def staged_blobs(self, *, due_at: float | None = None, limit: int | None = None,
+                     failing: bool = False) -> list[StagedBlob]:
         rows = PeerStagedBlob.objects.filter(peer=self.state)
         if due_at is not None:
             rows = rows.filter(wanted=True, next_attempt__lte=due_at)
+        if failing:
+            rows = rows.filter(attempts__gt=0)
         rows = rows.order_by("next_attempt", "ref_digest")
         return [_staged_of(r) for r in (rows if limit is None else rows[:limit])]
 

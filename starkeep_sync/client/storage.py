@@ -43,10 +43,10 @@ DEFAULT_CONTENT_TYPE = "application/octet-stream"
 #: A spooled upload stays in memory up to this size, then moves to disk.
 DEFAULT_SPOOL_MEMORY = 8 * 1024 * 1024
 #: ``put_if_absent`` asks ``HEAD`` first from this size on: a conditional PUT of a
-#: key the server already holds would send the whole body for nothing. Below it,
-#: sending costs about what the extra round trip would. (The engine already skips
-#: keys it knows the server holds, so this only matters when it is unsure.)
-DEFAULT_HEAD_FIRST_BYTES = 256 * 1024
+#: key the server already holds would send the whole body for nothing. The engine
+#: skips keys it knows the server holds, so this only matters when it is unsure, and
+#: then mostly for new blobs, which the HEAD would only delay.
+DEFAULT_HEAD_FIRST_BYTES = 4 * 1024 * 1024
 #: A server reads a signed PUT body before it knows the sender, so it caps it (its
 #: MAX_SIGNED_PUT_BYTES, 8 MiB by default): larger signed uploads go through presign.
 DEFAULT_SIGNED_PUT_LIMIT = 8 * 1024 * 1024

@@ -42,6 +42,9 @@ from .wire import SyncExchangeRequest, SyncExchangeResponse, decode_response
 
 logger = logging.getLogger(LOGGER_NAME)
 
+#: Most failing staged entries an ``ExchangeResult`` lists (the staged set may hold many).
+STAGED_FAILING_SHOWN = 100
+
 #: Seconds a prefetched page stays usable (see ``SyncEngine._await_prefetch``).
 PREFETCH_MAX_AGE = 30.0
 
@@ -240,7 +243,7 @@ class SyncEngine:
             self.change_notifier.emit(
                 ChangeEvent(LOCAL_DATA_SYNCED, applied_ids, self.clock.now(), self.channel.app_id)
             )
-        self._fetch_staged(self.blob_state.staged_blobs(due_at=self._now()), result)
+        self._fetch_staged(self.blob_state.staged_blobs(due_at=self._now()), result, self.fetch_budget_bytes)
         self._report_staged(result)
         return result
 
@@ -475,7 +478,7 @@ class SyncEngine:
         result = ExchangeResult(0, 0, False)
         if entries:
             self.blob_state.update_staged(entries)
-            self._fetch_staged(entries, result)
+            self._fetch_staged(entries, result, budget=None)  # asked for by name: the round's budget does not apply
         self._report_staged(result)
         return result
 
@@ -494,7 +497,7 @@ class SyncEngine:
         subject = item.record if item.record is not None else item.entry
         return bool(policy(subject))  # type: ignore[operator, arg-type]
 
-    def _fetch_staged(self, due: list[StagedBlob], result: ExchangeResult) -> None:
+    def _fetch_staged(self, due: list[StagedBlob], result: ExchangeResult, budget: int | None) -> None:
         """Fetch these staged blobs, at most ``transfer_concurrency`` at once.
 
         Entries whose record moved on (another key, deleted, gone) leave the set, as do
@@ -513,7 +516,7 @@ class SyncEngine:
                 arrived.append(entry)
             elif entry.key in by_key:
                 by_key[entry.key].append(entry)
-            elif self.fetch_budget_bytes is None or spent < self.fetch_budget_bytes:
+            elif budget is None or spent < budget:
                 by_key[entry.key] = [entry]
                 spent += entry.size
         manifests = [FileSyncManifest(e[0].file_hash, key, e[0].size, e[0].mime_type) for key, e in by_key.items()]
@@ -565,7 +568,7 @@ class SyncEngine:
     def _report_staged(self, result: ExchangeResult) -> None:
         result.staged, result.staged_bytes = self.blob_state.staged_totals()
         if result.staged:
-            result.staged_failing = [e for e in self.blob_state.staged_blobs() if e.attempts]
+            result.staged_failing = self.blob_state.staged_blobs(failing=True, limit=STAGED_FAILING_SHOWN)
 
     # -- inbound -----------------------------------------------------------------
 

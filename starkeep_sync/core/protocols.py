@@ -282,9 +282,11 @@ class BlobStateStore(Protocol):
         and backoff (and stays wanted if it was)."""
         ...
 
-    def staged_blobs(self, *, due_at: float | None = None, limit: int | None = None) -> list[StagedBlob]:
+    def staged_blobs(self, *, due_at: float | None = None, limit: int | None = None,
+                     failing: bool = False) -> list[StagedBlob]:
         """Every entry (``due_at=None``), or the wanted ones whose ``next_attempt`` is at or before
-        ``due_at``; soonest first, at most ``limit``."""
+        ``due_at``; with ``failing``, only entries with at least one failed attempt; soonest first,
+        at most ``limit``."""
         ...
 
     def staged_for(self, refs: Collection[str]) -> list[StagedBlob]:

@@ -108,10 +108,12 @@ class MemoryBlobState:
                     e = replace(old, wanted=old.wanted or e.wanted)  # keep the history of the same blob
                 self._staged[e.ref] = replace(e)
 
-    def staged_blobs(self, *, due_at: float | None = None, limit: int | None = None) -> list[StagedBlob]:
+    def staged_blobs(self, *, due_at: float | None = None, limit: int | None = None,
+                     failing: bool = False) -> list[StagedBlob]:
         with self._blob_lock:
             found = [replace(e) for e in self._staged.values()
-                     if due_at is None or (e.wanted and e.next_attempt <= due_at)]
+                     if (due_at is None or (e.wanted and e.next_attempt <= due_at))
+                     and (not failing or e.attempts > 0)]
         found.sort(key=lambda e: (e.next_attempt, e.ref))
         return found if limit is None else found[:limit]
 

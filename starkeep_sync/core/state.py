@@ -157,12 +157,15 @@ class SqliteSyncStateStore:
             (_staged_row(e) for e in entries),
         )
 
-    def staged_blobs(self, *, due_at: float | None = None, limit: int | None = None) -> list[StagedBlob]:
+    def staged_blobs(self, *, due_at: float | None = None, limit: int | None = None,
+                     failing: bool = False) -> list[StagedBlob]:
         sql = f"SELECT {_STAGED_COLUMNS} FROM starkeep_sync_staged WHERE namespace = ?"
         params: list[Any] = []
         if due_at is not None:
             sql += " AND wanted = 1 AND next_attempt <= ?"
             params.append(due_at)
+        if failing:
+            sql += " AND attempts > 0"
         sql += " ORDER BY next_attempt, ref"
         if limit is not None:
             sql += " LIMIT ?"
