@@ -25,7 +25,7 @@ from django.contrib import admin, messages
 from django.contrib.admin import helpers
 from django.contrib.auth import get_permission_codename
 from django.core.exceptions import ValidationError
-from django.db.models import Model, QuerySet
+from django.db.models import Count, Model, QuerySet
 from django.http import HttpRequest, HttpResponse, HttpResponseRedirect
 from django.template.response import TemplateResponse
 from django.urls import reverse
@@ -46,6 +46,8 @@ from .models import (
     DeviceToken,
     FileRecord,
     NodeCoverage,
+    PeerRejectedItem,
+    PeerStagedBlob,
     PeerSyncState,
     ServerClock,
     SharedRecord,
@@ -347,10 +349,41 @@ class ChannelActivityAdmin(ReadOnlyAdmin):
     search_fields = ("channel", "last_error")
 
 
+class PeerStagedBlobInline(admin.TabularInline):
+    """Blobs this instance, as a requester, still wants from that peer (PROTOCOL §5c); read-only."""
+
+    model = PeerStagedBlob
+    fields = ("item_id", "key", "size", "wanted", "attempts", "next_attempt", "last_error")
+    readonly_fields = fields
+    extra = 0
+    max_num = 0
+    can_delete = False
+    ordering = ("-attempts", "next_attempt")
+
+
+class PeerRejectedItemInline(admin.TabularInline):
+    """Versions the peer refused for good; saving the record again ships a new version."""
+
+    model = PeerRejectedItem
+    fields = ("item_id", "key", "hlc", "reason")
+    readonly_fields = fields
+    extra = 0
+    max_num = 0
+    can_delete = False
+
+
 @admin.register(PeerSyncState)
 class PeerSyncStateAdmin(ReadOnlyAdmin):
-    list_display = ("peer_url", "channel", "owner", "last_exchange_at", "last_error")
+    list_display = ("peer_url", "channel", "owner", "last_exchange_at", "last_error", "staged")
     list_select_related = ("owner",)
+    inlines = (PeerStagedBlobInline, PeerRejectedItemInline)
+
+    def get_queryset(self, request: HttpRequest) -> Any:
+        return super().get_queryset(request).annotate(staged_count=Count("staged_blobs"))
+
+    @admin.display(description="staged blobs", ordering="staged_count")
+    def staged(self, obj: Any) -> int:
+        return int(obj.staged_count)
 
 
 @admin.register(ServerClock)
