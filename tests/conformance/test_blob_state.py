@@ -102,6 +102,19 @@ class BlobStateContract:
         (got,) = store.staged_blobs()
         assert (got.attempts, got.next_attempt, got.last_error, got.wanted) == (3, 500.0, "OSError: down", True)
 
+    def test_restaging_the_same_key_takes_the_new_metadata_and_keeps_only_the_history(
+        self, store: BlobStateStore
+    ) -> None:
+        # E.g. the record's MIME type was corrected without touching its bytes: the fetched blob must be
+        # stored with the new one. Only attempts, backoff, error and wantedness are the entry's own history.
+        store.stage_blobs([entry("r1", size=10, mime="image/jpeg")])
+        store.update_staged([entry("r1", size=10, mime="image/jpeg", attempts=2, next_attempt=50.0,
+                                   last_error="HTTP 503")])
+        store.stage_blobs([entry("r1", size=12, mime="image/png")])
+        assert store.staged_blobs() == [entry("r1", size=12, mime="image/png", attempts=2, next_attempt=50.0,
+                                              last_error="HTTP 503")]
+        assert store.staged_totals() == (1, 12)
+
     def test_restaging_the_same_key_keeps_it_wanted_and_a_wanted_restage_wants_a_lazy_one(
         self, store: BlobStateStore
     ) -> None:

@@ -554,6 +554,20 @@ def test_a_peer_that_lost_its_data_makes_the_engine_forget_known_keys_and_upload
     assert pair.cloud.database.get("photo") == pair.local.database.get("photo")
 
 
+def test_an_edit_shipped_while_the_peer_was_wiped_still_ends_with_its_blob_on_the_peer() -> None:
+    pair = memory_pair()
+    data = os.urandom(2048)
+    write(pair.local, "photo", data, label="v0")
+    remote = Remote(pair.cloud.storage)
+    engine = make_engine(pair, remote)
+    engine.exchange()
+    pair.cloud.wipe()  # the engine does not know yet: its next push trusts the keys it knows
+    edited = write(pair.local, "photo", data, label="v1")
+    sync_until_done(engine)
+    assert pair.cloud.database.get("photo") == edited
+    assert resident(pair.cloud, edited)  # the peer never keeps metadata whose blob it lacks for good
+
+
 def test_a_pulled_blob_is_known_to_the_peer_and_never_pushed_back() -> None:
     pair = memory_pair()
     data = os.urandom(1024)
