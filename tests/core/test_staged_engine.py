@@ -568,6 +568,26 @@ def test_an_edit_shipped_while_the_peer_was_wiped_still_ends_with_its_blob_on_th
     assert resident(pair.cloud, edited)  # the peer never keeps metadata whose blob it lacks for good
 
 
+def test_a_blob_that_arrived_here_by_another_route_is_not_taken_for_one_the_peer_holds() -> None:
+    """Keys the peer holds are learnt from an upload, a 412, a HEAD or a pull (PROTOCOL §5c, staged.py);
+    a blob the application copied in locally proves nothing about the peer."""
+    pair = memory_pair()
+    data = os.urandom(1024)
+    orphan = write(pair.cloud, "photo", data, store_blob=False)  # the cloud holds the record, not its blob
+    remote = Remote(pair.cloud.storage)
+    engine = make_engine(pair, remote)
+    first = engine.exchange()
+    assert (first.applied, first.staged, first.failed_pulls) == (1, 1, [orphan.object_storage_key])
+    pair.local.storage.put(orphan.object_storage_key, data, "image/jpeg")  # the app copies the file in
+    assert engine.exchange().resident == ["photo"]
+
+    edited = write(pair.local, "photo", data, label="renamed")
+    results = sync_until_done(engine)
+    assert sum(r.shipped for r in results) == 1
+    assert pair.cloud.database.get("photo") == edited
+    assert resident(pair.cloud, edited)  # uploaded with the edit: the peer never had it
+
+
 def test_a_pulled_blob_is_known_to_the_peer_and_never_pushed_back() -> None:
     pair = memory_pair()
     data = os.urandom(1024)
