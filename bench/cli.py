@@ -15,7 +15,7 @@ from bench.report import WORKLOADS, Row, render
 from bench.server import PAGE_LIMIT, REDIS_URL, Database, Server, log
 
 WORKERS = {"sqlite": 1, "postgres": 4}
-HTTP = {1, 2, 3, 4, 5, 6}
+HTTP = {1, 2, 3, 4, 5, 6, 7}
 
 NOTES = [
     "ratio = ours / baseline, both measured in this run on this machine; for no-op rows the baseline is a "
@@ -46,7 +46,8 @@ NOTES = [
     "channel; push with page_limit 1000, pull by a new device with page_limit "
     f"{PAGE_LIMIT:,}. Baselines as in 1 and 2, on starkeep_sync_approw.",
     "5: SqliteDeviceStore with file-system blobs on both devices; push = rounds of the first device "
-    "(one conditional PUT per blob, a HEAD first from 4 MiB up; hashes checked on both ends), "
+    "(blobs uploaded 4 at a time, transfer_concurrency; one conditional PUT per blob, a HEAD first from "
+    "4 MiB up; hashes checked on both ends), "
     "pull = rounds of an empty second device; "
     "device -> server -> device = bytes / (push + pull time). MB = 10^6 bytes. Baseline: shutil.copyfile "
     "of the same files, one copy (median of 3 passes). The ceiling row is what the integrity rule alone "
@@ -54,7 +55,14 @@ NOTES = [
     "measured here; it is below half the copy whenever sha256 is slower than the copy. On this VM a write "
     "into page-cache pages not used for a few seconds runs at 250-430 MB/s (recently freed ones: several "
     "GB/s), and the copy's later passes reuse the pages its first pass freed, so the baseline swings between "
-    "about 600 and 4,000 MB/s from run to run while each leg of ours writes into pages as they come.",
+    "about 600 and 4,000 MB/s from run to run while each leg of ours writes into pages as they come. "
+    "Hash-while-copy: one process reads the file in 1 MiB blocks, hashes each with sha256 and writes it to a "
+    "new file (median of 3): what one leg must do at least. RSS growth: the largest rise of resident memory "
+    "over the leg, sampled every 20 ms, of this process and of the most grown gunicorn worker.",
+    "7: the first device pushes N file-backed records (64-byte blobs, so almost all of the time is "
+    "metadata); a new SqliteDeviceStore device pulls them with blob_policy='lazy' (metadata only, each "
+    "blob a durable staged-set entry), against a device pulling N metadata-only records of another owner; "
+    f"page_limit {PAGE_LIMIT:,}; the two pulls take turns, twice each, medians.",
     "6: PostgreSQL only; each device is its own process with its own owner (pure pushes, no cross-device "
     "pulls), page_limit 1000; all start at a barrier; records/s = all records / (last finish - first "
     "start). Devices, server workers and PostgreSQL share the same cores.",
@@ -69,7 +77,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="tiny: every workload at very small N (a smoke run); full: the real sizes")
     parser.add_argument("--db", default="sqlite,postgres", help="comma list of sqlite, postgres (default: both)")
     parser.add_argument("--only", default=",".join(str(w) for w in WORKLOADS),
-                        help="comma list of workload numbers 0-6 (default: all)")
+                        help="comma list of workload numbers 0-7 (default: all)")
     parser.add_argument("--out", default=str(ROOT / "bench" / "RESULTS.md"), help="where the table is written")
     parser.add_argument("--workdir", default=None, help="scratch directory (default: a new temporary one, removed)")
     args = parser.parse_args(argv)
@@ -94,6 +102,8 @@ def owners_for(kind: str, sizes: workloads.Sizes, selected: set[int]) -> list[st
             owners += [f"bench-n{n}-p{k}" for n in sizes.http for k in range(1, sizes.push_passes)]
     if 6 in selected and kind == "postgres":
         owners += ["bench-c-solo", *(f"bench-c{i}" for i in range(sizes.devices))]
+    if 7 in selected:
+        owners += ["bench-lazy", "bench-meta"]
     return owners
 
 
@@ -119,6 +129,8 @@ def run_database(kind: str, sizes: workloads.Sizes, selected: set[int], workdir:
                 bench.blobs()
             if 6 in selected and kind == "postgres":
                 bench.concurrency()
+            if 7 in selected:
+                bench.lazy_pull()
         except BaseException:
             log(f"{kind}: workload failed; gunicorn log tail:\n{server.log_tail()}")
             raise

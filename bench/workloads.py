@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import gc
 import multiprocessing
+import os
+import shutil
 import statistics
+import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -52,12 +55,14 @@ class Sizes:
     device_records: int
     #: Workload 1's push and its baseline, each this many times in turn (medians reported).
     push_passes: int = 3
+    #: Workload 7: file-backed records pulled with the lazy blob policy.
+    lazy_records: int = 10_000
 
 
 FULL = Sizes("full", (1_000, 10_000, 100_000), (1_000, 10_000), 20, (1_000, 10_000, 100_000), 10_000,
              (100, MIB), 256 * MIB, 8, 5_000)
 TINY = Sizes("tiny", (100, 300, 1_000), (100, 300), 20, (100, 300, 1_000), 200, (5, 256 * 1024), 4 * MIB, 8, 100,
-             push_passes=2)
+             push_passes=2, lazy_records=200)
 SIZES = {"full": FULL, "tiny": TINY}
 
 # The TypeScript reference engine, in-process, Node 20, pageLimit 1000.
@@ -65,6 +70,55 @@ REF_PUSH = {1_000: 31_277, 10_000: 17_510, 100_000: 1_615}
 REF_PULL = {1_000: 40_618, 10_000: 20_821, 100_000: 1_470}
 REF_NOOP_MS = {1_000: 7.0, 10_000: 66, 100_000: 1_297}
 REF_BLOB_PUSH = {1_000: 14_277, 10_000: 14_736}
+
+
+def rss_bytes(pid: int) -> int:
+    """Resident set size of a process, from /proc (0 if it is gone)."""
+    try:
+        with open(f"/proc/{pid}/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, IndexError, ValueError):
+        return 0
+
+
+def child_pids(pid: int) -> list[int]:
+    try:
+        with open(f"/proc/{pid}/task/{pid}/children") as f:
+            return [int(p) for p in f.read().split()]
+    except OSError:
+        return []
+
+
+class RssSampler:
+    """The largest growth of resident memory over a stretch of work, sampled every 20 ms, for
+    this process and (separately) the most grown of a server's worker processes."""
+
+    def __init__(self, server_pid: int | None = None) -> None:
+        self._stop = threading.Event()
+        self._pids = child_pids(server_pid) if server_pid else []
+        self._base_self = rss_bytes(os.getpid())
+        self._base = {p: rss_bytes(p) for p in self._pids}
+        self.self_growth = 0
+        self.server_growth = 0
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _sample(self) -> None:
+        self.self_growth = max(self.self_growth, rss_bytes(os.getpid()) - self._base_self)
+        for p, base in self._base.items():
+            self.server_growth = max(self.server_growth, rss_bytes(p) - base)
+
+    def _run(self) -> None:
+        while not self._stop.wait(0.02):
+            self._sample()
+
+    def __enter__(self) -> RssSampler:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+        self._sample()
 
 
 def n_label(n: int) -> str:
@@ -189,7 +243,8 @@ class HttpBench:
         return int(self.owners[owner]["id"])
 
     def engine(self, owner: str, clock: HLCClock, *, channel: str = DRIVE, page_limit: int = PUSH_PAGE,
-               database: Any = None, app_source: Any = None, storage: Any = None, state: Any = None) -> Any:
+               database: Any = None, app_source: Any = None, storage: Any = None, state: Any = None,
+               blob_policy: str = "eager") -> Any:
         base = f"{self.server.url}/apps/{channel}"
         token = self.token(owner)
         drive = channel == DRIVE
@@ -200,6 +255,7 @@ class HttpBench:
             transport=create_http_sync_transport(base_url=base, auth=token, timeout=600),
             clock=clock, sync_state=state, app_source=None if drive else app_source,
             sync_shared_records=drive, app_id=None if drive else channel, page_limit=page_limit,
+            blob_policy=blob_policy,  # type: ignore[arg-type]
         )
 
     def health_probe(self) -> Callable[[], None]:
@@ -335,8 +391,9 @@ class HttpBench:
                 record = blob_record(clock_a, store_a.storage, random_bytes(size))
                 store_a.database.put(record)
                 keys.append(record.object_storage_key)
-            self._blob_rows(f"{count} x {size // 1024:,} KiB", keys, count * size, device_a, device_b, store_a,
-                            store_b, work, target=False)
+            small = self._blob_rows(f"{count} x {size // 1024:,} KiB", keys, count * size, device_a, device_b,
+                                    store_a, store_b, work, target=False)
+            small_label = f"{count} x {size // 1024:,} KiB"
             size = self.sizes.large_blob
             log(f"{self.kind}: one blob of {size} B")
             record, _ = large_blob_record(clock_a, store_a.storage, size, work / "large.src", seed=size)
@@ -344,19 +401,28 @@ class HttpBench:
             # Kept until both legs ran: its pages, freed just before the push, would have gone to
             # the push alone (on this VM a write into pages not used for a while is several times
             # slower than into recently freed ones).
-            self._blob_rows(f"1 x {size // MIB:,} MiB", [record.object_storage_key], size, device_a, device_b,
-                            store_a, store_b, work, target=True)
+            large = self._blob_rows(f"1 x {size // MIB:,} MiB", [record.object_storage_key], size, device_a,
+                                    device_b, store_a, store_b, work, target=True)
             (work / "large.src").unlink()
+            # Many small blobs move side by side (transfer_concurrency): their round trip should
+            # come within half of one large blob's, where per-blob costs vanish.
+            self.rows.append(Row(5, "blob device -> server -> device, many small vs one large", self.kind,
+                                 small_label, "MB/s", small, large, f"1 x {size // MIB:,} MiB, this run",
+                                 targets=(ratio_at_least(0.5, ">= 0.5x one large blob"),)))
         finally:
             store_a.close()
             store_b.close()
 
     def _blob_rows(self, label: str, keys: Sequence[str], total: int, device_a: Any, device_b: Any,
-                   store_a: SqliteDeviceStore, store_b: SqliteDeviceStore, work: Path, *, target: bool) -> None:
-        push_s, results = timed(lambda: run_rounds(device_a))
+                   store_a: SqliteDeviceStore, store_b: SqliteDeviceStore, work: Path, *, target: bool) -> float:
+        """Rows for one set of blobs pushed by ``device_a`` and pulled by ``device_b``; the round trip's MB/s."""
+        server_pid = self.server.proc.pid if self.server.proc is not None else None
+        with RssSampler(server_pid) as push_rss:
+            push_s, results = timed(lambda: run_rounds(device_a))
         pushed = sum(r.pushed_bytes for r in results)
         assert pushed == total, f"pushed {pushed} of {total} bytes: {device_a.blob_failures}"
-        pull_s, results = timed(lambda: run_rounds(device_b))
+        with RssSampler(server_pid) as pull_rss:
+            pull_s, results = timed(lambda: run_rounds(device_b))
         pulled = sum(r.pulled_bytes for r in results)
         assert pulled == total and all(store_b.storage.has(k) for k in keys), f"pulled {pulled} of {total}"
         copy_s = baselines.copy_files([store_a.storage.root / k for k in keys], work / "copies")
@@ -375,6 +441,44 @@ class HttpBench:
             hash_s = baselines.sha256_files([store_a.storage.root / k for k in keys])
             self.rows.append(Row(5, "ceiling of any round trip: one sha256 pass per leg, nothing else", self.kind,
                                  label, "MB/s", mb / (2 * hash_s), copy, "shutil.copyfile"))
+            # Each leg against what it must do at least: read, hash and write every byte once.
+            hash_copy = mb / baselines.hash_copy_files([store_a.storage.root / k for k in keys], work / "copies")
+            leg = ratio_at_least(0.5, ">= 0.5x hash-while-copy")
+            self.rows.append(Row(5, "blob push leg vs hash-while-copy", self.kind, label, "MB/s", mb / push_s,
+                                 hash_copy, "read+sha256+write, 1 MiB blocks", targets=(leg,)))
+            self.rows.append(Row(5, "blob pull leg vs hash-while-copy", self.kind, label, "MB/s", mb / pull_s,
+                                 hash_copy, "read+sha256+write, 1 MiB blocks", targets=(leg,)))
+            under = at_most(64.0, "< 64 MiB")
+            for leg_name, rss in (("push", push_rss), ("pull", pull_rss)):
+                self.rows.append(Row(5, f"RSS growth during the {leg_name}, device process", self.kind, label,
+                                     "MiB", rss.self_growth / MIB, None, "", targets=(under,)))
+                self.rows.append(Row(5, f"RSS growth during the {leg_name}, busiest server worker", self.kind,
+                                     label, "MiB", rss.server_growth / MIB, None, "", targets=(under,)))
+        return mb / (push_s + pull_s)
+
+    # 7
+
+    def lazy_pull(self) -> None:
+        n = self.sizes.lazy_records
+        log(f"{self.kind}: {n} file-backed records and {n} metadata-only ones")
+        clock = HLCClock("camera-lazy")
+        storage = MemoryObjectStorage()
+        files = [blob_record(clock, storage, random_bytes(64)) for _ in range(n)]
+        pushed = run_rounds(self.engine("bench-lazy", clock, database=MemoryDatabaseAdapter(files), storage=storage))
+        assert sum(r.shipped for r in pushed) == n
+        clock_meta = HLCClock("camera-meta")
+        meta = metadata_records(clock_meta, n)
+        assert sum(r.shipped for r in run_rounds(self.engine("bench-meta", clock_meta,
+                                                             database=MemoryDatabaseAdapter(meta)))) == n
+        lazy_s, meta_s = [], []
+        for k in range(2):
+            log(f"{self.kind}: lazy pull and metadata-only pull, pass {k + 1}")
+            lazy_s.append(_lazy_pull(self, "bench-lazy", n, self.workdir / "lazy", "lazy"))
+            meta_s.append(_lazy_pull(self, "bench-meta", n, self.workdir / "meta", "eager"))
+        lazy, plain = statistics.median(lazy_s), statistics.median(meta_s)
+        self.rows.append(Row(7, f"lazy-policy pull of file-backed records (page {PAGE_LIMIT:,})", self.kind,
+                             n_label(n), "records/s", n / lazy, n / plain, "metadata-only pull, same N",
+                             targets=(ratio_at_least(1 / 1.5, "within 1.5x of metadata-only"),)))
 
     # 6
 
@@ -387,6 +491,23 @@ class HttpBench:
         self.rows.append(Row(6, f"{k} devices push at once ({self.server.workers} workers)", self.kind,
                              f"{k} x {n_label(n)}", "records/s", many, solo, "1 device",
                              targets=(ratio_at_least(1.5, ">= 1.5x one device"),)))
+
+
+def _lazy_pull(bench: HttpBench, owner: str, n: int, work: Path, policy: str) -> float:
+    """Seconds for a new SqliteDeviceStore device to pull ``owner``'s ``n`` records."""
+    shutil.rmtree(work, ignore_errors=True)
+    work.mkdir(parents=True)
+    store = SqliteDeviceStore(work / "device.db", work / "blobs")
+    try:
+        device = bench.engine(owner, HLCClock(f"reader-{policy}"), database=store.database, storage=store.storage,
+                              state=store.state("drive"), page_limit=PAGE_LIMIT, blob_policy=policy)
+        seconds, results = timed(lambda: run_rounds(device))
+        assert len(store.database.all()) == n
+        if policy == "lazy":
+            assert results[-1].staged == n and sum(r.pulled_bytes for r in results) == 0, results[-1]
+        return seconds
+    finally:
+        store.close()
 
 
 def _device_process(url: str, token: str, node: str, n: int, barrier: Any, results: Any) -> None:

@@ -313,6 +313,8 @@ class Pair:
     engines: dict[str, SyncEngine] = field(default_factory=dict)
     #: Every round the engines ran, in order: what was sent and what came back.
     exchanges: list[Exchange] = field(default_factory=list)
+    #: Blob transfers at once (the engine's default unless a set-up cannot serve them side by side).
+    transfer_concurrency: int = 4
 
     def engine(self, channel: str = "drive", *, page_limit: int = 1000, scan_page_size: int = 500,
                local_storage: Any = None, remote_storage: Any = None, fresh: bool = False) -> SyncEngine:
@@ -336,6 +338,7 @@ class Pair:
             app_id=None if drive else channel,
             # Failed blob fetches are retried at the next round here; backoff has tests of its own.
             blob_retry=RetryPolicy(base=0.0, cap=0.0),
+            transfer_concurrency=self.transfer_concurrency,
         )
         self.engines[cache_key] = engine
         return engine

@@ -207,12 +207,12 @@ class SyncEngine:
         # this response; with hasMore the page stopped there.
         cut = max((i.hlc for i in items), default=None) if response.has_more else None
         theirs = response.responder_watermarks
-        applied_ids: list[str] = []
+        applied: list[Item] = []
         staged: list[StagedBlob] = []
         new_own = dict(own)
         failed_nodes: set[str] = set()
         for node, run in group_by_node(items).items():
-            last_ok = self._apply_run(node, run, result, applied_ids, staged)
+            last_ok = self._apply_run(node, run, result, applied, staged)
             if last_ok is not None and (node not in new_own or last_ok > new_own[node]):
                 new_own[node] = last_ok
             if last_ok is None or last_ok != run[-1].hlc:
@@ -224,14 +224,14 @@ class SyncEngine:
         self._raise_to_peer(new_own, theirs, failed_nodes, cut)
 
         # The staged set first: once the watermarks pass an item, only the set remembers its blob.
-        if staged:
-            self.blob_state.stage_blobs(staged)
+        self._restage(applied, staged)
         self.sync_state.set_watermarks(new_own)
         self.sync_state.set_peer_watermarks(theirs)
         self.sync_state.set_hlc_clock_state(self.clock.state)
         if is_lower_somewhere(theirs, peer):
             self.blob_state.forget_remote_keys()  # the peer lost data: what it held may be gone too
 
+        applied_ids = [self._id_of(i) for i in applied]
         result.applied = len(applied_ids)
         # "An immediate next round would move something" (§5.7b). A response page
         # that moved no watermark (each node on it stopped at a refusal) would come
@@ -482,6 +482,17 @@ class SyncEngine:
         self._report_staged(result)
         return result
 
+    def _restage(self, applied: list[Item], staged: list[StagedBlob]) -> None:
+        """Stage this round's wanted blobs; drop the entries of records this round deleted or moved to
+        no blob or one held here (a new key's entry replaces the old one by itself)."""
+        if applied and self.blob_state.staged_totals()[0]:
+            wanted = {e.ref for e in staged}
+            gone = [ref for ref in (ref_of(i.identity) for i in applied) if ref not in wanted]
+            if gone:
+                self.blob_state.unstage_blobs(gone)
+        if staged:
+            self.blob_state.stage_blobs(staged)
+
     def _staged_entry(self, item: Item) -> StagedBlob:
         m = item.manifest
         assert m is not None
@@ -539,8 +550,9 @@ class SyncEngine:
                                outcome.reason)
         if failed:
             self.blob_state.update_staged(failed)
-        if arrived:
-            self.blob_state.remember_remote_keys({e.key for e in arrived})
+        fetched = {key for key, o in outcomes.items() if o.ok}
+        if fetched:
+            self.blob_state.remember_remote_keys(fetched)  # not those found here: they prove nothing of the peer
         if drop or arrived:
             self.blob_state.unstage_blobs([*drop, *(e.ref for e in arrived)])
         if arrived:
@@ -573,7 +585,7 @@ class SyncEngine:
     # -- inbound -----------------------------------------------------------------
 
     def _apply_run(
-        self, node: str, run: list[Item], result: ExchangeResult, applied_ids: list[str],
+        self, node: str, run: list[Item], result: ExchangeResult, applied: list[Item],
         staged: list[StagedBlob],
     ) -> HLCTimestamp | None:
         """Apply one node's metadata in order; return the HLC of the last item that landed.
@@ -593,7 +605,7 @@ class SyncEngine:
                 logger.warning("node %s: refused %s: %s", node, item.describe(), err)
                 return last_ok
             if newly:
-                applied_ids.append(self._id_of(item))
+                applied.append(item)
             manifest = item.manifest
             if (manifest is not None and self._holds_version(item)
                     and not self.local_storage.has(manifest.object_storage_key)):

@@ -104,8 +104,9 @@ class MemoryBlobState:
         with self._blob_lock:
             for e in entries:
                 old = self._staged.get(e.ref)
-                if old is not None and old.key == e.key:
-                    e = replace(old, wanted=old.wanted or e.wanted)  # keep the history of the same blob
+                if old is not None and old.key == e.key:  # the same blob keeps its history
+                    e = replace(e, wanted=old.wanted or e.wanted, attempts=old.attempts,
+                                next_attempt=old.next_attempt, last_error=old.last_error)
                 self._staged[e.ref] = replace(e)
 
     def staged_blobs(self, *, due_at: float | None = None, limit: int | None = None,

@@ -47,7 +47,7 @@ class Migration(migrations.Migration):
                 ('ref', models.TextField()),
                 ('item_id', models.TextField()),
                 ('key', models.CharField(max_length=1024)),
-                ('file_hash', models.CharField(blank=True, max_length=128)),
+                ('file_hash', models.CharField(blank=True, max_length=256)),
                 ('size', models.BigIntegerField(default=0)),
                 ('mime_type', models.CharField(blank=True, max_length=255, null=True)),
                 ('wanted', models.BooleanField(default=True)),

@@ -47,7 +47,7 @@ class PeerStagedBlob(models.Model):
     ref = models.TextField()
     item_id = models.TextField()
     key = models.CharField(max_length=1024)
-    file_hash = models.CharField(max_length=128, blank=True)
+    file_hash = models.CharField(max_length=256, blank=True)
     size = models.BigIntegerField(default=0)
     mime_type = models.CharField(max_length=255, null=True, blank=True)
     wanted = models.BooleanField(default=True)

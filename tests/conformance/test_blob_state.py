@@ -56,11 +56,6 @@ def by_ref(entries: list[StagedBlob]) -> dict[str, StagedBlob]:
 class BlobStateContract:
     """Behaviour every ``BlobStateStore`` must show."""
 
-    #: Whether a reopened store sees what the first one wrote (not for the memory store).
-    durable = True
-    #: Whether the test may call the store from threads of its own.
-    threaded = True
-
     def test_is_a_blob_state_store(self, store: BlobStateStore) -> None:
         assert isinstance(store, BlobStateStore)
         assert store.staged_blobs() == []
@@ -255,9 +250,12 @@ class BlobStateContract:
         assert [e.item_id for e in store.staged_blobs()] == ["r1"]
         assert [r.item_id for r in store.rejected_items()] == ["r1"]
 
+
+class ThreadSafetyContract:
+    """For stores a test can call from several threads (not the ORM one: the Django test database is
+    bound to the test's own connection)."""
+
     def test_safe_to_call_from_several_threads(self, store: BlobStateStore) -> None:
-        if not self.threaded:
-            pytest.skip("the Django test database is bound to the test's own connection")
         errors: list[BaseException] = []
 
         def work(n: int) -> None:
@@ -281,10 +279,12 @@ class BlobStateContract:
         assert sum(e.attempts for e in store.staged_blobs()) == 400
         assert len(store.rejected_items()) == 8
 
+
+class DurabilityContract:
+    """For stores that outlive their object (not the memory one, lost with the process by design)."""
+
     def test_a_reopened_store_sees_the_same_state(self, store: BlobStateStore,
                                                   reopen: Callable[[], BlobStateStore]) -> None:
-        if not self.durable:
-            pytest.skip("the memory store is lost with the process by design")
         store.stage_blobs([entry("r1", size=5), entry("lazy", KEY_B, size=7, wanted=False)])
         store.update_staged([entry("r1", size=5, attempts=2, next_attempt=123.25, last_error="HTTP 503")])
         store.remember_remote_keys([KEY_A, KEY_C])
@@ -305,8 +305,7 @@ class BlobStateContract:
 
 
 @pytest.mark.nodb
-class TestMemoryBlobState(BlobStateContract):
-    durable = False
+class TestMemoryBlobState(BlobStateContract, ThreadSafetyContract):
 
     @pytest.fixture
     def store(self) -> MemorySyncStateStore:
@@ -322,7 +321,7 @@ class TestMemoryBlobState(BlobStateContract):
 
 
 @pytest.mark.nodb
-class TestSqliteBlobState(BlobStateContract):
+class TestSqliteBlobState(BlobStateContract, ThreadSafetyContract, DurabilityContract):
     @pytest.fixture
     def path(self, tmp_path: Path) -> Path:
         return tmp_path / "state.db"
@@ -355,8 +354,7 @@ class TestSqliteBlobState(BlobStateContract):
 
 
 @pytest.mark.django_db
-class TestOrmBlobState(BlobStateContract):
-    threaded = False
+class TestOrmBlobState(BlobStateContract, DurabilityContract):
     PEER = "https://cloud.example/sync"
 
     @pytest.fixture
