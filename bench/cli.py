@@ -15,7 +15,7 @@ from bench.report import WORKLOADS, Row, render
 from bench.server import PAGE_LIMIT, REDIS_URL, Database, Server, log
 
 WORKERS = {"sqlite": 1, "postgres": 4}
-HTTP = {1, 2, 3, 4, 5, 6, 7}
+HTTP = {1, 2, 3, 4, 5, 6, 8}
 
 NOTES = [
     "ratio = ours / baseline, both measured in this run on this machine; for no-op rows the baseline is a "
@@ -59,7 +59,7 @@ NOTES = [
     "Hash-while-copy: one process reads the file in 1 MiB blocks, hashes each with sha256 and writes it to a "
     "new file (median of 3): what one leg must do at least. RSS growth: the largest rise of resident memory "
     "over the leg, sampled every 20 ms, of this process and of the most grown gunicorn worker.",
-    "7: the first device pushes N file-backed records (64-byte blobs, so almost all of the time is "
+    "8: the first device pushes N file-backed records (64-byte blobs, so almost all of the time is "
     "metadata); a new SqliteDeviceStore device pulls them with blob_policy='lazy' (metadata only, each "
     "blob a durable staged-set entry), against a device pulling N metadata-only records of another owner; "
     f"page_limit {PAGE_LIMIT:,}; the two pulls take turns, twice each, medians.",
@@ -77,7 +77,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="tiny: every workload at very small N (a smoke run); full: the real sizes")
     parser.add_argument("--db", default="sqlite,postgres", help="comma list of sqlite, postgres (default: both)")
     parser.add_argument("--only", default=",".join(str(w) for w in WORKLOADS),
-                        help="comma list of workload numbers 0-7 (default: all)")
+                        help="comma list of workload numbers (default: all)")
     parser.add_argument("--out", default=str(ROOT / "bench" / "RESULTS.md"), help="where the table is written")
     parser.add_argument("--workdir", default=None, help="scratch directory (default: a new temporary one, removed)")
     args = parser.parse_args(argv)
@@ -102,7 +102,7 @@ def owners_for(kind: str, sizes: workloads.Sizes, selected: set[int]) -> list[st
             owners += [f"bench-n{n}-p{k}" for n in sizes.http for k in range(1, sizes.push_passes)]
     if 6 in selected and kind == "postgres":
         owners += ["bench-c-solo", *(f"bench-c{i}" for i in range(sizes.devices))]
-    if 7 in selected:
+    if 8 in selected:
         owners += ["bench-lazy", "bench-meta"]
     return owners
 
@@ -129,7 +129,7 @@ def run_database(kind: str, sizes: workloads.Sizes, selected: set[int], workdir:
                 bench.blobs()
             if 6 in selected and kind == "postgres":
                 bench.concurrency()
-            if 7 in selected:
+            if 8 in selected:
                 bench.lazy_pull()
         except BaseException:
             log(f"{kind}: workload failed; gunicorn log tail:\n{server.log_tail()}")

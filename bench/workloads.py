@@ -55,7 +55,7 @@ class Sizes:
     device_records: int
     #: Workload 1's push and its baseline, each this many times in turn (medians reported).
     push_passes: int = 3
-    #: Workload 7: file-backed records pulled with the lazy blob policy.
+    #: Workload 8: file-backed records pulled with the lazy blob policy.
     lazy_records: int = 10_000
 
 
@@ -456,7 +456,7 @@ class HttpBench:
                                      label, "MiB", rss.server_growth / MIB, None, "", targets=(under,)))
         return mb / (push_s + pull_s)
 
-    # 7
+    # 8
 
     def lazy_pull(self) -> None:
         n = self.sizes.lazy_records
@@ -476,7 +476,7 @@ class HttpBench:
             lazy_s.append(_lazy_pull(self, "bench-lazy", n, self.workdir / "lazy", "lazy"))
             meta_s.append(_lazy_pull(self, "bench-meta", n, self.workdir / "meta", "eager"))
         lazy, plain = statistics.median(lazy_s), statistics.median(meta_s)
-        self.rows.append(Row(7, f"lazy-policy pull of file-backed records (page {PAGE_LIMIT:,})", self.kind,
+        self.rows.append(Row(8, f"lazy-policy pull of file-backed records (page {PAGE_LIMIT:,})", self.kind,
                              n_label(n), "records/s", n / lazy, n / plain, "metadata-only pull, same N",
                              targets=(ratio_at_least(1 / 1.5, "within 1.5x of metadata-only"),)))
 
