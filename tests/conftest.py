@@ -1,8 +1,10 @@
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import shutil
+import socket
 import tempfile
 import threading
 from collections.abc import Iterator
@@ -37,11 +39,16 @@ class PooledLiveServer(ThreadedWSGIServer):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self._pool = ThreadPoolExecutor(max_workers=16, thread_name_prefix="live-server")
+        # A kept-alive client connection holds its thread until the client closes it; devices
+        # that move blobs side by side keep several each, so the pool is generous.
+        self._pool = ThreadPoolExecutor(max_workers=64, thread_name_prefix="live-server")
         self._opened: set[Any] = set()
         self._opened_lock = threading.Lock()
+        self._clients: set[Any] = set()
 
     def process_request(self, request: Any, client_address: Any) -> None:
+        with self._opened_lock:
+            self._clients.add(request)
         self._pool.submit(self._handle, request, client_address)
 
     def _handle(self, request: Any, client_address: Any) -> None:
@@ -50,12 +57,18 @@ class PooledLiveServer(ThreadedWSGIServer):
         finally:
             with self._opened_lock:
                 self._opened.update(connections.all(initialized_only=True))
+                self._clients.discard(request)
 
     def _close_connections(self) -> None:
         pass  # kept for the pool thread's next request
 
     def server_close(self) -> None:
         super().server_close()
+        with self._opened_lock:
+            idle = list(self._clients)
+        for sock in idle:  # a connection its client never closed would hold its thread for good
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
         self._pool.shutdown(wait=True)
         for conn in self._opened:
             conn.inc_thread_sharing()  # closed from the thread that stops the server

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from django.db import connections
@@ -146,6 +146,11 @@ def build_requester(*, owner: Any, url: str, channel: str, token: str, node_id: 
     )
     # What an earlier run learnt of the remote's coverage refuses a shared node id before any request.
     transport.check(state.get_peer_watermarks().get(node_id))
+    if blob_policy == "eager":
+        # Blobs an earlier lazy run left staged are wanted now.
+        waiting = [replace(e, wanted=True) for e in engine.blob_state.staged_blobs() if not e.wanted]
+        if waiting:
+            engine.blob_state.update_staged(waiting)
     # Failures remembered by an earlier run come back as history, not as a fresh start.
     engine.file_sync.restore_failures(
         TransferFailure(key, d["direction"], d["attempts"], d["first_failure"], d["last_failure"], d["last_error"])

@@ -218,3 +218,34 @@ def test_a_known_shared_node_id_is_refused_before_any_request(setup: dict[str, A
     with pytest.raises(CommandError, match="node id 'edge'") as info:
         sync("--url", url, "--user", "edge-alice", "--token", "t", "--node-id", "edge")
     assert "cannot reach" not in str(info.value)
+
+
+def test_lazy_blobs_wait_in_the_database_and_eager_run_fetches_them_side_by_side(setup: dict[str, Any]) -> None:
+    out = sync(*base_args(setup), "--blobs", "lazy", "--transfer-concurrency", "3")
+    edge_held = held(setup["edge"])
+    assert [rid for rid, here in sorted(edge_held.items()) if not here] == ["c0", "c1", "c2"]
+    state = PeerSyncState.objects.get(owner=setup["edge"])
+    assert sorted(state.staged_blobs.values_list("item_id", flat=True)) == ["c0", "c1", "c2"]
+    assert "3 blob(s) staged" in out
+
+    status = StringIO()
+    call_command("starkeep_status", "--user", "edge-alice", stdout=status)
+    assert "staged blobs: 3" in status.getvalue()
+
+    # The default (eager) run fetches them from the staged set, on transfer threads with their own
+    # database connections (the local blobs are recorded through the ORM).
+    again = sync(*base_args(setup), "--transfer-concurrency", "3")
+    assert held(setup["edge"]) == {rid: True for rid in edge_held}
+    assert not state.staged_blobs.exists()
+    assert "downloading blobs: 3/3" in again and "staged" not in again
+
+
+def test_strict_fails_on_a_blob_the_remote_refuses_for_good(setup: dict[str, Any], settings: Any) -> None:
+    settings.STARKEEP_SYNC = {**settings.STARKEEP_SYNC, "MAX_BLOB_BYTES": 2}  # every seeded blob is 3 bytes
+    with pytest.raises(CommandError, match=r"5 item\(s\) rejected by the peer.*413.*Everything else is synced"):
+        sync(*base_args(setup), "--strict")
+    state = PeerSyncState.objects.get(owner=setup["edge"])
+    assert state.rejected_items.count() == 5
+    status = StringIO()
+    call_command("starkeep_status", "--user", "edge-alice", stdout=status)
+    assert "rejected by the peer: e0" in status.getvalue()
