@@ -18,6 +18,8 @@ from typing import Any
 from django.db import DataError, IntegrityError, connections, router, transaction
 from django.db.backends.base.base import BaseDatabaseWrapper
 from django.db.models import Model, QuerySet
+from django.db.models.expressions import RawSQL
+from msgspec import Raw
 
 from ..core import paging
 from ..core.approws import EntryRefused, next_row, resolve_entry
@@ -482,6 +484,51 @@ _FILE_SCAN = (*_FILE_READ, "deleted_at", "node_id")
 _ROW_SCAN = ("row_key", "data", "deleted_at", "node_id")
 
 
+# On PostgreSQL a responder's page of app rows is built as JSON text by the database, which the encoder
+# copies as it is (``msgspec.Raw``): no JSON parsed, no dict built and none encoded per row in Python. A
+# 10,000-row page took 72 ms instead of 101 (same-run, 2026-12-04). The text is concatenated:
+# json_build_object took 2-3 times as long in PostgreSQL.
+
+
+def _pg_object(members: Sequence[tuple[str, str]]) -> str:
+    """SQL (PostgreSQL) giving a JSON object's text from ``(name, SQL giving that member's JSON text)`` pairs."""
+    return " || ".join(("'{" if i == 0 else "',") + f'"{name}":\' || {value}'
+                       for i, (name, value) in enumerate(members)) + " || '}'"
+
+
+def _pg_json(column: str) -> str:
+    """SQL: the JSON text of a column's value (``null`` for NULL)."""
+    return f"coalesce(to_json({column})::text, 'null')"
+
+
+def _pg_hlc(column: str) -> str:
+    """SQL: the wire form of a stored HLC column (what ``_wire_hlc`` gives); ``null`` for NULL or ''."""
+    return (f"CASE WHEN {column} IS NULL OR {column} = '' THEN 'null' ELSE "
+            + _pg_object([("wallTime", f"(('x' || left({column}, 12))::bit(48)::bigint)::text"),
+                          ("counter", f"(('x' || substr({column}, 14, 4))::bit(16)::integer)::text"),
+                          ("nodeId", f"to_json(substr({column}, 19))::text")]) + " END")
+
+
+def _pg_entry_json(row: str) -> str:
+    """SQL: an app row as the JSON text of its scanned entry (``row``: SQL giving its stored columns as jsonb)."""
+    return _pg_object([
+        ("timestamp", _pg_hlc("updated_at")), ("appId", _pg_json("app_id")), ("table", "to_json(%s::text)::text"),
+        ("op", _pg_deleted("deleted_at", """'"delete"'""", """'"insert"'""")),
+        ("row", f"({row} || jsonb_build_object('updated_at', updated_at, 'deleted_at', deleted_at))::text"),
+        ("where", "'null'"),
+    ])
+
+
+def _pg_deleted(column: str, then: str, otherwise: str) -> str:
+    return f"CASE WHEN {column} IS NULL OR {column} = '' THEN {otherwise} ELSE {then} END"
+
+
+#: What ``_row_of`` gives, as JSON text: the stored data, or the file record's extra and columns.
+_ROW_JSON_PG = _pg_entry_json("data")
+_FILE_JSON_PG = _pg_entry_json("extra || jsonb_build_object('id', record_id, "
+                               + ", ".join(f"'{c}', {c}" for c in _FILE_COLUMNS) + ")")
+
+
 def _row_of(t: tuple[Any, ...], file_table: bool) -> dict[str, Any]:
     """The row of a ``_FILE_SCAN`` or ``_ROW_SCAN`` tuple, with its ``updated_at`` and ``deleted_at``."""
     if file_table:
@@ -783,12 +830,25 @@ class OrmApplier:
                         "op": "delete" if t[-2] else "insert", "row": _row_of(t, file_table), "where": None})
                 for t in rows], more
 
+    def scan_json_since(self, app_id: str, table: str, since: Mapping[str, HLCTimestamp], limit: int,
+                        exclude: Collection[tuple[tuple[Any, ...], HLCTimestamp]] | None = None,
+                        ) -> tuple[list[tuple[str, Raw]], bool] | None:
+        """``scan_wire_since`` already encoded: each entry's JSON built by PostgreSQL; ``None`` elsewhere."""
+        if synced_db().vendor != "postgresql":
+            return None
+        file_table = table == FILE_RECORDS_TABLE
+        fields = ("record_id" if file_table else "row_key",
+                  RawSQL(_FILE_JSON_PG if file_table else _ROW_JSON_PG, (table,)))
+        rows, more = self._rows_since(app_id, table, since, limit, None, exclude, fields)
+        return [(t[0], Raw(t[2])) for t in rows], more
+
     def _rows_since(self, app_id: str, table: str, since: Mapping[str, HLCTimestamp], limit: int | None,
                     cursor: str | None, exclude: Collection[tuple[tuple[Any, ...], HLCTimestamp]] | None,
-                    ) -> tuple[list[tuple[Any, ...]], bool]:
+                    fields: Sequence[Any] | None = None) -> tuple[list[tuple[Any, ...]], bool]:
         prefix = f"{app_id}/"
         self.coverage.before_scan(lambda scope: scope.startswith(prefix), since)
-        fields = _FILE_SCAN if table == FILE_RECORDS_TABLE else _ROW_SCAN
+        if fields is None:
+            fields = _FILE_SCAN if table == FILE_RECORDS_TABLE else _ROW_SCAN
         return rows_since(self._qs(app_id, table), fields, self.get_node_watermarks(app_id, table),
                           since, limit, cursor, exclude, ident=lambda pk: self._key_text(table, pk))
 

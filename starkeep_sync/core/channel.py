@@ -18,7 +18,15 @@ from .constants import DRIVE_APP_ID, FILE_RECORDS_TABLE, LOGGER_NAME
 from .exceptions import SyncError
 from .hlc import HLCTimestamp
 from .paging import merge_page
-from .protocols import AppSource, DatabaseAdapter, RecordCounter, RowCounter, WireRecordReader, WireRowScanner
+from .protocols import (
+    AppSource,
+    DatabaseAdapter,
+    JsonRowScanner,
+    RecordCounter,
+    RowCounter,
+    WireRecordReader,
+    WireRowScanner,
+)
 from .records import AppSyncableNamespace, AppSyncableRowEntry, DataRecord
 from .watermarks import merge_watermarks
 
@@ -130,6 +138,7 @@ class ChannelView:
         applier = app_source.applier if app_source is not None else None
         self._wire_records = isinstance(database, WireRecordReader)
         self._wire_rows = isinstance(applier, WireRowScanner)
+        self._json_rows = isinstance(applier, JsonRowScanner)
         self._counts_records = isinstance(database, RecordCounter)
         self._counts_rows = isinstance(applier, RowCounter)
 
@@ -206,6 +215,31 @@ class ChannelView:
                                                   _row_skip(exclude, ns.app_id, table.name))
                 streams.append(rows)
         # Each entry comes with its stored HLC, whose order is the HLC order.
+        merged, more = merge_page(streams, _first, limit)
+        return [wire for _, wire in merged], more
+
+    def json_changes_since(
+        self, watermarks: Mapping[str, HLCTimestamp], limit: int,
+        exclude: Collection[tuple[Any, HLCTimestamp]] = (),
+    ) -> tuple[list[Any], bool] | None:
+        """``wire_changes_since``'s app row entries as ``msgspec.Raw`` JSON their database built; ``None`` if the
+        applier cannot (here), and on the Drive channel.
+
+        For a responder that encodes the page to bytes: no dict is built per row. Only app rows: for
+        shared records PostgreSQL took as long to build the JSON as Python the dicts (a 10,000-record page:
+        71 against 67 ms), while a 10,000-row app page took 72 ms against 101 (same-run, 2026-12-04).
+        """
+        if self.shared or not self._json_rows:
+            return None
+        applier = cast(JsonRowScanner, cast(AppSource, self.app_source).applier)
+        streams: list[list[tuple[str, Any]]] = []
+        for ns in self.namespaces():
+            for table in ns.tables:
+                scanned = applier.scan_json_since(ns.app_id, table.name, watermarks, limit + 1,
+                                                  _row_skip(exclude, ns.app_id, table.name))
+                if scanned is None:
+                    return None
+                streams.append(scanned[0])
         merged, more = merge_page(streams, _first, limit)
         return [wire for _, wire in merged], more
 

@@ -193,8 +193,10 @@ class SyncResponder:
                 report: ExchangeReport) -> SyncExchangeResponse:
         # No echo (PROTOCOL §5.7a): what this request stored is left out, and hasMore stays exact.
         out: list[Item] = []
-        wire: list[dict[str, Any]] = []
-        encoded = self.channel.wire_changes_since(request.watermarks, limit, exclude=received)
+        wire: list[Any] = []  # wire dicts, or msgspec.Raw JSON
+        encoded = self.channel.json_changes_since(request.watermarks, limit, exclude=received)
+        if encoded is None:
+            encoded = self.channel.wire_changes_since(request.watermarks, limit, exclude=received)
         if encoded is not None:
             wire, has_more = encoded
         else:

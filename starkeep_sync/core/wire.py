@@ -289,10 +289,12 @@ class SyncExchangeResponse:
     pending: int | None = None
     #: Records already in wire form, sent after ``records``: a responder whose
     #: adapter reads them so (``query_wire_since``) skips building ``DataRecord``s
-    #: it would only serialise. ``from_wire`` never fills it.
-    wire_records: list[dict[str, Any]] = field(default_factory=list)
+    #: it would only serialise. Each is a wire dict, or ``msgspec.Raw`` JSON text
+    #: its database built (``query_json_since``), which ``encode_response`` copies
+    #: as it is and ``to_wire`` parses. ``from_wire`` never fills it.
+    wire_records: list[Any] = field(default_factory=list)
     #: The same for app row entries, sent after ``app_syncable_rows``.
-    wire_rows: list[dict[str, Any]] = field(default_factory=list)
+    wire_rows: list[Any] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         if self.records is None:
@@ -301,12 +303,16 @@ class SyncExchangeResponse:
             self.app_syncable_rows = []
 
     def to_wire(self) -> dict[str, Any]:
+        return self._wire(raw=False)
+
+    def _wire(self, *, raw: bool) -> dict[str, Any]:
+        """The wire dict; with ``raw``, ``msgspec.Raw`` items stay as they are (for the encoder)."""
         records = [record_to_wire(r) for r in self.records]
         if self.wire_records:
-            records += self.wire_records
+            records += self.wire_records if raw else _plain(self.wire_records)
         rows = [entry_to_wire(e) for e in self.app_syncable_rows]
         if self.wire_rows:
-            rows += self.wire_rows
+            rows += self.wire_rows if raw else _plain(self.wire_rows)
         out: dict[str, Any] = {
             "records": records,
             "appSyncableRows": rows,
@@ -320,6 +326,11 @@ class SyncExchangeResponse:
     @classmethod
     def from_wire(cls, data: Any) -> SyncExchangeResponse:
         return _response_of(_convert(data, ExchangeResponseWire, ""))
+
+
+def _plain(items: list[Any]) -> list[Any]:
+    """Wire items as plain data: ``msgspec.Raw`` JSON parsed, dicts as they are."""
+    return [_JSON_DECODER.decode(i) if isinstance(i, msgspec.Raw) else i for i in items]
 
 
 def _request_of(w: ExchangeRequestWire) -> SyncExchangeRequest:
@@ -365,7 +376,7 @@ def encode_request(request: SyncExchangeRequest) -> bytes:
 
 
 def encode_response(response: SyncExchangeResponse) -> bytes:
-    return _ENCODER.encode(response.to_wire())
+    return _ENCODER.encode(response._wire(raw=True))
 
 
 def encode_json(value: Any) -> bytes:
