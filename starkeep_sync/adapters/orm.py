@@ -10,7 +10,6 @@ per-node coverage summary, so a converged round reads no data rows.
 from __future__ import annotations
 
 import hashlib
-import json
 from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager, ExitStack, contextmanager
 from functools import lru_cache
@@ -23,7 +22,7 @@ from django.db.models.expressions import RawSQL
 from msgspec import Raw
 
 from ..core import paging
-from ..core.approws import EntryRefused, next_row, resolve_entry
+from ..core.approws import EntryRefused, next_row, resolve_entry, row_key_text
 from ..core.constants import DELETED_AT, FILE_RECORDS_TABLE, NODE_ID, UPDATED_AT
 from ..core.exceptions import SyncError
 from ..core.hlc import ZERO_HLC, HLCTimestamp, deserialize_hlc, serialize_hlc
@@ -551,8 +550,7 @@ def _advisory_id(owner_id: int, app_id: str, table: str, key: str) -> int:
     return int.from_bytes(digest, "big", signed=True)
 
 
-def _pk_text(pk: Sequence[Any]) -> str:
-    return json.dumps(list(pk), separators=(",", ":"), sort_keys=True)
+_pk_text = row_key_text
 
 
 #: Columns of an app row's set-based upsert after ``owner_id``, per model: the key columns, then the rest.

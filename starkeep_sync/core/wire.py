@@ -177,23 +177,32 @@ def _check_json(value: Any, member: str) -> None:
     """
     if not value:
         return
+    # Iterative (nesting must not exhaust the Python stack), and only containers go on the stack: with every
+    # scalar pushed too, checking a bench row (six members, a list of two) took 3.3 us instead of 1.2.
     stack: list[tuple[Any, int]] = [(value, 0)]
-    while stack:  # iterative: nesting must not exhaust the Python stack
+    while stack:
         v, depth = stack.pop()
-        if isinstance(v, str):
-            if "\x00" in v:
-                raise WireRuleError(member, "must not contain NUL characters")
-        elif isinstance(v, float):
-            if not math.isfinite(v):
-                raise WireRuleError(member, "must not contain NaN or Infinity")
-        elif isinstance(v, (dict, list)):
-            if depth >= MAX_JSON_DEPTH:
-                raise WireRuleError(member, f"must not nest deeper than {MAX_JSON_DEPTH} levels")
-            if isinstance(v, dict):
-                stack.extend((k, depth + 1) for k in v)  # keys are strings too
-                stack.extend((x, depth + 1) for x in v.values())
-            else:
-                stack.extend((x, depth + 1) for x in v)
+        if depth >= MAX_JSON_DEPTH:
+            raise WireRuleError(member, f"must not nest deeper than {MAX_JSON_DEPTH} levels")
+        if isinstance(v, dict):
+            for k in v:  # keys are strings too
+                if isinstance(k, str) and "\x00" in k:
+                    raise WireRuleError(member, "must not contain NUL characters")
+            children: Any = v.values()
+        elif isinstance(v, list):
+            children = v
+        else:
+            children = (v,)  # a scalar given as the whole value
+            depth -= 1
+        for x in children:
+            if isinstance(x, str):
+                if "\x00" in x:
+                    raise WireRuleError(member, "must not contain NUL characters")
+            elif isinstance(x, float):
+                if not math.isfinite(x):
+                    raise WireRuleError(member, "must not contain NaN or Infinity")
+            elif isinstance(x, (dict, list)):
+                stack.append((x, depth + 1))
 
 
 def _check_keys(vector: Mapping[str, Any], member: str) -> None:
