@@ -107,6 +107,9 @@ class SyncResponder:
         self.unknown_rows = unknown_rows
         self.count_pending = count_pending
         self.on_refused = on_refused
+        # Looked up once: a runtime-checkable isinstance took a sixth of an in-process no-op round.
+        adapter = self.channel.database if self.channel.shared else self.channel.app_source
+        self._snapshots = adapter if isinstance(adapter, SnapshotReader) else None
 
     def exchange(self, request: SyncExchangeRequest) -> SyncExchangeResponse:
         return self.handle(request)[0]
@@ -186,8 +189,7 @@ class SyncResponder:
         in between would be covered but never sent, and lost for that requester.
         Adapters that can read from one snapshot offer ``read_snapshot()``.
         """
-        adapter = self.channel.database if self.channel.shared else self.channel.app_source
-        return adapter.read_snapshot() if isinstance(adapter, SnapshotReader) else nullcontext()
+        return self._snapshots.read_snapshot() if self._snapshots is not None else nullcontext()
 
     def _answer(self, request: SyncExchangeRequest, limit: int, received: set[tuple[object, ...]],
                 report: ExchangeReport) -> SyncExchangeResponse:
