@@ -89,6 +89,8 @@ def compare(old_root: Path, old_python: str, sizes: str, dbs: Sequence[str], sel
                             if side == "new":
                                 own[key] = line
                     turn += 1
+    dbs_order = ["memory", "sqlite", "postgres"]
+    order.sort(key=lambda k: (int(k[0]), dbs_order.index(k[2]) if k[2] in dbs_order else 3))  # stable
     lines = ["| # | workload | db | N | unit | old | new | new/old | result |",
              "|---|---|---|---|---|---:|---:|---:|---|"]
     for key in order:
