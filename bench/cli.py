@@ -80,6 +80,15 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="comma list of workload numbers (default: all)")
     parser.add_argument("--out", default=str(ROOT / "bench" / "RESULTS.md"), help="where the table is written")
     parser.add_argument("--workdir", default=None, help="scratch directory (default: a new temporary one, removed)")
+    parser.add_argument("--compare", metavar="OLD", default=None,
+                        help="also run another checkout's bench (e.g. a `git worktree` of an older commit), the "
+                             "two taking turns per workload group and database, and write old, new and new/old "
+                             "for every row")
+    parser.add_argument("--compare-python", metavar="PYTHON", default=None,
+                        help="the interpreter for --compare's checkout, with its deps and that checkout installed "
+                             "(default: OLD/.venv/bin/python)")
+    parser.add_argument("--rounds", type=int, default=1,
+                        help="with --compare: alternate this many times and report medians (default 1)")
     args = parser.parse_args(argv)
     args.dbs = [d.strip() for d in args.db.split(",") if d.strip()]
     for d in args.dbs:
@@ -91,6 +100,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         parser.error("--only takes workload numbers, e.g. 0,1,3")
     if not args.selected or not args.selected <= set(WORKLOADS):
         parser.error(f"--only: workloads are {', '.join(str(w) for w in WORKLOADS)}")
+    if args.compare is not None:
+        args.compare = Path(args.compare).resolve()
+        args.compare_python = args.compare_python or str(args.compare / ".venv" / "bin" / "python")
+        if not (args.compare / "bench").is_dir():
+            parser.error(f"--compare: {args.compare} has no bench/")
+    if args.rounds < 1:
+        parser.error("--rounds: at least 1")
     return args
 
 
@@ -145,6 +161,8 @@ def run_database(kind: str, sizes: workloads.Sizes, selected: set[int], workdir:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    if args.compare is not None:
+        return main_compare(args)
     sizes = workloads.SIZES[args.sizes]
     own_workdir = args.workdir is None
     workdir = Path(args.workdir or tempfile.mkdtemp(prefix="starkeep-bench-"))
@@ -168,6 +186,41 @@ def main(argv: list[str] | None = None) -> int:
     machine["wall time of the run"] = f"{time.monotonic() - started:.0f} s"
     rows.sort(key=lambda r: (r.workload, ["memory", "sqlite", "postgres"].index(r.db)))
     text = render(rows, machine, "starkeep_sync benchmarks", NOTES)
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(text)
+    sys.stdout.write(text)
+    log(f"written to {out}")
+    return 0
+
+
+COMPARE_NOTES = [
+    "Old vs new: each checkout runs its own `python -m bench` (its own code on the device and under gunicorn) "
+    "one workload group (0; 1-3; 4; 5; 6) and database at a time, the two taking turns (who goes first "
+    "alternates), so both see the same machine load. new/old is how much faster the new code is (old / new "
+    "for a latency); below 0.95x the row says slower. With --rounds K each value is the median of K runs.",
+    "The full table below is the new checkout's own rows (last round).",
+]
+
+
+def main_compare(args: argparse.Namespace) -> int:
+    from bench import compare
+
+    started = time.monotonic()
+    machine = describe({"sizes": args.sizes, "databases": ", ".join(args.dbs),
+                        "workloads": ", ".join(str(w) for w in sorted(args.selected))})
+    machine["old revision"] = f"{compare.git_revision(args.compare)} ({args.compare})"
+    machine["rounds"] = str(args.rounds)
+    table, own = compare.compare(args.compare, args.compare_python, args.sizes, args.dbs, args.selected,
+                                 args.rounds)
+    machine["load average at end (1/5/15 min)"] = load_average()
+    machine["wall time of the run"] = f"{time.monotonic() - started:.0f} s"
+    full = render([], machine, "starkeep_sync benchmarks", ())
+    head, _, _ = full.partition("\n| # |")
+    header = full[len(head):].strip().splitlines()[:2]
+    text = "\n".join([head.rstrip(), "", "## Old vs new (same run)", "", *table, "",
+                      "## This checkout", "", *header, *own, "", "Notes:", "",
+                      *(f"- {n}" for n in COMPARE_NOTES + NOTES)]) + "\n"
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(text)

@@ -42,3 +42,23 @@ def test_bench_tiny_sqlite_writes_the_table(tmp_path: Path) -> None:
                 assert r[10] in ("pass", "miss", "-")
     http = [r for r in rows if r[0] in "12345"]
     assert http and all(r[2] == "sqlite" for r in http)
+
+
+def test_bench_compare_pairs_the_rows_of_two_checkouts(tmp_path: Path) -> None:
+    # This checkout compared with itself: every row of workload 0 appears once, with old, new and new/old.
+    out = tmp_path / "c.md"
+    done = subprocess.run(
+        [sys.executable, "-m", "bench", "--sizes", "tiny", "--only", "0", "--compare", str(ROOT),
+         "--compare-python", sys.executable, "--out", str(out)],
+        cwd=ROOT, capture_output=True, text=True, timeout=180,
+    )
+    assert done.returncode == 0, done.stderr[-4000:]
+    text = out.read_text()
+    assert "## Old vs new (same run)" in text and "- old revision:" in text
+    compared = text.split("## Old vs new (same run)", 1)[1].split("## This checkout", 1)[0]
+    rows = [[c.strip() for c in line.strip("|").split("|")] for line in compared.splitlines()
+            if line.startswith("| ") and not line.startswith("| #")]
+    assert len(rows) == 11 and all(r[0] == "0" and r[2] == "memory" for r in rows)
+    for r in rows:
+        float(r[5].replace(",", "")), float(r[6].replace(",", ""))  # old and new measured
+        assert r[7].endswith("x") and r[8] in ("ok", "slower")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping, Sequence
+from json.encoder import encode_basestring_ascii
 from typing import Any
 
 from .constants import DELETED_AT, FILE_RECORDS_COLUMNS, FILE_RECORDS_TABLE, NODE_ID, UPDATED_AT
@@ -20,6 +21,14 @@ MAX_FILE_RECORD_ID_LENGTH = 256
 
 def row_key_text(pk: Sequence[Any]) -> str:
     """The canonical text of a primary key: compact JSON, ASCII only, the same for equal keys."""
+    if len(pk) == 1:
+        # The usual one-column key, as json.dumps writes it, without its encoder: a server computes this
+        # several times per pushed row, and json.dumps took 13 times as long (2.0 against 0.15 us).
+        value = pk[0]
+        if type(value) is str:
+            return f"[{encode_basestring_ascii(value)}]"
+        if type(value) is int:
+            return f"[{value}]"
     return json.dumps(list(pk), separators=(",", ":"), sort_keys=True)
 
 

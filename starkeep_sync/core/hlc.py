@@ -252,9 +252,10 @@ class HLCClock:
 
     def observe(self, remote: HLCTimestamp) -> None:
         """Move the clock past ``remote`` only if needed (cheap path for bulk applies)."""
-        if remote[0] > self._last_wall or (
-            remote[0] == self._last_wall and remote[1] >= self._last_counter
-        ):
+        wall = remote[0]
+        if wall > self._last_wall or (wall == self._last_wall and remote[1] >= self._last_counter):
             self.receive(remote)
-        else:
+        elif self.max_skew_ms is not None and wall - self._wall_clock() > self.max_skew_ms:
+            # ``check``'s test, inline: observing 10,000 items took 3.0 ms instead of 2.3 (same-run); ``check``
+            # says what is wrong.
             self.check(remote)

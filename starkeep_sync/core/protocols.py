@@ -172,6 +172,18 @@ class WireRowScanner(Protocol):
 
 
 @runtime_checkable
+class JsonRowScanner(Protocol):
+    """An ``AppSyncableApplier`` whose database encodes a responder's page itself."""
+
+    def scan_json_since(
+        self, app_id: str, table: str, since: Mapping[str, HLCTimestamp], limit: int,
+        exclude: Collection[tuple[tuple[Any, ...], HLCTimestamp]] | None = None,
+    ) -> tuple[list[tuple[str, Any]], bool] | None:
+        """``scan_wire_since``'s page with each entry as ``msgspec.Raw`` JSON; ``None`` when it cannot here."""
+        ...
+
+
+@runtime_checkable
 class BatchApplier(Protocol):
     """An ``AppSyncableApplier`` that applies a run of one node's entries in one transaction."""
 

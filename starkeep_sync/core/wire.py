@@ -177,23 +177,32 @@ def _check_json(value: Any, member: str) -> None:
     """
     if not value:
         return
+    # Iterative (nesting must not exhaust the Python stack), and only containers go on the stack: with every
+    # scalar pushed too, checking a bench row (six members, a list of two) took 3.3 us instead of 1.2.
     stack: list[tuple[Any, int]] = [(value, 0)]
-    while stack:  # iterative: nesting must not exhaust the Python stack
+    while stack:
         v, depth = stack.pop()
-        if isinstance(v, str):
-            if "\x00" in v:
-                raise WireRuleError(member, "must not contain NUL characters")
-        elif isinstance(v, float):
-            if not math.isfinite(v):
-                raise WireRuleError(member, "must not contain NaN or Infinity")
-        elif isinstance(v, (dict, list)):
-            if depth >= MAX_JSON_DEPTH:
-                raise WireRuleError(member, f"must not nest deeper than {MAX_JSON_DEPTH} levels")
-            if isinstance(v, dict):
-                stack.extend((k, depth + 1) for k in v)  # keys are strings too
-                stack.extend((x, depth + 1) for x in v.values())
-            else:
-                stack.extend((x, depth + 1) for x in v)
+        if depth >= MAX_JSON_DEPTH:
+            raise WireRuleError(member, f"must not nest deeper than {MAX_JSON_DEPTH} levels")
+        if isinstance(v, dict):
+            for k in v:  # keys are strings too
+                if isinstance(k, str) and "\x00" in k:
+                    raise WireRuleError(member, "must not contain NUL characters")
+            children: Any = v.values()
+        elif isinstance(v, list):
+            children = v
+        else:
+            children = (v,)  # a scalar given as the whole value
+            depth -= 1
+        for x in children:
+            if isinstance(x, str):
+                if "\x00" in x:
+                    raise WireRuleError(member, "must not contain NUL characters")
+            elif isinstance(x, float):
+                if not math.isfinite(x):
+                    raise WireRuleError(member, "must not contain NaN or Infinity")
+            elif isinstance(x, (dict, list)):
+                stack.append((x, depth + 1))
 
 
 def _check_keys(vector: Mapping[str, Any], member: str) -> None:
@@ -289,10 +298,12 @@ class SyncExchangeResponse:
     pending: int | None = None
     #: Records already in wire form, sent after ``records``: a responder whose
     #: adapter reads them so (``query_wire_since``) skips building ``DataRecord``s
-    #: it would only serialise. ``from_wire`` never fills it.
-    wire_records: list[dict[str, Any]] = field(default_factory=list)
+    #: it would only serialise. Each is a wire dict, or ``msgspec.Raw`` JSON text
+    #: its database built (``query_json_since``), which ``encode_response`` copies
+    #: as it is and ``to_wire`` parses. ``from_wire`` never fills it.
+    wire_records: list[Any] = field(default_factory=list)
     #: The same for app row entries, sent after ``app_syncable_rows``.
-    wire_rows: list[dict[str, Any]] = field(default_factory=list)
+    wire_rows: list[Any] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         if self.records is None:
@@ -301,12 +312,16 @@ class SyncExchangeResponse:
             self.app_syncable_rows = []
 
     def to_wire(self) -> dict[str, Any]:
+        return self._wire(raw=False)
+
+    def _wire(self, *, raw: bool) -> dict[str, Any]:
+        """The wire dict; with ``raw``, ``msgspec.Raw`` items stay as they are (for the encoder)."""
         records = [record_to_wire(r) for r in self.records]
         if self.wire_records:
-            records += self.wire_records
+            records += self.wire_records if raw else _plain(self.wire_records)
         rows = [entry_to_wire(e) for e in self.app_syncable_rows]
         if self.wire_rows:
-            rows += self.wire_rows
+            rows += self.wire_rows if raw else _plain(self.wire_rows)
         out: dict[str, Any] = {
             "records": records,
             "appSyncableRows": rows,
@@ -320,6 +335,11 @@ class SyncExchangeResponse:
     @classmethod
     def from_wire(cls, data: Any) -> SyncExchangeResponse:
         return _response_of(_convert(data, ExchangeResponseWire, ""))
+
+
+def _plain(items: list[Any]) -> list[Any]:
+    """Wire items as plain data: ``msgspec.Raw`` JSON parsed, dicts as they are."""
+    return [_JSON_DECODER.decode(i) if isinstance(i, msgspec.Raw) else i for i in items]
 
 
 def _request_of(w: ExchangeRequestWire) -> SyncExchangeRequest:
@@ -365,7 +385,7 @@ def encode_request(request: SyncExchangeRequest) -> bytes:
 
 
 def encode_response(response: SyncExchangeResponse) -> bytes:
-    return _ENCODER.encode(response.to_wire())
+    return _ENCODER.encode(response._wire(raw=True))
 
 
 def encode_json(value: Any) -> bytes:

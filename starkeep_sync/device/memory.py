@@ -40,7 +40,10 @@ class NodeIndex:
         self._current = current
 
     def add(self, hlc: HLCTimestamp, key: Hashable) -> None:
-        entries = self._by_node.setdefault(hlc[2], [])
+        node = hlc[2]
+        entries = self._by_node.get(node)
+        if entries is None:
+            entries = self._by_node[node] = []
         item = (hlc, key)
         if not entries or entries[-1][0] < hlc:
             entries.append(item)
@@ -50,7 +53,10 @@ class NodeIndex:
             # The same version put again is listed once, or it would ship once per put (issue #16).
             if item not in entries[lo:hi]:
                 entries.insert(hi, item)
-        raise_watermarks(self.coverage, (hlc,))
+        # ``raise_watermarks(self.coverage, (hlc,))``, inline: called once per stored row.
+        top = self.coverage.get(node)
+        if top is None or hlc > top:
+            self.coverage[node] = hlc
 
     def cover(self, hlc: HLCTimestamp) -> None:
         raise_watermarks(self.coverage, (hlc,))
@@ -119,14 +125,18 @@ class MemoryDatabaseAdapter:
 
     def merge(self, records: Sequence[DataRecord]) -> list[bool]:
         out = []
+        held, index = self._records, self._index
         with self._lock:
             for r in records:
-                stored = self._records.get(r.id)
+                stored = held.get(r.id)
                 if stored is not None and stored.updated_at >= r.updated_at:
-                    self._index.cover(r.updated_at)
+                    index.cover(r.updated_at)
                     out.append(False)
                 else:
-                    self.put(r)
+                    # ``put``, inline: merging 10,000 records one at a time (as a pull does) took 10.9 ms
+                    # instead of 8.5 with ``put`` and ``raise_watermarks`` called (same-run, 2026-12-04).
+                    held[r.id] = r
+                    index.add(r.updated_at, r.id)
                     out.append(True)
         return out
 

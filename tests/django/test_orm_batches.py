@@ -109,3 +109,46 @@ def test_a_batch_stores_json_values_exactly(alice: Any, notes_app: Any) -> None:
     assert stored["n2"]["body"] == "plain"
     # Read through the ORM model as well: the column holds what Django's JSONField reads.
     assert AppRow.objects.get(row_key='["n1"]').data["big"] == 2**70
+
+
+def test_whole_rows_of_distinct_keys_land_as_applied_one_by_one(alice: Any, bob: Any, notes_app: Any) -> None:
+    # Inserts and scanned tombstones (the whole row, no where) of distinct keys: one upsert per table,
+    # with the stored rows (some newer, some older, some equal) deciding in SQL which are written.
+    rng = random.Random(11)
+    one_by_one, batched = OrmAppSource(alice), OrmAppSource(bob)
+    held = []
+    for i in range(60):
+        held.append(row_entry(f"n{i}", rng.randrange(100), body=f"held {i}"))
+        held.append(file_entry(f"f{i}", rng.randrange(100), size_bytes=i, extra={"held": i}))
+    for source in (one_by_one, batched):
+        assert source.applier.apply_many(held) == (len(held), len(held), None)
+    batch = []
+    for i in rng.sample(range(80), 50):
+        wall = rng.randrange(100)
+        if rng.random() < 0.3:
+            ts = HLCTimestamp(BASE_MS + wall, 0, "nodeB")
+            batch.append(AppSyncableRowEntry(ts, "notes", "notes", "delete",
+                                             {"id": f"n{i}", "body": "gone", "deleted_at": None}, None))
+        else:
+            batch.append(row_entry(f"n{i}", wall, node="nodeB", body=f"new {i}"))
+        batch.append(file_entry(f"f{i}", rng.randrange(100), size_bytes=2**40 + i, mime_type="text/plain"))
+    rng.shuffle(batch)
+    singly: list[AppSyncableRowEntry] = [e for e in batch if one_by_one.applier.apply(e)]
+    written: list[AppSyncableRowEntry] = []
+    assert batched.applier.apply_many(batch, written) == (len(batch), len(singly), None)
+    assert written == singly and 0 < len(singly) < len(batch)
+    for table in ("notes", FILE_RECORDS_TABLE):
+        assert sorted(batched.applier.rows("notes", table), key=lambda r: r["id"]) == sorted(
+            one_by_one.applier.rows("notes", table), key=lambda r: r["id"])
+        assert batched.applier.get_node_watermarks("notes", table) == one_by_one.applier.get_node_watermarks(
+            "notes", table)
+
+
+def test_whole_rows_written_with_the_same_key_twice_count_as_applied_one_by_one(alice: Any, notes_app: Any) -> None:
+    source = OrmAppSource(alice)
+    batch = [row_entry("n1", 1, body="one"), row_entry("n1", 2, body="two"), row_entry("n1", 2, body="same stamp")]
+    written: list[AppSyncableRowEntry] = []
+    assert source.applier.apply_many(batch, written) == (3, 2, None)
+    assert written == batch[:2]
+    row = source.applier.get_row("notes", "notes", ["n1"])
+    assert row is not None and row["body"] == "two"

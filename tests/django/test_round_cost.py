@@ -145,6 +145,37 @@ def test_app_rows_read_into_wire_form_equal_the_built_ones(alice: Any, notes_app
     assert channel.wire_changes_since({}, 5, exclude=[(first.identity, first.hlc)]) == (everything[0][1:], False)
 
 
+def test_app_rows_encoded_by_the_database_equal_the_wire_form(alice: Any, notes_app: Any) -> None:
+    import msgspec
+
+    source = OrmAppSource(alice)
+    clock = HLCClock("nodeA")
+    applier = source.applier
+    for i in range(3):
+        applier.apply(AppSyncableRowEntry(clock.now(), "notes", "notes", "insert",
+                                          {"id": f"n{i}", "body": f"ü \"{i}\"\\ \x01", "n": [1.5, 10**20, None]},
+                                          None))
+        applier.apply(AppSyncableRowEntry(clock.now(), "notes", FILE_RECORDS_TABLE, "insert",
+                                          {"id": f"f{i}", "content_hash": "0" * 64, "object_storage_key": "",
+                                           "size_bytes": 2**40 + i, "mime_type": None, "extra": {"x": i}}, None))
+    applier.apply(AppSyncableRowEntry(clock.now(), "notes", "notes", "delete", None, {"id": "n1"}))
+    applier.apply(AppSyncableRowEntry(clock.now(), "notes", FILE_RECORDS_TABLE, "delete", None, {"id": "f0"}))
+    channel = ChannelView(database=None, app_source=source, sync_shared_records=False, app_id="notes")
+    for table in ("notes", FILE_RECORDS_TABLE):
+        encoded = applier.scan_json_since("notes", table, {}, 10)
+        if connection.vendor != "postgresql":
+            assert encoded is None and channel.json_changes_since({}, 4) is None
+            return
+        wire, more = applier.scan_wire_since("notes", table, {}, 10)
+        assert encoded is not None and encoded[1] is more is False
+        assert [(stamp, msgspec.json.decode(raw)) for stamp, raw in encoded[0]] == wire
+    everything = channel.wire_changes_since({}, 8)
+    for limit in (4, 8):
+        raw = channel.json_changes_since({}, limit)
+        assert raw is not None and everything is not None
+        assert ([msgspec.json.decode(r) for r in raw[0]], raw[1]) == (everything[0][:limit], limit < 8)
+
+
 def _wire_records(ids_walls: list[tuple[str, int]], node: str = "nodeA") -> list[Any]:
     from starkeep_sync.core.wire import record_from_wire
 
