@@ -218,9 +218,12 @@ class SyncEngine:
             if last_ok is None or last_ok != run[-1].hlc:
                 failed_nodes.add(node)
         # Shipped items held here only as metadata (relayed after a restart lost the peer
-        # vector): the peer never sends them back (no echo), so their blobs are wanted too.
+        # vector): the peer never sends them back (no echo), so their blobs are wanted too, unless
+        # this round brought a newer version of the record (it is staged above, if need be).
+        arrived = {e.ref for e in staged}
         staged += [self._staged_entry(i) for i in shipped
-                   if i.manifest is not None and not self.local_storage.has(i.manifest.object_storage_key)]
+                   if i.manifest is not None and ref_of(i.identity) not in arrived and self._holds_version(i)
+                   and not self.local_storage.has(i.manifest.object_storage_key)]
         self._raise_to_peer(new_own, theirs, failed_nodes, cut)
 
         # The staged set first: once the watermarks pass an item, only the set remembers its blob.

@@ -871,3 +871,24 @@ def test_blob_counters_stay_consistent_over_a_round_that_pulls_and_pushes() -> N
     r = engine.exchange()
     assert (r.shipped, r.applied, r.pushed_bytes, r.pulled_bytes, r.bytes_moved) == (1, 1, 700, 300, 1000)
     assert r.resident == ["theirs"] and resident(pair.local, theirs) and resident(pair.cloud, mine)
+
+
+def test_a_relayed_older_version_does_not_displace_the_newer_one_staged_in_the_same_round() -> None:
+    """A device that lost its peer vector re-ships what it holds, staged blobs included; when the same round
+    brings a newer version of such a record, the newer version's blob is the one wanted (found by the
+    crash-recovery load test: the older entry replaced the newer one and was then dropped as superseded)."""
+    pair = memory_pair()
+    first = write(pair.cloud, "photo", b"first bytes")
+    remote = Remote(pair.cloud.storage)
+    remote.fail_open.add(first.object_storage_key)
+    state = MemorySyncStateStore()
+    engine = make_engine(pair, remote, state=state)
+    assert engine.exchange().staged == 1  # v1 here as metadata only
+    second = write(pair.cloud, "photo", b"second bytes")
+    state.set_peer_watermarks({})  # as after a crash before the peer vector was saved
+
+    r = engine.exchange()
+
+    assert pair.local.database.get("photo") == second
+    assert r.resident == ["photo"] and resident(pair.local, second)
+    assert (r.staged, engine.blob_state.staged_blobs()) == (0, [])

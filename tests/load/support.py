@@ -45,6 +45,7 @@ from starkeep_sync import (
     shared_object_key,
 )
 from starkeep_sync.client import HttpObjectStorage, create_http_sync_transport
+from starkeep_sync.core.staged import RetryPolicy
 from starkeep_sync.device.memory import (
     MemoryAppSource,
     MemoryDatabaseAdapter,
@@ -319,6 +320,8 @@ class Device:
             sync_shared_records=drive,
             page_limit=self.page_limit,
             app_id=None if drive else APP,
+            # Staged blobs are retried soon here: the checks want every blob home within the test.
+            blob_retry=RetryPolicy(base=0.05, cap=0.5),
         )
 
     # -- rounds -------------------------------------------------------------------------------
@@ -359,6 +362,11 @@ class Device:
                 continue
             if result.shipped or result.applied or result.errors:
                 moved = True
+            if not result.has_more and result.staged:
+                # Done with metadata; blobs still staged wait for their backoff (they never set has_more).
+                moved = True
+                time.sleep(0.1)
+                continue
             if not result.has_more:
                 return moved
         raise AssertionError(f"{self.node_id}/{channel}: still has_more after {max_rounds} rounds")
