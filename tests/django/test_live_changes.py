@@ -205,8 +205,7 @@ def test_an_app_channel_and_the_drive_never_wake_each_other(alice: Any, notes: A
         await put_row(alice, "notes", "notes", {"id": "n1", "body": "x"})
         assert await drive_wait == (200, {"changed": False, "cursor": drive_cursor})
         # And the app waiter sees its own channel's write.
-        status, data = await poll(client, NOTES, app_token, cursor=app_cursor, timeout=5)
-        assert data["changed"] is True
+        assert (await poll(client, NOTES, app_token, cursor=app_cursor, timeout=5))[1]["changed"] is True
 
     run(main)
 
