@@ -31,6 +31,14 @@ def device(base_url: str, token: str, node_id: str, timeout: float = 30) -> Sync
     )
 
 
+def close(*engines: SyncEngine) -> None:
+    """Close the devices' HTTP sessions: a kept-alive connection holds a server thread (and its database
+    connection) until the client lets go."""
+    for engine in engines:
+        engine.transport.close()  # type: ignore[attr-defined]
+        engine.remote_storage.close()  # type: ignore[union-attr]
+
+
 def write(engine: SyncEngine, label: str) -> str:
     record = create_data_record(engine.clock, type="text/plain", origin_app_id="live-test", label=label,
                                 content_hash="", object_storage_key="", size_bytes=0)
@@ -54,7 +62,7 @@ def live_supervisor(engine: SyncEngine, *, interval: float = 30.0, live: bool = 
     finally:
         supervisor.stop()
         supervisor.join(live_timeout + 15)
-        engine.transport.close()  # type: ignore[attr-defined]
+        close(engine)
 
 
 def wait_until_live(supervisor: SyncSupervisor, timeout: float = 10) -> None:

@@ -19,6 +19,7 @@ from typing import Any
 
 from asgiref.sync import sync_to_async
 from django.core.cache import caches
+from django.core.handlers.asgi import ASGIRequest
 from django.http import HttpResponse
 from django.http.response import HttpResponseBase
 from rest_framework import status
@@ -118,12 +119,14 @@ class ChangesView(SyncAPIView):
 
     throttle_classes = [ChangesRateThrottle]
     http_method_names = ["get"]
+    _asgi = False
 
     async def get(self, request: Request, app_id: str | None = None) -> HttpResponseBase:
         raise AssertionError("dispatch() answers GET itself")  # pragma: no cover - marks the view async
 
     async def dispatch(self, request: Any, *args: Any, **kwargs: Any) -> HttpResponseBase:  # type: ignore[override]
         self.args, self.kwargs = args, kwargs
+        self._asgi = isinstance(request, ASGIRequest)
         begun = await sync_to_async(self._phase)(self._begin, request)
         if isinstance(begun, HttpResponseBase):
             return begun
@@ -156,11 +159,18 @@ class ChangesView(SyncAPIView):
 
     def _phase(self, step: Any, *args: Any) -> Any:
         """Run one step; a raised error becomes the protocol's error response through DRF's handler."""
+        result: Any = None
         try:
-            return step(*args)
+            result = step(*args)
         except Exception as exc:
             response = self.handle_exception(exc)
-            return self.finalize_response(self.request, response, *self.args, **self.kwargs)
+            result = self.finalize_response(self.request, response, *self.args, **self.kwargs)
+        finally:
+            # Under ASGI each request's sync code runs in a thread of its own: a connection left open
+            # (CONN_MAX_AGE) would outlive it unused. Kept only from _begin to the comparison that follows.
+            if self._asgi and not (isinstance(result, _Wait) and result.cursor is not None):
+                _release_connection()
+        return result
 
     def _begin(self, request: Any) -> _Wait:
         # What APIView.dispatch does before calling a handler.

@@ -14,7 +14,7 @@ import pytest
 from starkeep_sync.core.constants import REMOTE_UPDATE_AVAILABLE
 from starkeep_sync.live import hub
 from tests.factories import make_token, make_user
-from tests.live_devices import device, live_supervisor, visible_after, wait_until_live
+from tests.live_devices import close, device, live_supervisor, visible_after, wait_until_live
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -30,9 +30,12 @@ def test_a_push_on_one_device_reaches_a_live_device_within_a_second(live_server:
     a, b = device(live_server.url, token, "device-a"), device(live_server.url, token, "device-b")
     events: list[str] = []
     b.change_notifier.subscribe(lambda e: events.append(e.event_type))
-    with live_supervisor(b, interval=30) as supervisor:
-        wait_until_live(supervisor)
-        times = [visible_after(a, b, f"note {i}") for i in range(3)]
+    try:
+        with live_supervisor(b, interval=30) as supervisor:
+            wait_until_live(supervisor)
+            times = [visible_after(a, b, f"note {i}") for i in range(3)]
+    finally:
+        close(a)
     assert max(times) < 1.0, times
     assert events.count(REMOTE_UPDATE_AVAILABLE) >= 3
     assert supervisor.changes_seen >= 3
