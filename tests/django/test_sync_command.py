@@ -78,8 +78,24 @@ def test_interrupted_run_resumes_without_duplicates(setup: dict[str, Any]) -> No
 
 
 def test_watch_runs_cycles(setup: dict[str, Any]) -> None:
-    out = sync(*base_args(setup), "--watch", "--interval", "0.01", "--max-cycles", "2")
+    out = sync(*base_args(setup), "--watch", "--no-live", "--interval", "0.01", "--max-cycles", "2")
     assert "Synced" in out and len(held(setup["cloud"])) == 8
+
+
+def test_watch_is_live_unless_told_otherwise(setup: dict[str, Any], monkeypatch: pytest.MonkeyPatch) -> None:
+    from starkeep_sync.management.commands import starkeep_sync as command
+
+    seen: list[bool] = []
+
+    class Recording(command.SyncSupervisor):
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            seen.append(kwargs["live"])
+            super().__init__(*args, **{**kwargs, "live": False})  # the cycles only: no long-poll left behind
+
+    monkeypatch.setattr(command, "SyncSupervisor", Recording)
+    sync(*base_args(setup), "--watch", "--interval", "0.01", "--max-cycles", "1")
+    sync(*base_args(setup), "--watch", "--no-live", "--interval", "0.01", "--max-cycles", "1")
+    assert seen == [True, False]
 
 
 def test_per_app_channel(setup: dict[str, Any]) -> None:
