@@ -15,8 +15,8 @@ import os
 os.environ.setdefault("STARKEEP_SERVER_INTERFACE", "asgi")
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "example_project.settings")
 
-from django.core.asgi import get_asgi_application  # noqa: E402
-from django.urls import get_resolver  # noqa: E402
+from django.core.asgi import get_asgi_application
+from django.urls import get_resolver
 
 application = get_asgi_application()
 # As in wsgi.py: load the URLconf and views now, then keep the collector off what lives as long as the worker.
