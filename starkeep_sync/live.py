@@ -202,9 +202,10 @@ def announce_change(owner_id: Any, channel: str) -> None:
 class Waiter:
     """One waiting request, in its event loop; woken from any thread."""
 
-    __slots__ = ("_event", "_loop", "_reason")
+    __slots__ = ("_event", "_loop", "_reason", "key")
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.key: tuple[str, str] | None = None
         self._loop = loop
         self._event = asyncio.Event()
         self._reason: str | None = None
@@ -248,23 +249,32 @@ class Hub:
         with self._lock:
             return sum(len(w) for w in self._waiters.values())
 
-    @contextmanager
-    def subscribed(self, owner_id: Any, channel: str) -> Iterator[Waiter]:
-        """Register a waiter for ``(owner_id, channel)`` for the block (register first, then compare)."""
-        waiter = Waiter(asyncio.get_running_loop())
-        key = (str(owner_id), channel)
+    def subscribe(self, owner_id: Any, channel: str, waiter: Waiter) -> None:
+        """Register ``waiter`` for ``(owner_id, channel)`` (from any thread): register first, then compare."""
         self._ensure_listener()
+        key = (str(owner_id), channel)
         with self._lock:
             self._waiters.setdefault(key, set()).add(waiter)
+            waiter.key = key
+
+    def unsubscribe(self, waiter: Waiter) -> None:
+        with self._lock:
+            key, waiter.key = waiter.key, None
+            waiters = self._waiters.get(key) if key is not None else None
+            if waiters is not None:
+                waiters.discard(waiter)
+                if not waiters:
+                    del self._waiters[key]  # type: ignore[arg-type]
+
+    @contextmanager
+    def subscribed(self, owner_id: Any, channel: str) -> Iterator[Waiter]:
+        """A waiter in the running loop, registered for ``(owner_id, channel)`` for the block."""
+        waiter = Waiter(asyncio.get_running_loop())
+        self.subscribe(owner_id, channel, waiter)
         try:
             yield waiter
         finally:
-            with self._lock:
-                waiters = self._waiters.get(key)
-                if waiters is not None:
-                    waiters.discard(waiter)
-                    if not waiters:
-                        del self._waiters[key]
+            self.unsubscribe(waiter)
 
     def wake(self, key: Key, reason: str = NOTIFIED) -> None:
         with self._lock:

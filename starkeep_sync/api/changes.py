@@ -11,10 +11,12 @@ the same, it only costs that thread.
 
 from __future__ import annotations
 
+import asyncio
 import math
 import secrets
 import time
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 from asgiref.sync import sync_to_async
@@ -28,7 +30,7 @@ from rest_framework.request import Request
 from ..adapters.orm import synced_db
 from ..conf import sync_settings
 from ..core.wire import encode_json
-from ..live import NOTIFIED, channel_cursor, hub, valid_cursor
+from ..live import NOTIFIED, Waiter, channel_cursor, hub, valid_cursor
 from .exceptions import InvalidRequest, SyncAPIException
 from .throttling import ChangesRateThrottle
 from .views import SyncAPIView
@@ -126,51 +128,61 @@ class ChangesView(SyncAPIView):
 
     async def dispatch(self, request: Any, *args: Any, **kwargs: Any) -> HttpResponseBase:  # type: ignore[override]
         self.args, self.kwargs = args, kwargs
+        # Under ASGI the phases run in the event loop's shared pool, not in a thread of this request's own
+        # (Django's thread-sensitive default), which would sit idle for as long as the request waits.
+        # Under WSGI the request's thread is held anyway: keep its (persistent) connection.
         self._asgi = isinstance(request, ASGIRequest)
-        begun = await sync_to_async(self._phase)(self._begin, request)
-        if isinstance(begun, HttpResponseBase):
-            return begun
-        wait: _Wait = begun
-        if wait.cursor is None:
-            return await sync_to_async(self._phase)(self._current)
-        deadline = time.monotonic() + wait.timeout
-        slots = WaiterSlots(wait.owner_id)
-        # Subscribe first, then compare: a write committed after the comparison wakes this waiter.
-        with hub.subscribed(wait.owner_id, wait.channel) as waiter:
-            try:
-                first = await sync_to_async(self._phase)(self._compare, wait.timeout > 0, slots)
-                if first is not None:
-                    return first  # type: ignore[no-any-return]
-                while (left := deadline - time.monotonic()) > 0:
-                    reason = await waiter.wait(left)
-                    if reason is None:
-                        break
-                    # A notification means something was applied on the channel, even in the rare case
-                    # its HLC left the coverage (and so the cursor) where it was.
-                    woken = await sync_to_async(self._phase)(self._compare, True, None, reason == NOTIFIED)
-                    if woken is not None:
-                        return woken  # type: ignore[no-any-return]
-                return await sync_to_async(self._phase)(self._compare, False)  # type: ignore[no-any-return]
-            finally:
-                if slots.held is not None:
-                    await sync_to_async(slots.give_back)()
+        sync = partial(sync_to_async, thread_sensitive=not self._asgi)
+        waiter = Waiter(asyncio.get_running_loop())
+        slots: WaiterSlots | None = None
+        try:
+            opened = await sync(self._phase)(self._open, request, waiter)
+            if isinstance(opened, HttpResponseBase):
+                return opened
+            slots, deadline = opened
+            while (left := deadline - time.monotonic()) > 0:
+                reason = await waiter.wait(left)
+                if reason is None:
+                    break
+                # A notification means something was applied on the channel, even in the rare case
+                # its HLC left the coverage (and so the cursor) where it was.
+                woken = await sync(self._phase)(self._compare, True, reason == NOTIFIED)
+                if woken is not None:
+                    return woken  # type: ignore[no-any-return]
+            return await sync(self._phase)(self._compare, False)  # type: ignore[no-any-return]
+        finally:
+            hub.unsubscribe(waiter)
+            if slots is not None and slots.held is not None:
+                await sync(slots.give_back)()
 
     # -- the synchronous phases: DRF's request handling, cursor reads --------------------------------
 
     def _phase(self, step: Any, *args: Any) -> Any:
         """Run one step; a raised error becomes the protocol's error response through DRF's handler."""
-        result: Any = None
         try:
-            result = step(*args)
+            return step(*args)
         except Exception as exc:
             response = self.handle_exception(exc)
-            result = self.finalize_response(self.request, response, *self.args, **self.kwargs)
+            return self.finalize_response(self.request, response, *self.args, **self.kwargs)
         finally:
-            # Under ASGI each request's sync code runs in a thread of its own: a connection left open
-            # (CONN_MAX_AGE) would outlive it unused. Kept only from _begin to the comparison that follows.
-            if self._asgi and not (isinstance(result, _Wait) and result.cursor is not None):
+            if self._asgi:
+                # A phase may run on any thread of the pool, and under ASGI nothing closes a connection
+                # left in one: close it here, a waiting request holds none.
                 _release_connection()
-        return result
+
+    def _open(self, request: Any, waiter: Waiter) -> HttpResponseBase | tuple[WaiterSlots, float]:
+        """Authenticate, then subscribe, then compare: an answer, or ``(slots, deadline)`` to wait."""
+        wait = self._begin(request)
+        if wait.cursor is None:
+            return self._finish(_answer(False, channel_cursor(wait.owner_id, wait.channel)))
+        deadline = time.monotonic() + wait.timeout
+        # Subscribe first, then compare: a write committed after the comparison wakes this waiter.
+        hub.subscribe(wait.owner_id, wait.channel, waiter)
+        slots = WaiterSlots(wait.owner_id)
+        answer = self._compare(wait.timeout > 0, slots=slots)
+        if answer is not None:
+            return answer
+        return slots, deadline
 
     def _begin(self, request: Any) -> _Wait:
         # What APIView.dispatch does before calling a handler.
@@ -189,11 +201,8 @@ class ChangesView(SyncAPIView):
     def _finish(self, response: HttpResponseBase) -> HttpResponseBase:
         return self.finalize_response(self.request, response, *self.args, **self.kwargs)  # type: ignore[no-any-return]
 
-    def _current(self) -> HttpResponseBase:
-        return self._finish(_answer(False, channel_cursor(self.owner().pk, self.channel())))
-
-    def _compare(self, keep_waiting: bool, slots: WaiterSlots | None = None,
-                 notified: bool = False) -> HttpResponseBase | None:
+    def _compare(self, keep_waiting: bool, notified: bool = False,
+                 slots: WaiterSlots | None = None) -> HttpResponseBase | None:
         """``changed`` when the channel moved (or ``notified``); when it did not, ``None`` to keep waiting
         (taking one of ``slots`` first, 429 when none is free) or, unless ``keep_waiting``, ``unchanged``."""
         given = self.request.query_params.get("cursor")
@@ -204,5 +213,6 @@ class ChangesView(SyncAPIView):
             return self._finish(_answer(False, current))
         if slots is not None:
             slots.take()
-        _release_connection()  # about to wait: hold no connection meanwhile
+        if not self._asgi:
+            _release_connection()  # about to wait: hold no connection meanwhile
         return None
