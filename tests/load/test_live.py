@@ -19,7 +19,8 @@ from typing import Any
 import pytest
 import requests
 
-from tests.live_devices import close, device, live_supervisor, visible_after, wait_until_live
+from starkeep_sync.device.supervisor import Backoff, SyncSupervisor
+from tests.live_devices import close, device, visible_after, wait_until_live
 from tests.load.conftest import LoadServer, deployment
 
 B_DEVICES = 4
@@ -126,25 +127,27 @@ def _record(engine: Any, label: str) -> Any:
 
 
 class _all_live:
-    """Every reader under a live supervisor (interval 30 s), all gone live before the block runs."""
+    """Every reader under a live supervisor (interval 30 s), all gone live before the block runs; on exit
+    all are stopped first, then joined, so their last long-polls end together."""
 
     def __init__(self, readers: list[Any]) -> None:
         self.readers = readers
-        self.contexts: list[Any] = []
+        self.supervisors = [SyncSupervisor(r, interval=30, live=True, live_timeout=2,
+                                           backoff=Backoff(base=0.2, cap=2.0)) for r in readers]
 
-    def __enter__(self) -> list[Any]:
-        supervisors = []
-        for r in self.readers:
-            ctx = live_supervisor(r, interval=30, live_timeout=4)
-            self.contexts.append(ctx)
-            supervisors.append(ctx.__enter__())
-        for s in supervisors:
+    def __enter__(self) -> list[SyncSupervisor]:
+        for s in self.supervisors:
+            s.start()
+        for s in self.supervisors:
             wait_until_live(s, timeout=20)
-        return supervisors
+        return self.supervisors
 
     def __exit__(self, *exc: Any) -> None:
-        for ctx in reversed(self.contexts):
-            ctx.__exit__(None, None, None)
+        for s in self.supervisors:
+            s.stop()
+        for s in self.supervisors:
+            s.join(20)
+        close(*self.readers)
 
 
 def _visible_on_all(writer: Any, readers: list[Any], label: str) -> list[float]:
