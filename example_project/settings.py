@@ -11,6 +11,7 @@ Environment:
   STARKEEP_MAX_PAGE_LIMIT  the largest page limit a request may name (STARKEEP_SYNC MAX_PAGE_LIMIT)
   STARKEEP_SERVER_INTERFACE  "asgi" (set by asgi.py): database connections are not kept across requests
   STARKEEP_LIVE_MAX_TIMEOUT, STARKEEP_LIVE_WAKEUP  the STARKEEP_SYNC settings of the same names
+  STARKEEP_LIVE_MAX_WAITERS  STARKEEP_SYNC LIVE_MAX_WAITERS_PER_OWNER
 """
 
 from __future__ import annotations
@@ -118,6 +119,8 @@ if os.environ.get("STARKEEP_THROTTLE", "").lower() == "off":
     STARKEEP_SYNC["THROTTLE_RATES"] = {"exchange": None, "files": None, "health": None, "changes": None}
 if os.environ.get("STARKEEP_LIVE_MAX_TIMEOUT"):
     STARKEEP_SYNC["LIVE_MAX_TIMEOUT"] = int(os.environ["STARKEEP_LIVE_MAX_TIMEOUT"])
+if os.environ.get("STARKEEP_LIVE_MAX_WAITERS"):
+    STARKEEP_SYNC["LIVE_MAX_WAITERS_PER_OWNER"] = int(os.environ["STARKEEP_LIVE_MAX_WAITERS"])
 if os.environ.get("STARKEEP_LIVE_WAKEUP"):
     STARKEEP_SYNC["LIVE_WAKEUP"] = os.environ["STARKEEP_LIVE_WAKEUP"]
 if os.environ.get("STARKEEP_MAX_PAGE_LIMIT"):
