@@ -196,6 +196,32 @@ def _rss_kib(pid: int) -> int:
     raise RuntimeError(f"no VmRSS for {pid}")
 
 
+def _cpu_seconds(pid: int) -> float:
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / 100  # utime + stime, in clock ticks of 1/100 s
+
+
+def _settle(pid: int, limit: float = 120.0) -> None:
+    """Until the worker is idle (under 5% of a core over half a second): every waiter has opened."""
+    deadline = time.monotonic() + limit
+    time.sleep(0.5)
+    while time.monotonic() < deadline:
+        before = _cpu_seconds(pid)
+        time.sleep(0.5)
+        if _cpu_seconds(pid) - before < 0.025:
+            return
+    raise RuntimeError(f"the worker was still busy {limit:g} s after the waiters opened")
+
+
+def _threads(pid: int) -> int:
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("Threads:"):
+                return int(line.split()[1])
+    return 0
+
+
 class IdleWaiters:
     """``count`` long-polls held open from one asyncio loop in a thread of this process."""
 
@@ -251,11 +277,11 @@ def idle_waiters(kind: str, server: Server, owners: dict[str, Any], sizes: LiveS
     waiters = IdleWaiters(server.url, token, cursor, sizes.idle)
     try:
         waiters.open()
-        time.sleep(3)  # every request authenticated, compared and waiting
+        _settle(worker)  # every request authenticated, compared and waiting
         early = waiters.answered()
         if early:
             raise RuntimeError(f"{early} of {sizes.idle} idle long-polls were answered early")
-        rss_with = _rss_kib(worker)
+        rss_with, threads_with = _rss_kib(worker), _threads(worker)
         beside = interleaved_medians_ms({"noop": lambda: noop_round(device)}, sizes.rounds, warm_up=True)["noop"]
         if waiters.answered():
             raise RuntimeError("idle long-polls were answered during the measurement")
@@ -264,7 +290,8 @@ def idle_waiters(kind: str, server: Server, owners: dict[str, Any], sizes: LiveS
     n = f"{sizes.idle:,} waiters"
     return [
         Row(7, "worker RSS with idle long-polls (vs none)", kind, n, "MiB", rss_with / 1024, rss_before / 1024,
-            "RSS with none", note=f"{(rss_with - rss_before) / sizes.idle:.1f} KiB per waiting request"),
+            "RSS with none", note=(f"{(rss_with - rss_before) / sizes.idle:.1f} KiB per waiting request; the "
+                                   f"worker ran {threads_with} threads with them")),
         Row(7, "no-op round beside idle long-polls (vs none)", kind, n, "ms", beside, without,
             "same with none", targets=(ratio_at_most(1.5, "<= 1.5x"),)),
     ]

@@ -1,5 +1,8 @@
 """ASGI entry point: the live change feed (``GET sync/changes``) waits without holding a thread.
 
+``starkeep_sync.live.get_asgi_application`` is Django's, except that a change-feed
+request does not get a thread of its own for Django's synchronous steps.
+
     gunicorn example_project.asgi -k uvicorn_worker.UvicornWorker -w 4
 
 Sync views (the exchange, the blob routes) run in a thread per request, as
@@ -15,8 +18,9 @@ import os
 os.environ.setdefault("STARKEEP_SERVER_INTERFACE", "asgi")
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "example_project.settings")
 
-from django.core.asgi import get_asgi_application
 from django.urls import get_resolver
+
+from starkeep_sync.live import get_asgi_application
 
 application = get_asgi_application()
 # As in wsgi.py: load the URLconf and views now, then keep the collector off what lives as long as the worker.

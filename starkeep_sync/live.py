@@ -39,7 +39,7 @@ from django.conf import settings
 from django.db import transaction
 
 from .conf import sync_settings
-from .core.constants import DRIVE_APP_ID, LOGGER_NAME
+from .core.constants import CHANGES_PATH, DRIVE_APP_ID, LOGGER_NAME
 
 logger = logging.getLogger(LOGGER_NAME)
 
@@ -455,3 +455,36 @@ class _RedisListener(_Listener):
 
 #: This process's waiters.
 hub = Hub()
+
+
+# -- serving under ASGI ---------------------------------------------------------------------------------
+
+
+def _is_change_feed(scope: dict[str, Any]) -> bool:
+    return scope.get("type") == "http" and str(scope.get("path", "")).endswith(CHANGES_PATH)
+
+
+def get_asgi_application() -> Any:
+    """Django's ASGI application, except that a ``sync/changes`` request gets no thread of its own.
+
+    Django's handler gives every request a thread for its synchronous parts (the
+    ``request_started`` receivers, sync middleware), kept until the request ends:
+    a thread per waiting device. For the change feed those short steps run on
+    asgiref's one shared thread instead; the view's own phases run in the event
+    loop's pool. Use it in your ``asgi.py`` in place of
+    ``django.core.asgi.get_asgi_application``; every other request is Django's as usual.
+    """
+    import django
+    from asgiref.sync import ThreadSensitiveContext
+    from django.core.handlers.asgi import ASGIHandler
+
+    class LiveFeedASGIHandler(ASGIHandler):
+        async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+            if _is_change_feed(scope):
+                await self.handle(scope, receive, send)
+                return
+            async with ThreadSensitiveContext():
+                await self.handle(scope, receive, send)
+
+    django.setup(set_prefix=False)
+    return LiveFeedASGIHandler()

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import math
+import random
 import secrets
 import time
 from dataclasses import dataclass
@@ -95,16 +96,22 @@ class WaiterSlots:
     def __init__(self, owner_id: Any) -> None:
         self.cap: int | None = sync_settings.LIVE_MAX_WAITERS_PER_OWNER
         self.cache = caches[sync_settings.REPLAY_CACHE_ALIAS]
-        self.keys = [f"starkeep_sync:live:{owner_id}:{i}" for i in range(self.cap or 0)]
-        self.held: str | None = None
+        self.prefix = f"starkeep_sync:live:{owner_id}:"
+        self.held: str | None = None  # the one key kept while waiting: a waiter costs no list of them
 
     def take(self) -> None:
         if self.cap is None:
             return
-        taken = self.cache.get_many(self.keys)
         ttl = int(sync_settings.LIVE_MAX_TIMEOUT) + SLOT_GRACE_SECONDS
         token = secrets.token_hex(4)
-        for key in self.keys:
+        # A few random slots first: one round trip while the owner is far from the cap, whatever the cap.
+        for i in random.sample(range(self.cap), min(3, self.cap)):
+            if self.cache.add(self.prefix + str(i), token, timeout=ttl):
+                self.held = self.prefix + str(i)
+                return
+        keys = [self.prefix + str(i) for i in range(self.cap)]
+        taken = self.cache.get_many(keys)
+        for key in keys:
             if key not in taken and self.cache.add(key, token, timeout=ttl):
                 self.held = key
                 return

@@ -282,6 +282,8 @@ class SyncSupervisor:
             self.live_active = False
 
     def _back_off(self, backoff: Backoff, err: BaseException) -> None:
+        if self._stop.is_set() or self._watcher_done.is_set():
+            return  # stopped meanwhile: the error is the server or the network going away under us
         delay = backoff.next_delay(getattr(err, "retry_after", None))
         logger.warning("live mode: waiting for changes failed (%s); again in %.1f s", err, delay)
         self._stop.wait(delay)
