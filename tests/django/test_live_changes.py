@@ -320,3 +320,69 @@ def test_the_changes_scope_is_throttled_on_its_own(alice: Any, settings: Any) ->
     exchange = Client().post("/sync/exchange", b'{"watermarks": {}}', content_type="application/json",
                              headers=bearer(token))
     assert exchange.status_code == 200
+
+
+def test_waiting_requests_hold_no_thread_under_the_asgi_handler(alice: Any, settings: Any) -> None:
+    """Through ``starkeep_sync.live.get_asgi_application`` (what example_project/asgi.py serves), 60 waiting
+    requests add no thread per request; Django's own handler would keep one for each."""
+    settings.STARKEEP_SYNC = {**settings.STARKEEP_SYNC, "LIVE_MAX_WAITERS_PER_OWNER": None}
+    import threading
+
+    from starkeep_sync.live import get_asgi_application
+
+    app = get_asgi_application()
+    token = make_token(alice)
+    count = 60
+
+    async def request(cursor: str, sent: list[dict[str, Any]]) -> None:
+        gone = asyncio.Event()
+        first = True
+
+        async def receive() -> dict[str, Any]:
+            nonlocal first
+            if first:
+                first = False
+                return {"type": "http.request", "body": b"", "more_body": False}
+            await gone.wait()  # the client never leaves on its own
+            return {"type": "http.disconnect"}
+
+        async def send(message: dict[str, Any]) -> None:
+            sent.append(message)
+
+        scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "GET",
+                 "scheme": "http", "path": DRIVE, "raw_path": DRIVE.encode(), "root_path": "",
+                 "query_string": f"cursor={cursor}&timeout=20".encode(),
+                 "headers": [(b"host", b"testserver"), (b"authorization", f"Bearer {token}".encode())],
+                 "client": ("127.0.0.1", 40000), "server": ("testserver", 80)}
+        await app(scope, receive, send)
+
+    async def main() -> None:
+        cursor = await cursor_of(AsyncClient(), DRIVE, token)
+        before = threading.active_count()
+        answers: list[list[dict[str, Any]]] = [[] for _ in range(count)]
+        tasks = [asyncio.create_task(request(cursor, sent)) for sent in answers]
+        await until_waiting(count)
+        during = threading.active_count()
+        assert during - before < 12, (before, during)  # a small shared pool, not a thread per request
+        await put_record(alice, type="text/plain")
+        await asyncio.wait_for(asyncio.gather(*tasks), 10)
+        for sent in answers:
+            assert sent[0]["status"] == 200
+            body = b"".join(m.get("body", b"") for m in sent if m["type"] == "http.response.body")
+            assert json.loads(body)["changed"] is True
+
+    # In a thread of its own, as a server's loop runs: under async_to_sync the handler's thread-sensitive
+    # steps would go to the calling thread instead, and nothing would tell the two handlers apart.
+    failure: list[BaseException] = []
+
+    def serve() -> None:
+        try:
+            asyncio.run(main())
+        except BaseException as err:
+            failure.append(err)
+
+    server = threading.Thread(target=serve)
+    server.start()
+    server.join(60)
+    if failure:
+        raise failure[0]
