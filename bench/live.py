@@ -273,7 +273,7 @@ def idle_waiters(kind: str, server: Server, owners: dict[str, Any], sizes: LiveS
     device = engine(server, owners["bench-live-noop"]["token"], "noop-idle")
     run_rounds(device)
     without = interleaved_medians_ms({"noop": lambda: noop_round(device)}, sizes.rounds, warm_up=True)["noop"]
-    rss_before = _rss_kib(worker)
+    rss_before, threads_before = _rss_kib(worker), _threads(worker)
     waiters = IdleWaiters(server.url, token, cursor, sizes.idle)
     try:
         waiters.open()
@@ -290,8 +290,9 @@ def idle_waiters(kind: str, server: Server, owners: dict[str, Any], sizes: LiveS
     n = f"{sizes.idle:,} waiters"
     return [
         Row(7, "worker RSS with idle long-polls (vs none)", kind, n, "MiB", rss_with / 1024, rss_before / 1024,
-            "RSS with none", note=(f"{(rss_with - rss_before) / sizes.idle:.1f} KiB per waiting request; the "
-                                   f"worker ran {threads_with} threads with them")),
+            "RSS with none"),
+        Row(7, "worker threads with idle long-polls (vs none)", kind, n, "threads", threads_with, threads_before,
+            "threads with none"),
         Row(7, "no-op round beside idle long-polls (vs none)", kind, n, "ms", beside, without,
             "same with none", targets=(ratio_at_most(1.5, "<= 1.5x"),)),
     ]

@@ -266,4 +266,23 @@ def check_settings(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]
             hint="Point REPLAY_CACHE_ALIAS at a shared cache (Redis, Memcached or the database cache).",
             id="starkeep_sync.W001",
         ))
+    errors.extend(_live_wakeup_reachable(values["LIVE_WAKEUP"]))
     return errors
+
+
+def _live_wakeup_reachable(mode: str) -> list[CheckMessage]:
+    """An explicit ``LIVE_WAKEUP`` must have what it needs, or waiters would only ever answer at their timeout."""
+    import importlib.util
+
+    from .live import redis_url
+
+    if mode == "postgresql" and importlib.util.find_spec("psycopg") is None:
+        return [Error("STARKEEP_SYNC['LIVE_WAKEUP'] is 'postgresql', but psycopg 3 is not installed.",
+                      hint='pip install "django-starkeep-sync[postgres]", or use LIVE_WAKEUP "auto".',
+                      id="starkeep_sync.E035")]
+    if mode == "redis" and redis_url() is None:
+        return [Error("STARKEEP_SYNC['LIVE_WAKEUP'] is 'redis', but the REPLAY_CACHE_ALIAS cache is not a Redis "
+                      "cache.", hint="Point REPLAY_CACHE_ALIAS at a django.core.cache.backends.redis.RedisCache "
+                      "cache, or use LIVE_WAKEUP 'auto'.", id="starkeep_sync.E035")]
+    return []
+

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import importlib.util
 import logging
 import os
 import threading
@@ -114,7 +115,8 @@ def wakeup_mode() -> str:
         return str(mode)
     from .adapters.orm import synced_db
 
-    if synced_db().vendor == "postgresql":
+    # LISTEN needs psycopg 3's async connection; a project on psycopg2 wakes through Redis or in process.
+    if synced_db().vendor == "postgresql" and importlib.util.find_spec("psycopg") is not None:
         return "postgresql"
     if redis_url() is not None:
         return "redis"

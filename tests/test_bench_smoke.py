@@ -15,6 +15,7 @@ EXPECTED = [
     ("6", "devices push at once"),
     ("7", "write -> visible on another device, p50"), ("7", "write -> visible on another device, p95"),
     ("7", "no-op round under ASGI"), ("7", "under ASGI vs WSGI"), ("7", "worker RSS with idle long-polls"),
+    ("7", "worker threads with idle long-polls"),
     ("7", "no-op round beside idle long-polls"),
 ]
 

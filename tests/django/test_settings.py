@@ -199,8 +199,15 @@ GOOD_VALUES: list[tuple[str, Any]] = [
     ("LIVE_MAX_TIMEOUT", 60),
     ("LIVE_MAX_WAITERS_PER_OWNER", None),
     ("LIVE_WAKEUP", "local"),
-    ("LIVE_WAKEUP", "redis"),
+    ("LIVE_WAKEUP", "postgresql"),
 ]
+
+
+def test_live_wakeup_through_redis_needs_a_redis_cache(settings: Any) -> None:
+    assert check_ids(LIVE_WAKEUP="redis") == ["starkeep_sync.E035"]
+    settings.CACHES = {"default": {"BACKEND": "django.core.cache.backends.redis.RedisCache",
+                                   "LOCATION": "redis://127.0.0.1:6379/0"}}
+    assert check_ids(LIVE_WAKEUP="redis") == []
 
 
 @pytest.mark.parametrize("name, value", GOOD_VALUES)
