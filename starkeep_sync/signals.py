@@ -23,6 +23,10 @@ Senders are the models the change landed in (``SharedRecord``, ``AppRow``,
   token's hint (its first characters, as ``starkeep_token list`` shows them), or
   ``None`` (server API, presigned URLs).
 
+``notify_records_applied`` and ``notify_rows_applied`` also wake the owner's
+requests waiting on the channel's live change feed (``starkeep_sync.live``):
+through ``NOTIFY`` in the writing transaction on PostgreSQL, after commit otherwise.
+
 Receivers run through ``send_robust``: one that raises is logged (Django's
 ``django.dispatch`` logger) and skipped. By then the change is committed and
 the device has its answer coming; an exception could not undo the change, it
