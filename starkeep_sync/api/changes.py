@@ -73,7 +73,7 @@ def _release_connection() -> None:
 def parse_timeout(text: str | None) -> float:
     """Seconds to hold the request: the ``timeout`` parameter, at most ``LIVE_MAX_TIMEOUT`` (also its default)."""
     cap = float(sync_settings.LIVE_MAX_TIMEOUT)
-    if text is None or text == "":
+    if text is None:
         return cap
     try:
         seconds = float(text)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import json
 import random
+import threading
 import time
 from collections.abc import Awaitable, Callable, Iterator
 from typing import Any
@@ -21,7 +22,7 @@ from django.db import connection
 from django.test import AsyncClient, Client
 
 from starkeep_sync import server
-from starkeep_sync.api.changes import SLOT_GRACE_SECONDS
+from starkeep_sync.api.changes import SLOT_GRACE_SECONDS, ChangesView
 from starkeep_sync.live import hub
 from tests.factories import make_secret, make_token, make_user, register_app
 
@@ -73,8 +74,39 @@ async def until_waiting(count: int = 1) -> None:
         await asyncio.sleep(0.002)
 
 
-put_record = sync_to_async(server.put_record)
-put_row = sync_to_async(server.put_row)
+#: See ``_serialized_on_memory_sqlite``.
+_memory_db = threading.Lock()
+
+
+def _written(write: Callable[..., Any]) -> Callable[..., Awaitable[Any]]:
+    def call(*args: Any, **kwargs: Any) -> Any:
+        if connection.vendor != "sqlite":
+            return write(*args, **kwargs)
+        with _memory_db:
+            return write(*args, **kwargs)
+
+    return sync_to_async(call)
+
+
+put_record = _written(server.put_record)
+put_row = _written(server.put_row)
+
+
+@pytest.fixture(autouse=True)
+def _serialized_on_memory_sqlite(monkeypatch: pytest.MonkeyPatch) -> None:
+    """On SQLite the test database lives in memory, shared between threads in shared-cache mode, where a
+    table lock fails at once ("database table is locked") instead of waiting as a file database does. The
+    view's phases (on the loop's pool under ASGI) and the test's writes then take turns; the interleavings
+    that matter, between phases, are kept. PostgreSQL runs them truly at once."""
+    if connection.vendor != "sqlite":
+        return
+    phase = ChangesView._phase
+
+    def serialized(self: Any, *args: Any) -> Any:
+        with _memory_db:
+            return phase(self, *args)
+
+    monkeypatch.setattr(ChangesView, "_phase", serialized)
 
 
 def test_without_a_cursor_it_answers_at_once_with_the_current_one(alice: Any) -> None:
@@ -248,6 +280,7 @@ def test_an_hmac_signed_get_works_and_its_replay_does_not(alice: Any, notes: Any
     ({"timeout": "-1"}, "timeout"),
     ({"timeout": "nan"}, "timeout"),
     ({"timeout": "inf"}, "timeout"),
+    ({"timeout": ""}, "timeout"),
 ])
 def test_bad_parameters_are_400_naming_them(alice: Any, params: dict[str, str], field: str) -> None:
     response = Client().get(DRIVE, params, headers=bearer(make_token(alice)))
@@ -326,8 +359,6 @@ def test_waiting_requests_hold_no_thread_under_the_asgi_handler(alice: Any, sett
     """Through ``starkeep_sync.live.get_asgi_application`` (what example_project/asgi.py serves), 60 waiting
     requests add no thread per request; Django's own handler would keep one for each."""
     settings.STARKEEP_SYNC = {**settings.STARKEEP_SYNC, "LIVE_MAX_WAITERS_PER_OWNER": None}
-    import threading
-
     from starkeep_sync.live import get_asgi_application
 
     app = get_asgi_application()
