@@ -61,7 +61,7 @@ NOTES = [
     "7: the example project under `gunicorn example_project.asgi -k uvicorn_worker.UvicornWorker` (1 worker "
     "on SQLite, where wake-ups stay in one process; 4 on PostgreSQL, woken by LISTEN/NOTIFY). Latency: device "
     "A pushes records at random instants; device B (live: one long-poll of sync/changes open) and device C "
-    "(polling every 30 s, 2 s with --sizes tiny) note when each lands, from the same writes. ASGI vs WSGI: "
+    "(polling every 30 s, 1 s with --sizes tiny) note when each lands, from the same writes. ASGI vs WSGI: "
     "the same database also served by gunicorn's sync workers, the rounds taking turns. Idle long-polls: held "
     "open from one asyncio loop in the bench process against a server of one uvicorn worker, with "
     "LIVE_MAX_WAITERS_PER_OWNER raised for it; RSS is the worker's VmRSS.",

@@ -48,7 +48,7 @@ class LiveSizes:
 
 SIZES = {
     "full": LiveSizes(writes=100, spread=60.0, poll_interval=30.0, idle=1000, rounds=30, push=1000, push_passes=3),
-    "tiny": LiveSizes(writes=10, spread=3.0, poll_interval=2.0, idle=50, rounds=5, push=100, push_passes=1),
+    "tiny": LiveSizes(writes=10, spread=1.5, poll_interval=1.0, idle=50, rounds=3, push=100, push_passes=1),
 }
 
 OWNERS = ["bench-live", "bench-live-noop", "bench-idle", "bench-asgi-push", "bench-wsgi-push"]
