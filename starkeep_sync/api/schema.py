@@ -20,7 +20,6 @@ from collections.abc import Callable
 from typing import Any
 
 import msgspec
-
 from rest_framework.renderers import JSONRenderer
 from rest_framework.request import Request
 from rest_framework.response import Response
@@ -39,8 +38,8 @@ from ..core.constants import (
 from ..core.keys import MAX_KEY_BYTES, MAX_KEY_ENCODED_LENGTH, MAX_KEY_LENGTH, PRESIGN_SEGMENT
 from ..core.wire import MAX_JSON_DEPTH, json_schema_components
 from . import views
-from .changes import ChangesView
 from .authentication import AppSignatureAuthentication, DeviceTokenAuthentication
+from .changes import ChangesView
 from .exceptions import ProtocolErrors, SyncAPIException
 from .throttling import HealthRateThrottle
 
