@@ -9,7 +9,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from bench import workloads
+from bench import live, workloads
 from bench.machine import ROOT, describe, load_average
 from bench.report import WORKLOADS, Row, render
 from bench.server import PAGE_LIMIT, REDIS_URL, Database, Server, log
@@ -66,6 +66,13 @@ NOTES = [
     "6: PostgreSQL only; each device is its own process with its own owner (pure pushes, no cross-device "
     "pulls), page_limit 1000; all start at a barrier; records/s = all records / (last finish - first "
     "start). Devices, server workers and PostgreSQL share the same cores.",
+    "7: the example project under `gunicorn example_project.asgi -k uvicorn_worker.UvicornWorker` (1 worker "
+    "on SQLite, where wake-ups stay in one process; 4 on PostgreSQL, woken by LISTEN/NOTIFY). Latency: device "
+    "A pushes records at random instants; device B (live: one long-poll of sync/changes open) and device C "
+    "(polling every 30 s, 1 s with --sizes tiny) note when each lands, from the same writes. ASGI vs WSGI: "
+    "the same database also served by gunicorn's sync workers, the rounds taking turns. Idle long-polls: held "
+    "open from one asyncio loop in the bench process against a server of one uvicorn worker, with "
+    "LIVE_MAX_WAITERS_PER_OWNER raised for it; RSS is the worker's VmRSS.",
     "The machine is shared with other test suites: compare ratios within one run, not absolute numbers "
     "across runs.",
 ]
@@ -178,6 +185,9 @@ def main(argv: list[str] | None = None) -> int:
         if args.selected & HTTP:
             for kind in args.dbs:
                 rows += run_database(kind, sizes, args.selected, workdir, versions)
+        if 7 in args.selected:
+            for kind in args.dbs:
+                rows += live.run(kind, args.sizes, workdir, WORKERS[kind])
     finally:
         if own_workdir:
             shutil.rmtree(workdir, ignore_errors=True)

@@ -13,6 +13,7 @@ WORKLOADS = {
     4: "app rows (AW) over HTTP",
     5: "blobs device -> server -> device",
     6: "server under concurrency",
+    7: "live changes (ASGI)",
     8: "lazy blob policy: metadata of file-backed records",
 }
 

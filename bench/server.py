@@ -82,16 +82,23 @@ def free_port() -> int:
 
 
 class Server:
-    """``gunicorn example_project.wsgi`` on a fresh database, throttling off."""
+    """``gunicorn example_project.wsgi`` on a fresh database, throttling off.
 
-    def __init__(self, db: Database, workdir: Path, workers: int) -> None:
+    ``app="example_project.asgi", worker_class="uvicorn_worker.UvicornWorker"`` serves it under ASGI;
+    ``extra_env`` adds to the server's environment.
+    """
+
+    def __init__(self, db: Database, workdir: Path, workers: int, *, app: str = "example_project.wsgi",
+                 worker_class: str | None = None, extra_env: dict[str, str] | None = None) -> None:
         self.db = db
         self.workdir = workdir
         self.workers = workers
+        self.app = app
+        self.worker_class = worker_class
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.proc: subprocess.Popen[bytes] | None = None
-        self.log_path = workdir / f"gunicorn-{db.kind}.log"
+        self.log_path = workdir / f"gunicorn-{db.kind}-{self.port}.log"
         self.env = {
             **os.environ,
             "DJANGO_SETTINGS_MODULE": "example_project.settings",
@@ -107,6 +114,7 @@ class Server:
             self.env["REDIS_URL"] = REDIS_URL
         else:
             self.env.pop("REDIS_URL", None)
+        self.env.update(extra_env or {})
 
     def provision(self, owners: Sequence[str]) -> dict[str, dict[str, Any]]:
         """Migrate (``manage.py migrate``), register the app, issue a token per owner."""
@@ -123,7 +131,8 @@ class Server:
     def start(self) -> None:
         log_file = open(self.log_path, "ab")
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "gunicorn", "example_project.wsgi", "-w", str(self.workers),
+            [sys.executable, "-m", "gunicorn", self.app, "-w", str(self.workers),
+             *(["-k", self.worker_class] if self.worker_class else []),
              "-b", f"127.0.0.1:{self.port}", "--timeout", "600", "--graceful-timeout", "10",
              # gunicorn's control socket defaults to one path in $HOME, shared by every gunicorn here.
              "--no-control-socket"],
@@ -141,6 +150,22 @@ class Server:
             except OSError:
                 time.sleep(0.2)
         raise RuntimeError(f"gunicorn did not answer /health in 90 s:\n{self.log_tail()}")
+
+    def worker_pids(self) -> list[int]:
+        """gunicorn's workers: the master's live children, from /proc."""
+        assert self.proc is not None
+        out = []
+        for entry in os.listdir("/proc"):
+            if entry.isdigit():
+                try:
+                    with open(f"/proc/{entry}/stat") as f:
+                        stat = f.read()
+                except OSError:
+                    continue
+                fields = stat[stat.rfind(")") + 2:].split()
+                if int(fields[1]) == self.proc.pid and fields[0] != "Z":
+                    out.append(int(entry))
+        return sorted(out)
 
     def log_tail(self, lines: int = 40) -> str:
         try:

@@ -7,8 +7,11 @@ Environment:
                     deployments, or a test run, share one Redis database and clean up only their own keys
   STARKEEP_MEDIA    where blobs go with file-system storage (default: ./media)
   DJANGO_SECRET_KEY, DJANGO_DEBUG, DJANGO_ALLOWED_HOSTS
-  STARKEEP_THROTTLE        "off" disables every rate limit (exchange, files, health), e.g. for benchmarks
+  STARKEEP_THROTTLE        "off" disables every rate limit (exchange, files, health, changes), e.g. for benchmarks
   STARKEEP_MAX_PAGE_LIMIT  the largest page limit a request may name (STARKEEP_SYNC MAX_PAGE_LIMIT)
+  STARKEEP_SERVER_INTERFACE  "asgi" (set by asgi.py): database connections are not kept across requests
+  STARKEEP_LIVE_MAX_TIMEOUT, STARKEEP_LIVE_WAKEUP  the STARKEEP_SYNC settings of the same names
+  STARKEEP_LIVE_MAX_WAITERS  STARKEEP_SYNC LIVE_MAX_WAITERS_PER_OWNER
 """
 
 from __future__ import annotations
@@ -91,6 +94,11 @@ DATABASES = {
           "CONN_MAX_AGE": 60}
 }
 
+if os.environ.get("STARKEEP_SERVER_INTERFACE") == "asgi":
+    # asgi.py sets this: under ASGI sync code runs in a new thread per request, so a connection kept
+    # for CONN_MAX_AGE would be stranded with that thread; close each at the end of its request.
+    DATABASES["default"]["CONN_MAX_AGE"] = 0
+
 if os.environ.get("REDIS_URL"):
     CACHES = {"default": {"BACKEND": "django.core.cache.backends.redis.RedisCache",
                           "LOCATION": os.environ["REDIS_URL"],
@@ -108,7 +116,13 @@ STARKEEP_SYNC: dict[str, object] = {
     "NODE_ID": os.environ.get("STARKEEP_NODE_ID", "cloud"),
 }
 if os.environ.get("STARKEEP_THROTTLE", "").lower() == "off":
-    STARKEEP_SYNC["THROTTLE_RATES"] = {"exchange": None, "files": None, "health": None}
+    STARKEEP_SYNC["THROTTLE_RATES"] = {"exchange": None, "files": None, "health": None, "changes": None}
+if os.environ.get("STARKEEP_LIVE_MAX_TIMEOUT"):
+    STARKEEP_SYNC["LIVE_MAX_TIMEOUT"] = int(os.environ["STARKEEP_LIVE_MAX_TIMEOUT"])
+if os.environ.get("STARKEEP_LIVE_MAX_WAITERS"):
+    STARKEEP_SYNC["LIVE_MAX_WAITERS_PER_OWNER"] = int(os.environ["STARKEEP_LIVE_MAX_WAITERS"])
+if os.environ.get("STARKEEP_LIVE_WAKEUP"):
+    STARKEEP_SYNC["LIVE_WAKEUP"] = os.environ["STARKEEP_LIVE_WAKEUP"]
 if os.environ.get("STARKEEP_MAX_PAGE_LIMIT"):
     STARKEEP_SYNC["MAX_PAGE_LIMIT"] = int(os.environ["STARKEEP_MAX_PAGE_LIMIT"])
 

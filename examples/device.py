@@ -1,10 +1,13 @@
 """A Python device that syncs with a Starkeep server, no Django needed.
 
     python examples/device.py --url http://127.0.0.1:8000 --token skt_... --db device.db --add 3
+    python examples/device.py --url http://127.0.0.1:8000 --token skt_... --db other.db --watch
 
 Keeps its records, app rows and sync state in one sqlite file and its blobs
 in a folder next to it; each run adds ``--add`` new photos (random bytes),
 syncs the Drive channel until nothing is left, and prints what moved.
+``--watch`` keeps syncing (Ctrl-C stops it): as soon as the server's change
+feed says another device changed something, and every ``--interval`` seconds.
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ import hashlib
 import os
 import sys
 from pathlib import Path
+from typing import Any
 
 # Runnable from a checkout without installing.
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -28,7 +32,7 @@ from starkeep_sync import (
 )
 from starkeep_sync.client import HttpObjectStorage, create_http_sync_transport
 from starkeep_sync.device.sqlite import SqliteDeviceStore
-from starkeep_sync.device.supervisor import sync_until_done
+from starkeep_sync.device.supervisor import RoundReport, SyncSupervisor, sync_until_done
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -39,6 +43,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--db", default="device.db", help="sqlite file of this device (created if missing)")
     parser.add_argument("--node-id", default=None, help="this device's node id (default: from the db file name)")
     parser.add_argument("--add", type=int, default=0, help="create this many new records with blobs first")
+    parser.add_argument("--watch", action="store_true",
+                        help="keep syncing, at once when the server reports a change (live), until Ctrl-C")
+    parser.add_argument("--interval", type=float, default=30.0, help="with --watch: seconds between rounds anyway")
+    parser.add_argument("--max-cycles", type=int, default=None, help="with --watch: stop after this many cycles")
     args = parser.parse_args(argv)
     if not args.token:
         parser.error("no token: pass --token or set STARKEEP_SYNC_TOKEN")
@@ -66,6 +74,8 @@ def main(argv: list[str] | None = None) -> int:
         transport=create_http_sync_transport(base_url=base, auth=args.token),
         clock=clock, sync_state=state, on_progress=show_progress,
     )
+    if args.watch:
+        return watch(engine, store, node_id, args.interval, args.max_cycles)
     try:
         results = sync_until_done(engine)
     except SyncError as err:
@@ -100,6 +110,31 @@ def show_progress(p: TransferProgress) -> None:
     end = "\n" if p.items_done == p.items_total and p.bytes_done >= p.bytes_total else ""
     print(f"\r{verb} {p.items_done}/{p.items_total} blobs, {p.bytes_done}/{p.bytes_total} bytes",
           end=end, file=sys.stderr, flush=True)
+
+
+def watch(engine: Any, store: SqliteDeviceStore, node_id: str, interval: float, max_cycles: int | None) -> int:
+    """Sync until Ctrl-C: a round whenever the server's change feed answers ``changed``, and every ``interval``."""
+
+    def report(r: RoundReport) -> None:
+        if r.error is not None:
+            print(f"{node_id}: round failed: {r.error}", file=sys.stderr, flush=True)
+        elif r.applied or r.shipped:
+            print(f"{node_id}: shipped {r.shipped}, received {r.applied}; "
+                  f"{len(store.database.all())} records held", flush=True)
+
+    supervisor = SyncSupervisor(engine, interval=interval, on_round=report, live=True)
+    print(f"{node_id}: watching (live changes, and every {interval:g} s); Ctrl-C stops", flush=True)
+    try:
+        supervisor.run(max_cycles=max_cycles)
+    except KeyboardInterrupt:
+        pass
+    except SyncError as err:
+        print(f"{node_id}: sync stopped: {err}", file=sys.stderr)
+        return 1
+    finally:
+        supervisor.stop()
+        store.close()
+    return 0
 
 
 if __name__ == "__main__":

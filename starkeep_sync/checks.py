@@ -20,7 +20,7 @@ from django.utils.module_loading import import_string
 from .core.constants import UNKNOWN_ROWS_POLICIES
 
 #: Throttle scopes the views use (starkeep_sync.api.throttling).
-THROTTLE_SCOPES = ("exchange", "files", "health")
+THROTTLE_SCOPES = ("exchange", "files", "health", "changes")
 
 #: ``<n>/<unit>`` with the units DRF's ``SimpleRateThrottle.parse_rate`` reads (it looks at the first letter only,
 #: so "5/mango" would pass it as minutes; we accept only the spellings people mean).
@@ -118,6 +118,12 @@ def _unknown_app_rows(value: Any) -> str | None:
     return None if value in UNKNOWN_ROWS_POLICIES else f"is {value!r}"
 
 
+def _wakeup(value: Any) -> str | None:
+    from .live import WAKEUP_MODES
+
+    return None if value in WAKEUP_MODES else f"is {value!r}"
+
+
 def _unverified_bounds(values: dict[str, Any]) -> str | None:
     largest = max((v for v in (values["MAX_REQUEST_BYTES"], values["MAX_SIGNED_PUT_BYTES"]) if type(v) is int),
                   default=0)
@@ -180,6 +186,12 @@ RULES: dict[str, Rule] = {
                              "Write None (unlimited) or a positive number of bytes, e.g. 10 * 1024 ** 3."),
     "QUOTA_RECORDS": Rule("starkeep_sync.E026", _optional_positive_int,
                           "Write None (unlimited) or a positive number of records and app rows, e.g. 100_000."),
+    "LIVE_MAX_TIMEOUT": Rule("starkeep_sync.E032", _positive_int,
+                             _POSITIVE.format(unit="seconds, e.g. 30; keep it below your proxy's read timeout")),
+    "LIVE_MAX_WAITERS_PER_OWNER": Rule("starkeep_sync.E033", _optional_positive_int,
+                                       "Write None (no cap) or a positive number of waiting requests, e.g. 32."),
+    "LIVE_WAKEUP": Rule("starkeep_sync.E034", _wakeup,
+                        "Use 'auto' (the default), 'postgresql', 'redis' or 'local'."),
 }
 
 #: Rules over several settings: ``(id, problem(all values), hint)``.
@@ -254,4 +266,23 @@ def check_settings(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]
             hint="Point REPLAY_CACHE_ALIAS at a shared cache (Redis, Memcached or the database cache).",
             id="starkeep_sync.W001",
         ))
+    errors.extend(_live_wakeup_reachable(values["LIVE_WAKEUP"]))
     return errors
+
+
+def _live_wakeup_reachable(mode: str) -> list[CheckMessage]:
+    """An explicit ``LIVE_WAKEUP`` must have what it needs, or waiters would only ever answer at their timeout."""
+    import importlib.util
+
+    from .live import redis_url
+
+    if mode == "postgresql" and importlib.util.find_spec("psycopg") is None:
+        return [Error("STARKEEP_SYNC['LIVE_WAKEUP'] is 'postgresql', but psycopg 3 is not installed.",
+                      hint='pip install "django-starkeep-sync[postgres]", or use LIVE_WAKEUP "auto".',
+                      id="starkeep_sync.E035")]
+    if mode == "redis" and redis_url() is None:
+        return [Error("STARKEEP_SYNC['LIVE_WAKEUP'] is 'redis', but the REPLAY_CACHE_ALIAS cache is not a Redis "
+                      "cache.", hint="Point REPLAY_CACHE_ALIAS at a django.core.cache.backends.redis.RedisCache "
+                      "cache, or use LIVE_WAKEUP 'auto'.", id="starkeep_sync.E035")]
+    return []
+

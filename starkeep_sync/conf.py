@@ -63,10 +63,21 @@ DEFAULTS: dict[str, Any] = {
     "COUNT_PENDING": True,
     # DRF rate strings per scope ("<n>/<sec|min|hour|day>"), per owner; None disables a scope.
     # "health" is per client address.
-    "THROTTLE_RATES": {"exchange": "1200/min", "files": "12000/min", "health": "120/min"},
+    # "changes" (the live change feed, GET sync/changes) is per owner too.
+    "THROTTLE_RATES": {"exchange": "1200/min", "files": "12000/min", "health": "120/min", "changes": "600/min"},
     # Per-owner quotas: total blob bytes and number of synced items (records + app rows); None = unlimited.
     "QUOTA_BLOB_BYTES": None,
     "QUOTA_RECORDS": None,
+    # Live changes (GET sync/changes, PROTOCOL §7d): the longest a request is held, in seconds (also the
+    # default when a request names no timeout; a longer one is capped to it).
+    "LIVE_MAX_TIMEOUT": 30,
+    # Most change-feed requests of one owner waiting at once (429 with Retry-After past it); counted in the
+    # REPLAY_CACHE_ALIAS cache, so across workers when that cache is shared, per process otherwise. None = no cap.
+    "LIVE_MAX_WAITERS_PER_OWNER": 32,
+    # How a write wakes waiters in other processes: "postgresql" (LISTEN/NOTIFY on the synced database),
+    # "redis" (pub/sub on the REPLAY_CACHE_ALIAS cache's Redis), "local" (this process only), or "auto":
+    # postgresql on PostgreSQL, else redis when that cache is Redis, else local.
+    "LIVE_WAKEUP": "auto",
 }
 
 IMPORT_STRINGS = {"AUTHENTICATION_CLASSES"}

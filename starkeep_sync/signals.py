@@ -23,6 +23,10 @@ Senders are the models the change landed in (``SharedRecord``, ``AppRow``,
   token's hint (its first characters, as ``starkeep_token list`` shows them), or
   ``None`` (server API, presigned URLs).
 
+``notify_records_applied`` and ``notify_rows_applied`` also wake the owner's
+requests waiting on the channel's live change feed (``starkeep_sync.live``):
+through ``NOTIFY`` in the writing transaction on PostgreSQL, after commit otherwise.
+
 Receivers run through ``send_robust``: one that raises is logged (Django's
 ``django.dispatch`` logger) and skipped. By then the change is committed and
 the device has its answer coming; an exception could not undo the change, it
@@ -40,6 +44,7 @@ from django.db import transaction
 from django.dispatch import Signal
 
 from .core.constants import DRIVE_APP_ID, FILE_RECORDS_TABLE
+from .live import announce_change
 from .models import AppRow, Blob, FileRecord, SharedRecord
 
 #: Shared records (Drive channel) written. Extra kwargs: ``record_ids`` (list of ids, in the
@@ -79,6 +84,7 @@ def notify_records_applied(owner: Any, record_ids: Sequence[str], node_ids: Iter
     """Send ``records_applied`` after commit; nothing when ``record_ids`` is empty."""
     if not record_ids:
         return
+    announce_change(owner.pk, DRIVE_APP_ID)
     _on_commit(records_applied, SharedRecord, owner=owner, channel=DRIVE_APP_ID,
                record_ids=list(dict.fromkeys(record_ids)), node_ids=sorted(set(node_ids)), source=source,
                principal=principal, credential=credential)
@@ -90,6 +96,7 @@ def notify_rows_applied(owner: Any, channel: str, rows: Sequence[tuple[str, tupl
     """Send ``rows_applied`` after commit; nothing when ``rows`` is empty."""
     if not rows:
         return
+    announce_change(owner.pk, channel)
     listed = list(dict.fromkeys((table, tuple(pk)) for table, pk in rows))
     sender = FileRecord if all(t == FILE_RECORDS_TABLE for t, _ in listed) else AppRow
     _on_commit(rows_applied, sender, owner=owner, channel=channel, rows=listed, node_ids=sorted(set(node_ids)),

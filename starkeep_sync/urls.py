@@ -7,6 +7,7 @@ Mount with ``path("", include("starkeep_sync.urls"))`` so that
 from django.urls import path, re_path
 
 from .api import views
+from .api.changes import ChangesView
 from .api.schema import SchemaView
 
 app_name = "starkeep_sync"
@@ -22,6 +23,7 @@ KEY = r"(?P<key>[\s\S]+)"
 def _channel_routes(prefix: str, suffix: str) -> list:
     return [
         re_path(rf"^{prefix}sync/exchange$", views.ExchangeView.as_view(), name=f"exchange{suffix}"),
+        re_path(rf"^{prefix}sync/changes$", ChangesView.as_view(), name=f"changes{suffix}"),
         re_path(rf"^{prefix}files/presign$", views.PresignPutView.as_view(), name=f"presign{suffix}"),
         re_path(rf"^{prefix}files/confirm$", views.ConfirmView.as_view(), name=f"confirm{suffix}"),
         re_path(rf"^{prefix}files/{KEY}/presign$", views.PresignGetView.as_view(),

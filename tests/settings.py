@@ -65,5 +65,6 @@ STORAGES = {
 }
 CACHES = {"default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"}}
 # Rate limits are on by default; tests that are not about them turn them off.
-STARKEEP_SYNC = {"NODE_ID": "cloud", "THROTTLE_RATES": {"exchange": None, "files": None, "health": None}}
+STARKEEP_SYNC = {"NODE_ID": "cloud", "THROTTLE_RATES": {"exchange": None, "files": None, "health": None,
+                                                    "changes": None}}
 PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]

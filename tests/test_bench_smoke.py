@@ -13,6 +13,10 @@ EXPECTED = [
     ("1", "initial push"), ("2", "initial pull"), ("3", "no-op round"), ("4", "app rows push"),
     ("4", "app rows pull"), ("5", "blob push"), ("5", "blob pull"), ("5", "blob device -> server -> device"),
     ("6", "devices push at once"),
+    ("7", "write -> visible on another device, p50"), ("7", "write -> visible on another device, p95"),
+    ("7", "no-op round under ASGI"), ("7", "under ASGI vs WSGI"), ("7", "worker RSS with idle long-polls"),
+    ("7", "worker threads with idle long-polls"),
+    ("7", "no-op round beside idle long-polls"),
 ]
 
 
@@ -40,7 +44,7 @@ def test_bench_tiny_sqlite_writes_the_table(tmp_path: Path) -> None:
             else:
                 float(r[5].replace(",", ""))  # a measured number
                 assert r[10] in ("pass", "miss", "-")
-    http = [r for r in rows if r[0] in "12345"]
+    http = [r for r in rows if r[0] in "123457"]
     assert http and all(r[2] == "sqlite" for r in http)
 
 

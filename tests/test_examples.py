@@ -45,6 +45,39 @@ def test_device_example_pushes_and_a_second_device_pulls(live_server: Any, tmp_p
     assert len(blobs) == 2
 
 
+@pytest.mark.django_db(transaction=True)
+def test_device_example_watch_receives_another_devices_push_at_once(live_server: Any, tmp_path: Path,
+                                                                     settings: Any) -> None:
+    """``--watch`` polls every 30 s, so only the live change feed can bring A's push within seconds."""
+    import queue
+    import time
+
+    # The server holds a long-poll 2 s at most: the one in flight when the device stops ends soon after.
+    settings.STARKEEP_SYNC = {**settings.STARKEEP_SYNC, "LIVE_MAX_TIMEOUT": 2}
+    token = make_token(make_user("watcher"))
+    watcher = subprocess.Popen(
+        [sys.executable, str(ROOT / "examples" / "device.py"), "--url", live_server.url, "--token", token,
+         "--db", str(tmp_path / "b.db"), "--watch", "--interval", "30"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT)
+    lines: queue.Queue[str] = queue.Queue()
+    assert watcher.stdout is not None
+    threading.Thread(target=lambda: [lines.put(line) for line in watcher.stdout], daemon=True).start()  # type: ignore[union-attr]
+    try:
+        assert "watching" in lines.get(timeout=30)
+        pushed = run_device("--url", live_server.url, "--token", token, "--db", str(tmp_path / "a.db"), "--add", "1")
+        assert pushed.returncode == 0, pushed.stderr
+        deadline, seen = time.monotonic() + 10, ""
+        while "received 1" not in seen:
+            seen += lines.get(timeout=max(0.01, deadline - time.monotonic()))
+        assert "1 records held" in seen, seen
+    finally:
+        watcher.send_signal(signal.SIGINT)
+        try:
+            watcher.wait(10)
+        except subprocess.TimeoutExpired:
+            watcher.kill()
+
+
 def test_device_example_needs_a_token(tmp_path: Path) -> None:
     env_token = os.environ.pop("STARKEEP_SYNC_TOKEN", None)
     try:

@@ -19,6 +19,7 @@ import copy
 from collections.abc import Callable
 from typing import Any
 
+import msgspec
 from rest_framework.renderers import JSONRenderer
 from rest_framework.request import Request
 from rest_framework.response import Response
@@ -38,6 +39,7 @@ from ..core.keys import MAX_KEY_BYTES, MAX_KEY_ENCODED_LENGTH, MAX_KEY_LENGTH, P
 from ..core.wire import MAX_JSON_DEPTH, json_schema_components
 from . import views
 from .authentication import AppSignatureAuthentication, DeviceTokenAuthentication
+from .changes import ChangesView
 from .exceptions import ProtocolErrors, SyncAPIException
 from .throttling import HealthRateThrottle
 
@@ -47,7 +49,7 @@ try:  # the "openapi" extra
     from drf_spectacular.openapi import AutoSchema
     from drf_spectacular.renderers import OpenApiJsonRenderer2
     from drf_spectacular.settings import patched_settings
-    from drf_spectacular.utils import OpenApiExample, OpenApiResponse, extend_schema
+    from drf_spectacular.utils import OpenApiExample, OpenApiParameter, OpenApiResponse, extend_schema
     from drf_spectacular.views import SpectacularAPIView
 except ImportError:  # pragma: no cover - depends on the environment
     HAS_SPECTACULAR = False
@@ -205,6 +207,19 @@ def _exchange_request(wire: dict[str, Any], name: str, description: str, record:
     return out
 
 
+def _changes_component() -> dict[str, Any]:
+    """The ``sync/changes`` answer, from the msgspec type the Python client decodes it with."""
+    from ..client.transport import ChangesAnswer
+
+    (_, components) = msgspec.json.schema_components([ChangesAnswer], ref_template="#/components/schemas/{name}")
+    out = dict(components["ChangesAnswer"])
+    out["title"] = "Changes"
+    out["description"] = ("Whether the owner's data on this channel moved since `cursor` (never what moved), "
+                          "and the cursor to wait from next. Unknown fields are ignored.")
+    out["example"] = {"changed": True, "cursor": "a0f3c1d2e4b5a69788796a5b4c3d2e1f0"}
+    return out
+
+
 def component_schemas() -> dict[str, Any]:
     """The ``components.schemas`` of the API, with this server's configured limits."""
     wire = json_schema_components()
@@ -329,6 +344,7 @@ def component_schemas() -> dict[str, Any]:
             "properties": {"status": {"type": "string", "enum": ["ok", "degraded"]},
                            "db": {"type": "boolean"}, "storage": {"type": "boolean"}},
         },
+        "Changes": _changes_component(),
         "Binary": {"type": "string", "format": "binary",
                    "description": f"Blob bytes (at most {sync_settings.MAX_BLOB_BYTES} bytes)."},
         "Error": {
@@ -664,6 +680,33 @@ if HAS_SPECTACULAR:
                          responses={201: OpenApiResponse(_ref("Ok"), description="Stored."),
                                     **_errors(400, 409, 410, 412, 413, 429, 503, 507)}),
             )
+
+    class ChangesViewSchema(OpenApiViewExtension):
+        target_class = ChangesView
+        match_subclasses = True
+
+        def view_replacement(self) -> type[APIView]:
+            return _documented(self.target, get=dict(
+                tags=["sync"], summary="Wait until the channel changes (live changes)",
+                description=(
+                    "PROTOCOL §7d. Without `cursor`: at once, `changed: false` and the current cursor. With "
+                    "one: at once with `changed: true` and the new cursor if the owner's data on this channel "
+                    "moved since it, else held until it moves or `timeout` seconds pass (capped at "
+                    f"{sync_settings.LIVE_MAX_TIMEOUT}), then `changed: false` and the same cursor. The answer "
+                    "never says what changed. Authenticated and scoped like `sync/exchange` (an app signature "
+                    "covers the empty body; the query string is not signed). 429 `throttled` also when "
+                    f"{sync_settings.LIVE_MAX_WAITERS_PER_OWNER} requests of the owner already wait."),
+                parameters=[
+                    OpenApiParameter("cursor", str, OpenApiParameter.QUERY, required=False,
+                                     description="A cursor this server answered before (empty: none)."),
+                    OpenApiParameter("timeout", {"type": "number", "minimum": 0}, OpenApiParameter.QUERY,
+                                     required=False,
+                                     description=("Seconds to hold the request, 0 or more (default and cap: "
+                                                  f"{sync_settings.LIVE_MAX_TIMEOUT}); anything else is 400.")),
+                ],
+                responses={200: OpenApiResponse(_ref("Changes"), description="Moved, or not (after the wait)."),
+                           **_errors(400, 401, 403, 404, 429)},
+            ))
 
     class HealthViewSchema(OpenApiViewExtension):
         target_class = views.HealthView

@@ -42,3 +42,9 @@ class FilesRateThrottle(SyncRateThrottle):
 
 class HealthRateThrottle(SyncRateThrottle):
     scope = "health"
+
+
+class ChangesRateThrottle(SyncRateThrottle):
+    """The live change feed has its own budget: a device long-polls beside its exchanges."""
+
+    scope = "changes"

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable
-from typing import Any
+from typing import Annotated, Any
+from urllib.parse import urlencode
 
 import msgspec
 import requests
+from requests.adapters import HTTPAdapter
 
-from ..core.constants import DRIVE_APP_ID, EXCHANGE_PATH
+from ..core.constants import CHANGES_PATH, DRIVE_APP_ID, EXCHANGE_PATH
 from ..core.exceptions import SyncTransportError, WireFormatError
 from ..core.wire import MalformedJSONError, SyncExchangeRequest, SyncExchangeResponse, decode_response, encode_request
 from .auth import AuthLike, CallableAuth, SignRequest
@@ -22,12 +25,75 @@ from .session import (
 )
 
 
+class ChangesAnswer(msgspec.Struct, frozen=True):
+    """One answer of ``GET sync/changes`` (PROTOCOL §7d): whether the channel moved, and the cursor to wait from.
+
+    The server's OpenAPI schema of the answer is generated from this type, so the two cannot drift.
+    """
+
+    changed: bool
+    cursor: Annotated[str, msgspec.Meta(min_length=1, description="Opaque; pass it back as `cursor`.")]
+
+
+_CHANGES_DECODER = msgspec.json.Decoder(ChangesAnswer)
+
+
+#: How much longer than the wait it asked for the client reads before it gives up on the server.
+LONG_POLL_MARGIN = 10.0
+
+
 class HttpSyncTransport(ChannelClient):
     """A requester's ``SyncTransport`` to one channel of a remote server."""
 
     #: The engine may run ``exchange_json`` on its prefetch thread; it waits for
     #: that call before the next, so the session is never used by two threads at once.
     prefetch_safe = True
+
+    _live_session: requests.Session | None = None
+    _live_lock = threading.Lock()
+
+    def wait_for_changes(self, cursor: str | None = None, timeout: float = 25.0) -> ChangesAnswer:
+        """``GET sync/changes``: at once without ``cursor`` (the current one), else when the channel moves
+        past ``cursor`` or ``timeout`` seconds pass (the server may hold it less).
+
+        Runs on a session of its own, so a supervisor's long-poll thread never shares the engine's
+        connection pool. Signed like every request (an app signature covers the empty GET body).
+        Raises ``SyncTransportError`` (``status`` 404 from a server without the route, such as the
+        reference) and ``WireFormatError`` for an answer that is not ``{"changed", "cursor"}``.
+        """
+        params: dict[str, str] = {"timeout": f"{max(0.0, timeout):g}"}
+        if cursor is not None:
+            params["cursor"] = cursor
+        headers = {"Accept": "application/json"}
+        headers.update(self.auth.headers("GET", self.signed_path(CHANGES_PATH), b""))
+        connect = self.timeout[0] if isinstance(self.timeout, tuple) else self.timeout
+        response = send(self.live_session, "GET", f"{self.url_for(CHANGES_PATH)}?{urlencode(params)}",
+                        headers=headers, timeout=(connect, timeout + LONG_POLL_MARGIN))
+        raise_for_response(response)
+        try:
+            return _CHANGES_DECODER.decode(response.content)
+        except (msgspec.DecodeError, requests.RequestException) as err:
+            raise WireFormatError("body", f"changes answer is not {{changed, cursor}} ({err})") from None
+
+    @property
+    def live_session(self) -> requests.Session:
+        """The long-poll's own session: made by ``create_session``, without urllib3's read retries
+        (a long-poll that timed out is asked again by its caller, with its own backoff)."""
+        with self._live_lock:
+            if self._live_session is None:
+                session = self.create_session()
+                for adapter in session.adapters.values():
+                    if isinstance(adapter, HTTPAdapter):
+                        adapter.max_retries = adapter.max_retries.new(read=0, total=None)
+                self._live_session = session
+            return self._live_session
+
+    def close(self) -> None:
+        with self._live_lock:
+            live, self._live_session = self._live_session, None
+        if live is not None:
+            live.close()
+        super().close()
 
     def exchange(self, request: SyncExchangeRequest) -> SyncExchangeResponse:
         """Send one round; the parsed response.

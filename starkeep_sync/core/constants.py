@@ -37,6 +37,7 @@ FILES_PATH = "/files/"
 PRESIGN_PUT_PATH = "/files/presign"
 CONFIRM_PATH = "/files/confirm"
 HEALTH_PATH = "/health"
+CHANGES_PATH = "/sync/changes"
 
 # Starkeep app-signature headers (PROTOCOL §8).
 HEADER_APP_ID = "X-Starkeep-App-Id"

@@ -3,7 +3,9 @@
 The reference leaves scheduling to its callers; here one small helper runs
 rounds while ``has_more``, and :class:`SyncSupervisor` repeats that on an
 interval, backing off with jitter on transport errors (honouring a server's
-``Retry-After``), and reporting every round to a callback.
+``Retry-After``), and reporting every round to a callback. In live mode it also
+keeps one long-poll of the server's change feed open (PROTOCOL §7d) and starts
+a cycle as soon as it answers ``changed``.
 """
 
 from __future__ import annotations
@@ -14,10 +16,12 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
-from ..core.constants import LOGGER_NAME
+from ..core.constants import LOGGER_NAME, REMOTE_UPDATE_AVAILABLE
 from ..core.engine import ExchangeResult, SyncEngine
-from ..core.exceptions import ItemsRejected, SyncTransportError
+from ..core.exceptions import ItemsRejected, SyncTransportError, WireFormatError
+from ..core.notifier import ChangeEvent
 
 logger = logging.getLogger(LOGGER_NAME)
 
@@ -113,8 +117,18 @@ class SyncSupervisor:
     """Repeats sync cycles: rounds until done, then wait ``interval``; back off on transport errors.
 
     ``wait(seconds)`` is how it sleeps (default: an event wait that ``stop()``
-    interrupts); tests pass a fake. Non-retryable errors are reported and end
-    ``run()`` by raising, since retrying cannot fix them.
+    and, in live mode, a ``changed`` answer interrupt); tests pass a fake.
+    Non-retryable errors are reported and end ``run()`` by raising, since
+    retrying cannot fix them.
+
+    ``live=True``: a thread keeps one long-poll of the transport's
+    ``wait_for_changes`` open (``live_timeout`` seconds each); when it answers
+    ``changed`` the supervisor emits ``remote-update-available`` on the engine's
+    change notifier and starts a cycle at once. Its errors back off by the same
+    rules as rounds (a :class:`Backoff` of its own, ``Retry-After`` honoured) and
+    it reconnects with the cursor it had, so a change made meanwhile answers at
+    once. Against a server without the route (404, like the reference) or a
+    transport without the method it stops, and the interval alone schedules rounds.
     """
 
     def __init__(
@@ -126,24 +140,38 @@ class SyncSupervisor:
         on_round: RoundCallback | None = None,
         wait: Callable[[float], None] | None = None,
         max_rounds_per_cycle: int = 1000,
+        live: bool = False,
+        live_timeout: float = 25.0,
     ) -> None:
         self.engine = engine
         self.interval = interval
         self.backoff = backoff or Backoff()
         self.on_round = on_round
         self.max_rounds_per_cycle = max_rounds_per_cycle
+        self.live = live
+        self.live_timeout = live_timeout
         self._stop = threading.Event()
         self._resume = threading.Event()
         self._resume.set()
-        self._wait = wait or (lambda seconds: self._stop.wait(seconds))
+        self._kick = threading.Event()
+        self._wait = wait or self._sleep
         self._thread: threading.Thread | None = None
+        self._watcher: threading.Thread | None = None
+        self._watcher_done = threading.Event()
         self.rounds = 0
         self.last_error: BaseException | None = None
+        #: Live mode: whether the change feed is in use (``False`` once the server showed it has none).
+        self.live_active = False
+        #: Live mode: answers of the change feed that said ``changed``.
+        self.changes_seen = 0
+        #: Live mode: the server has no change feed (404), so only the interval schedules cycles.
+        self.live_unavailable = False
 
     # control
 
     def stop(self) -> None:
         self._stop.set()
+        self._kick.set()
         self._resume.set()  # a paused loop must wake up to notice
 
     def pause(self) -> None:
@@ -183,7 +211,21 @@ class SyncSupervisor:
         self.backoff.reset()
         return self.interval
 
+    def _sleep(self, seconds: float) -> None:
+        """Until ``seconds`` pass, ``stop()``, or the change feed answers ``changed``."""
+        self._kick.wait(seconds)
+        self._kick.clear()
+
     def run(self, *, max_cycles: int | None = None) -> None:
+        if self.live:
+            self._start_watcher()
+        try:
+            self._run(max_cycles)
+        finally:
+            if self._watcher is not None:
+                self._stop_watcher()
+
+    def _run(self, max_cycles: int | None) -> None:
         cycles = 0
         while not self._stop.is_set():
             self._resume.wait()
@@ -195,6 +237,65 @@ class SyncSupervisor:
                 break
             self._wait(delay)
 
+    # live mode: the change-feed watcher
+
+    def _start_watcher(self) -> None:
+        wait_for_changes = getattr(self.engine.transport, "wait_for_changes", None)
+        if wait_for_changes is None:
+            logger.info("live mode: the transport has no change feed; syncing every %.0f s", self.interval)
+            return
+        self._watcher_done = threading.Event()  # this watcher's own: a later run() starts another
+        self._watcher = threading.Thread(target=self._watch, args=(wait_for_changes,), name="starkeep-live",
+                                         daemon=True)
+        self._watcher.start()
+
+    def _stop_watcher(self) -> None:
+        # The long-poll in flight ends at its timeout at the latest; ``join`` waits for it if asked.
+        self._watcher_done.set()
+
+    def _watch(self, wait_for_changes: Callable[[str | None, float], Any]) -> None:
+        backoff = Backoff(self.backoff.base, self.backoff.factor, self.backoff.cap, self.backoff.jitter)
+        cursor: str | None = None
+        self.live_active = True
+        try:
+            while not (self._stop.is_set() or self._watcher_done.is_set()):
+                self._resume.wait()
+                try:
+                    answer = wait_for_changes(cursor, self.live_timeout)
+                except SyncTransportError as err:
+                    if err.status == 404:
+                        self.live_unavailable = True
+                        logger.info("live mode: the server has no change feed (%s); syncing every %.0f s",
+                                    err, self.interval)
+                        return
+                    if err.status == 400 and cursor is not None:
+                        cursor = None  # a cursor this server does not take (restored, replaced): start over
+                        continue
+                    self._back_off(backoff, err)
+                    continue
+                except (WireFormatError, ConnectionError, TimeoutError) as err:
+                    self._back_off(backoff, err)
+                    continue
+                backoff.reset()
+                first = cursor is None
+                cursor = answer.cursor
+                if answer.changed or first:
+                    # The first answer only gives a cursor; a cycle after it closes the gap between the
+                    # supervisor's first round and the moment the cursor was read.
+                    if answer.changed:
+                        self.changes_seen += 1
+                        self.engine.change_notifier.emit(ChangeEvent(REMOTE_UPDATE_AVAILABLE))
+                    self._kick.set()
+        finally:
+            self.live_active = False
+
+    def _back_off(self, backoff: Backoff, err: BaseException) -> None:
+        if self._stop.is_set() or self._watcher_done.is_set():
+            return  # stopped meanwhile: the error is the server or the network going away under us
+        delay = backoff.next_delay(getattr(err, "retry_after", None))
+        logger.warning("live mode: waiting for changes failed (%s); again in %.1f s", err, delay)
+        self._stop.wait(delay)
+
     def start(self) -> threading.Thread:
         """Run in a daemon thread; ``stop()`` ends it."""
         self._thread = threading.Thread(target=self.run, name="starkeep-sync", daemon=True)
@@ -202,5 +303,8 @@ class SyncSupervisor:
         return self._thread
 
     def join(self, timeout: float | None = None) -> None:
+        """Wait for the thread ``start`` began and, in live mode, for the long-poll in flight."""
         if self._thread is not None:
             self._thread.join(timeout)
+        if self._watcher is not None:
+            self._watcher.join(timeout)

@@ -11,7 +11,7 @@ from django.utils import timezone
 
 from ..adapters import DjangoObjectStorage, OrmAppSource, OrmDatabaseAdapter, OrmSyncStateStore
 from ..client import HttpObjectStorage, create_http_sync_transport
-from ..client.transport import HttpSyncTransport
+from ..client.transport import ChangesAnswer, HttpSyncTransport
 from ..core.blobs import TransferFailure
 from ..core.constants import DEFAULT_PAGE_LIMIT, DRIVE_APP_ID
 from ..core.engine import SyncEngine, create_sync_engine, response_of
@@ -78,6 +78,10 @@ class NodeIdGuard:
 
     def exchange(self, request: SyncExchangeRequest) -> SyncExchangeResponse:
         return self.exchange_json(request)
+
+    def wait_for_changes(self, cursor: str | None = None, timeout: float = 25.0) -> ChangesAnswer:
+        """The live change feed, straight through: it carries no data to check."""
+        return self.inner.wait_for_changes(cursor, timeout)
 
     def close(self) -> None:
         self.inner.close()

@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import random
 import threading
+import time
 from typing import Any
 
 import pytest
@@ -144,3 +145,131 @@ def test_supervisor_stop_and_pause_in_a_thread() -> None:
     paused.stop()
     paused.join(5)
     assert paused.rounds >= 1
+
+
+# -- live mode: the change-feed watcher ---------------------------------------------------------------
+
+
+class Answer:
+    def __init__(self, changed: bool, cursor: str) -> None:
+        self.changed, self.cursor = changed, cursor
+
+
+class FeedTransport:
+    """A transport whose ``wait_for_changes`` follows a script: answers, errors, or a gate to block on."""
+
+    def __init__(self, script: list[Any]) -> None:
+        self.script = list(script)
+        self.calls: list[tuple[str | None, float]] = []
+        self.idle = threading.Event()
+
+    def wait_for_changes(self, cursor: str | None, timeout: float) -> Any:
+        self.calls.append((cursor, timeout))
+        if not self.script:
+            self.idle.set()
+            time.sleep(0.05)
+            return Answer(False, cursor or "c0")
+        step = self.script.pop(0)
+        if isinstance(step, threading.Event):
+            step.wait(5)
+            step = self.script.pop(0)
+        if isinstance(step, BaseException):
+            raise step
+        return step
+
+
+class LiveEngine(ScriptedEngine):
+    def __init__(self, transport: Any) -> None:
+        super().__init__([])
+        self.transport = transport
+        from starkeep_sync import create_change_notifier
+
+        self.change_notifier = create_change_notifier()
+
+
+def run_live(engine: LiveEngine, **kwargs: Any) -> SyncSupervisor:
+    supervisor = SyncSupervisor(engine, interval=30, live=True, live_timeout=7,  # type: ignore[arg-type]
+                                backoff=Backoff(base=0.01, cap=0.05), **kwargs)
+    supervisor.start()
+    return supervisor
+
+
+def test_live_mode_starts_a_cycle_when_the_feed_answers_changed() -> None:
+    gate = threading.Event()
+    transport = FeedTransport([Answer(False, "c1"), gate, Answer(True, "c2")])
+    engine = LiveEngine(transport)
+    events: list[str] = []
+    engine.change_notifier.subscribe(lambda e: events.append(e.event_type))
+    supervisor = run_live(engine)
+    try:
+        deadline = time.monotonic() + 5
+        while engine.calls < 2:  # the first cycle, and one after the first cursor
+            assert time.monotonic() < deadline
+            time.sleep(0.005)
+        before = engine.calls
+        gate.set()
+        while engine.calls == before:  # the interval is 30 s: only the feed can start this one
+            assert time.monotonic() < deadline
+            time.sleep(0.005)
+        assert transport.idle.wait(5)
+    finally:
+        supervisor.stop()
+        supervisor.join(5)
+    assert events == ["remote-update-available"]
+    assert supervisor.changes_seen == 1
+    # It waited from the cursor it was given, each time, with its own timeout.
+    assert [c for c, _ in transport.calls[:3]] == [None, "c1", "c2"]
+    assert {t for _, t in transport.calls} == {7}
+
+
+def test_live_mode_backs_off_on_errors_and_reconnects_with_its_cursor() -> None:
+    down = SyncTransportError("cannot reach", code="connection_error")
+    busy = SyncTransportError("throttled", status=429, retry_after=0.05)
+    transport = FeedTransport([Answer(False, "c1"), down, busy, Answer(True, "c2")])
+    engine = LiveEngine(transport)
+    supervisor = run_live(engine)
+    try:
+        assert transport.idle.wait(5)
+    finally:
+        supervisor.stop()
+        supervisor.join(5)
+    assert [c for c, _ in transport.calls[:4]] == [None, "c1", "c1", "c1"]  # nothing missed: same cursor
+    assert supervisor.changes_seen == 1
+
+
+def test_live_mode_starts_over_when_the_server_refuses_the_cursor() -> None:
+    transport = FeedTransport([Answer(False, "c1"), SyncTransportError("bad cursor", status=400),
+                               Answer(False, "c9")])
+    engine = LiveEngine(transport)
+    supervisor = run_live(engine)
+    try:
+        assert transport.idle.wait(5)
+    finally:
+        supervisor.stop()
+        supervisor.join(5)
+    assert [c for c, _ in transport.calls[:3]] == [None, "c1", None]
+
+
+def test_live_mode_falls_back_to_the_interval_on_404() -> None:
+    transport = FeedTransport([SyncTransportError("no route", status=404)])
+    engine = LiveEngine(transport)
+    supervisor = run_live(engine)
+    try:
+        deadline = time.monotonic() + 5
+        while not supervisor.live_unavailable:
+            assert time.monotonic() < deadline
+            time.sleep(0.005)
+        time.sleep(0.05)
+    finally:
+        supervisor.stop()
+        supervisor.join(5)
+    assert len(transport.calls) == 1 and not supervisor.live_active
+    assert engine.calls == 1  # the interval (30 s) has not come round again
+
+
+def test_live_mode_without_a_change_feed_on_the_transport_just_runs_the_interval() -> None:
+    engine = ScriptedEngine([])
+    engine.transport = object()  # type: ignore[attr-defined]
+    supervisor = SyncSupervisor(engine, live=True, wait=lambda s: None)  # type: ignore[arg-type]
+    supervisor.run(max_cycles=2)
+    assert engine.calls == 2 and not supervisor.live_active

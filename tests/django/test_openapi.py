@@ -26,6 +26,7 @@ DOCUMENTED: dict[str, set[str]] = {
     "schema": {"get"},
     "direct": {"get", "put", "head"},
     "exchange": {"post"},
+    "changes": {"get"},
     "presign": {"post"},
     "confirm": {"post"},
     "presign-get": {"get", "head"},

@@ -251,3 +251,50 @@ def test_503_storage_unavailable(server: dict[str, Any], schema: dict[str, Any],
     answer = server["http"].delete(f"{server['url']}/files/shared/a/b/{hashlib.sha256(b'x').hexdigest()}")
     assert_as_documented(schema, "delete", "/files/{key}", answer, 503, "storage_unavailable")
     assert int(answer.headers["Retry-After"]) >= 1
+
+
+def test_the_change_feed_answers_as_documented(server: dict[str, Any], schema: dict[str, Any],
+                                               settings: Any) -> None:
+    """``GET sync/changes``: the 200 body has the ``Changes`` shape, and each listed error status is provoked."""
+    url, http = server["url"], server["http"]
+    path, app_path = "/sync/changes", "/apps/{app_id}/sync/changes"
+    answer = http.get(f"{url}/sync/changes")
+    assert answer.status_code == 200 and answer.headers["Content-Type"].startswith("application/json")
+    body = answer.json()
+    component = schema["components"]["schemas"]["Changes"]
+    assert set(body) == set(component["required"]) == set(component["properties"])
+    assert isinstance(body["changed"], bool) and isinstance(body["cursor"], str) and body["cursor"]
+    assert documented(schema, "get", path, 200)["content"] == {
+        "application/json": {"schema": {"$ref": "#/components/schemas/Changes"}}}
+    cursor = body["cursor"]
+    assert http.get(f"{url}/sync/changes", params={"cursor": cursor, "timeout": "0"}).json() == {
+        "changed": False, "cursor": cursor}
+
+    assert_as_documented(schema, "get", path, http.get(f"{url}/sync/changes", params={"cursor": "x"}),
+                         400, "invalid_request")
+    assert_as_documented(schema, "get", path, http.get(f"{url}/sync/changes", params={"timeout": "-1"}),
+                         400, "invalid_request")
+    assert_as_documented(schema, "get", path, requests.get(f"{url}/sync/changes", timeout=30),
+                         401, "not_authenticated")
+    limited = {"Authorization": f"Bearer {make_token(server['owner'], channels=['notes'])}"}
+    assert_as_documented(schema, "get", path, requests.get(f"{url}/sync/changes", headers=limited, timeout=30),
+                         403, "permission_denied")
+    assert_as_documented(schema, "get", app_path, http.get(f"{url}/apps/nope/sync/changes"), 404, "unknown_app")
+    signer = AppSignatureAuth("notes", make_secret(server["owner"], "notes").secret)
+    answer = requests.get(f"{url}/apps/notes/sync/changes", headers=signer.headers("GET", "/sync/changes", b""),
+                          timeout=30)
+    assert answer.status_code == 200 and set(answer.json()) == {"changed", "cursor"}
+
+    settings.STARKEEP_SYNC = {**settings.STARKEEP_SYNC, "LIVE_MAX_WAITERS_PER_OWNER": 1}
+    caches["default"].set(f"starkeep_sync:live:{server['owner'].pk}:0", "another worker's waiter", timeout=60)
+    answer = http.get(f"{url}/sync/changes", params={"cursor": cursor, "timeout": "5"})
+    assert_as_documented(schema, "get", path, answer, 429, "throttled")
+    assert int(answer.headers["Retry-After"]) >= 1
+    caches["default"].clear()
+    settings.STARKEEP_SYNC = {**settings.STARKEEP_SYNC, "THROTTLE_RATES": {"changes": "1/min"}}
+    assert http.get(f"{url}/sync/changes").status_code == 200
+    answer = http.get(f"{url}/sync/changes")
+    assert_as_documented(schema, "get", path, answer, 429, "throttled")
+    assert int(answer.headers["Retry-After"]) >= 1
+    # Every status the schema lists for the route was answered above.
+    assert set(schema["paths"][path]["get"]["responses"]) == {"200", "400", "401", "403", "404", "429"}

@@ -162,6 +162,12 @@ BAD_VALUES: list[tuple[str, Any, str]] = [
     ("QUOTA_BLOB_BYTES", 0, "E025"),
     ("QUOTA_BLOB_BYTES", "10G", "E025"),
     ("QUOTA_RECORDS", -1, "E026"),
+    ("LIVE_MAX_TIMEOUT", 0, "E032"),
+    ("LIVE_MAX_TIMEOUT", 2.5, "E032"),
+    ("LIVE_MAX_WAITERS_PER_OWNER", 0, "E033"),
+    ("LIVE_MAX_WAITERS_PER_OWNER", "32", "E033"),
+    ("LIVE_WAKEUP", "memcached", "E034"),
+    ("LIVE_WAKEUP", None, "E034"),
 ]
 
 
@@ -183,14 +189,25 @@ GOOD_VALUES: list[tuple[str, Any]] = [
     ("STORAGE_PREFIX", ""),
     ("STORAGE_PREFIX", "sync/blobs/"),
     ("NODE_ID", "edge-7.eu"),
-    ("THROTTLE_RATES", {"exchange": "5/s", "files": "100/sec", "health": "1/day"}),
-    ("THROTTLE_RATES", {"exchange": "60/minute", "files": "3/h", "health": None}),
+    ("THROTTLE_RATES", {"exchange": "5/s", "files": "100/sec", "health": "1/day", "changes": "10/min"}),
+    ("THROTTLE_RATES", {"exchange": "60/minute", "files": "3/h", "health": None, "changes": None}),
     ("QUOTA_BLOB_BYTES", 10 * 1024**3),
     ("QUOTA_RECORDS", 1),
     ("COUNT_PENDING", False),
     ("UNKNOWN_APP_ROWS", "halt"),
     ("AUTHENTICATION_CLASSES", ("starkeep_sync.api.authentication.DeviceTokenAuthentication",)),
+    ("LIVE_MAX_TIMEOUT", 60),
+    ("LIVE_MAX_WAITERS_PER_OWNER", None),
+    ("LIVE_WAKEUP", "local"),
+    ("LIVE_WAKEUP", "postgresql"),
 ]
+
+
+def test_live_wakeup_through_redis_needs_a_redis_cache(settings: Any) -> None:
+    assert check_ids(LIVE_WAKEUP="redis") == ["starkeep_sync.E035"]
+    settings.CACHES = {"default": {"BACKEND": "django.core.cache.backends.redis.RedisCache",
+                                   "LOCATION": "redis://127.0.0.1:6379/0"}}
+    assert check_ids(LIVE_WAKEUP="redis") == []
 
 
 @pytest.mark.parametrize("name, value", GOOD_VALUES)

@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 from django.core.management import CommandError, call_command
+from django.db import connection
 
 from starkeep_sync import HLCClock, create_data_record, shared_object_key
 from starkeep_sync.adapters import DjangoObjectStorage, OrmAppSource, OrmDatabaseAdapter
@@ -78,8 +79,24 @@ def test_interrupted_run_resumes_without_duplicates(setup: dict[str, Any]) -> No
 
 
 def test_watch_runs_cycles(setup: dict[str, Any]) -> None:
-    out = sync(*base_args(setup), "--watch", "--interval", "0.01", "--max-cycles", "2")
+    out = sync(*base_args(setup), "--watch", "--no-live", "--interval", "0.01", "--max-cycles", "2")
     assert "Synced" in out and len(held(setup["cloud"])) == 8
+
+
+def test_watch_is_live_unless_told_otherwise(setup: dict[str, Any], monkeypatch: pytest.MonkeyPatch) -> None:
+    from starkeep_sync.management.commands import starkeep_sync as command
+
+    seen: list[bool] = []
+
+    class Recording(command.SyncSupervisor):
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            seen.append(kwargs["live"])
+            super().__init__(*args, **{**kwargs, "live": False})  # the cycles only: no long-poll left behind
+
+    monkeypatch.setattr(command, "SyncSupervisor", Recording)
+    sync(*base_args(setup), "--watch", "--interval", "0.01", "--max-cycles", "1")
+    sync(*base_args(setup), "--watch", "--no-live", "--interval", "0.01", "--max-cycles", "1")
+    assert seen == [True, False]
 
 
 def test_per_app_channel(setup: dict[str, Any]) -> None:
@@ -233,8 +250,11 @@ def test_lazy_blobs_wait_in_the_database_and_eager_run_fetches_them_side_by_side
     assert "staged blobs: 3" in status.getvalue()
 
     # The default (eager) run fetches them from the staged set, on transfer threads with their own
-    # database connections (the local blobs are recorded through the ORM).
-    again = sync(*base_args(setup), "--transfer-concurrency", "3")
+    # database connections (the local blobs are recorded through the ORM). Not on the in-memory SQLite
+    # test database, whose shared cache refuses a second writer at once ("table is locked") where a
+    # file database would wait: there one transfer at a time; the PostgreSQL pass runs three.
+    threads = "1" if connection.vendor == "sqlite" and connection.is_in_memory_db() else "3"
+    again = sync(*base_args(setup), "--transfer-concurrency", threads)
     assert held(setup["edge"]) == {rid: True for rid in edge_held}
     assert not state.staged_blobs.exists()
     assert "downloading blobs: 3/3" in again and "staged" not in again

@@ -26,6 +26,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -307,15 +308,19 @@ def _stop(process: subprocess.Popen[bytes]) -> None:
         process.wait(timeout=10)
 
 
-@pytest.fixture(scope="session")
-def load_server() -> Iterator[LoadServer]:
-    """gunicorn -w 4 on PostgreSQL + Redis, with the ``notes`` app and a ``load`` user registered."""
+@contextmanager
+def deployment(app: str = "example_project.wsgi", worker_class: str | None = None,
+               extra_env: dict[str, str] | None = None) -> Iterator[LoadServer]:
+    """gunicorn -w 4 serving ``app`` on PostgreSQL + Redis, with the ``notes`` app and a ``load`` user registered.
+
+    ``worker_class``: e.g. ``uvicorn_worker.UvicornWorker`` for ``example_project.asgi``.
+    """
     _require_services()
     import psycopg
     import redis
 
     pid = os.getpid()
-    db_name = f"starkeep_load_{pid}"
+    db_name = f"starkeep_load_{pid}_{secrets.token_hex(3)}"
     # Letters, digits and dashes only: the prefix goes into a SCAN pattern unescaped.
     cache_prefix = f"starkeep-load-{pid}-{secrets.token_hex(4)}"
     tmp = scratch_dir("starkeep-load-")
@@ -334,6 +339,7 @@ def load_server() -> Iterator[LoadServer]:
         "DJANGO_SETTINGS_MODULE": "example_project.settings",
         "STARKEEP_LOG_LEVEL": "WARNING",
         "PYTHONUNBUFFERED": "1",
+        **(extra_env or {}),
     }
     port = free_port()
     log_path = tmp / "gunicorn.log"
@@ -347,7 +353,8 @@ def load_server() -> Iterator[LoadServer]:
         server.token = server.users["load"]
         with open(log_path, "wb") as log:
             process = subprocess.Popen(
-                [sys.executable, "-m", "gunicorn", "example_project.wsgi", "-w", str(WORKERS),
+                [sys.executable, "-m", "gunicorn", app, "-w", str(WORKERS),
+                 *(["-k", worker_class] if worker_class else []),
                  "-b", f"127.0.0.1:{port}", "--graceful-timeout", "5",
                  # Every request's status, so a test can tell real 5xx from injected ones.
                  "--access-logfile", str(server.access_log)],
@@ -377,6 +384,13 @@ def load_server() -> Iterator[LoadServer]:
         shutil.rmtree(tmp, ignore_errors=True)
         delete_cache_keys(r, cache_prefix)  # last: a failure here must not leave the database behind
         r.close()
+
+
+@pytest.fixture(scope="session")
+def load_server() -> Iterator[LoadServer]:
+    """gunicorn -w 4 (sync workers) on PostgreSQL + Redis, with the ``notes`` app and a ``load`` user registered."""
+    with deployment() as server:
+        yield server
 
 
 @pytest.fixture

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import os
 import sys
 from typing import Any
@@ -91,7 +92,8 @@ class Command(BaseCommand):
     help = (
         "Sync one user's records and blobs on this instance with a remote Starkeep server. "
         "Runs rounds until nothing is left; --once runs a single round (and says what is left), "
-        "--watch keeps syncing every --interval seconds. State is kept per (URL, channel), "
+        "--watch keeps syncing: at once when the server's change feed says the remote changed (--live, the "
+        "default), and every --interval seconds. State is kept per (URL, channel), "
         "so an interrupted run resumes where it stopped."
     )
 
@@ -114,6 +116,10 @@ class Command(BaseCommand):
                           help="Run rounds until nothing is left. This is the default; kept so older scripts work.")
         mode.add_argument("--watch", action="store_true", help="Keep syncing; stop with Ctrl-C.")
         parser.add_argument("--interval", type=float, default=30.0, help="Seconds between cycles with --watch.")
+        parser.add_argument("--live", action=argparse.BooleanOptionalAction, default=True,
+                            help="With --watch, keep a long-poll of the server's change feed (sync/changes) open "
+                                 "and sync as soon as the remote changes (default); --no-live syncs on the "
+                                 "interval only. A server without the feed falls back to the interval by itself.")
         parser.add_argument("--page-limit", type=int, default=1000, help="Most items per round in each direction.")
         parser.add_argument("--timeout", type=float, default=30.0, help="HTTP timeout in seconds.")
         parser.add_argument("--max-cycles", type=int, default=None,
@@ -158,7 +164,8 @@ class Command(BaseCommand):
         try:
             if options["watch"]:
                 supervisor = SyncSupervisor(requester.engine, interval=options["interval"], backoff=Backoff(),
-                                            on_round=lambda r: (requester.record(r), on_round(r)))
+                                            on_round=lambda r: (requester.record(r), on_round(r)),
+                                            live=options["live"])
                 try:
                     supervisor.run(max_cycles=options["max_cycles"])
                 except KeyboardInterrupt:
