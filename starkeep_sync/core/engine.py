@@ -660,44 +660,5 @@ def response_of(answer: Any) -> SyncExchangeResponse:
     return SyncExchangeResponse.from_wire(answer)
 
 
-def create_sync_engine(
-    *,
-    local_database: DatabaseAdapter | None,
-    local_storage: ObjectStorage,
-    remote_storage: ObjectStorage,
-    transport: SyncTransport,
-    clock: HLCClock,
-    sync_state: SyncStateStore | None = None,
-    app_source: AppSource | None = None,
-    sync_shared_records: bool = True,
-    page_limit: int = DEFAULT_PAGE_LIMIT,
-    scan_page_size: int = 500,
-    app_id: str | None = None,
-    change_notifier: ChangeNotifier | None = None,
-    transfer_concurrency: int = DEFAULT_TRANSFER_CONCURRENCY,
-    blob_policy: BlobPolicy = "eager",
-    blob_retry: RetryPolicy | None = None,
-    fetch_budget_bytes: int | None = None,
-    on_progress: ProgressCallback | None = None,
-    after_transfer: Callable[[], None] | None = None,
-) -> SyncEngine:
-    return SyncEngine(
-        local_database=local_database,
-        local_storage=local_storage,
-        remote_storage=remote_storage,
-        transport=transport,
-        clock=clock,
-        sync_state=sync_state,
-        app_source=app_source,
-        sync_shared_records=sync_shared_records,
-        page_limit=page_limit,
-        scan_page_size=scan_page_size,
-        app_id=app_id,
-        change_notifier=change_notifier,
-        transfer_concurrency=transfer_concurrency,
-        blob_policy=blob_policy,
-        blob_retry=blob_retry,
-        fetch_budget_bytes=fetch_budget_bytes,
-        on_progress=on_progress,
-        after_transfer=after_transfer,
-    )
+#: The reference's factory name; it takes ``SyncEngine``'s keyword arguments.
+create_sync_engine = SyncEngine
