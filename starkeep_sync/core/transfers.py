@@ -7,13 +7,17 @@ one in turn.
 
 from __future__ import annotations
 
+import logging
 import threading
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import TypeVar
 
+from .constants import LOGGER_NAME
+
 T = TypeVar("T")
+logger = logging.getLogger(LOGGER_NAME)
 
 #: Blob transfers in flight at once, by default.
 DEFAULT_TRANSFER_CONCURRENCY = 4
@@ -59,7 +63,11 @@ class ProgressTracker:
         with self._lock:
             snapshot = TransferProgress(self.direction, self.items_done, self.items_total,
                                         self.bytes_done, max(self.bytes_total, self.bytes_done), key)
-        self._callback(snapshot)
+        try:
+            self._callback(snapshot)
+        except Exception:  # a display must never fail a transfer
+            logger.exception("progress callback %r raised; progress reports stop for this batch", self._callback)
+            self._callback = None
 
     def bytes_for(self, key: str) -> Callable[[int], None]:
         def moved(n: int) -> None:

@@ -892,3 +892,19 @@ def test_a_relayed_older_version_does_not_displace_the_newer_one_staged_in_the_s
     assert pair.local.database.get("photo") == second
     assert r.resident == ["photo"] and resident(pair.local, second)
     assert (r.staged, engine.blob_state.staged_blobs()) == (0, [])
+
+
+def test_a_progress_callback_that_raises_does_not_fail_the_transfers() -> None:
+    pair = memory_pair()
+    records = [write(pair.cloud, f"r{i}", os.urandom(300)) for i in range(3)]
+    calls: list[TransferProgress] = []
+
+    def broken(p: TransferProgress) -> None:
+        calls.append(p)
+        raise RuntimeError("the display is gone")
+
+    engine = make_engine(pair, Remote(pair.cloud.storage), on_progress=broken)
+    r = engine.exchange()
+    assert sorted(r.resident) == ["r0", "r1", "r2"] and not r.errors
+    assert all(resident(pair.local, x) for x in records)
+    assert len(calls) == 1  # reported once, then left alone for the batch
