@@ -60,6 +60,18 @@ class OwnerStorage(DjangoObjectStorage):
                 if self.has(k)]
 
 
+def live_transfer_concurrency() -> int:
+    """Blob transfers at once a device may run against the live server.
+
+    On the in-memory SQLite test database, Django's live server hands every request thread the
+    test's one connection, so requests served side by side would share one connection and its
+    transaction state (Python 3.13's sqlite3 then fails with "bad parameter or other API misuse").
+    There one transfer at a time; side-by-side transfers are tested in process and over HTTP on
+    PostgreSQL (tier 2).
+    """
+    return 1 if connection.vendor == "sqlite" and connection.is_in_memory_db() else 4
+
+
 def http_pair(live_server_url: str, username: str = "alice") -> Pair:
     for ns in (NOTES_NAMESPACE, OTHER_NAMESPACE):
         register_app(ns.app_id, {t.name: list(t.pk_columns) for t in ns.tables}, files=ns.files_enabled)
@@ -75,11 +87,6 @@ def http_pair(live_server_url: str, username: str = "alice") -> Pair:
         app = "starkeep-drive" if channel == "drive" else channel
         return create_http_sync_transport(base_url=f"{live_server_url}/apps/{app}", auth=token)
 
-    pair = Pair(local, cloud, make_transport, remote)
-    if connection.vendor == "sqlite" and connection.is_in_memory_db():
-        # Django's live server hands every request thread the test's one in-memory SQLite
-        # connection, so requests served side by side would share one transaction state.
-        # Side-by-side transfers are tested in process and on PostgreSQL (tier 2) instead.
-        pair.transfer_concurrency = 1
+    pair = Pair(local, cloud, make_transport, remote, transfer_concurrency=live_transfer_concurrency())
     pair.scale_divisor = 10  # type: ignore[attr-defined]  # see test_s6_pagination
     return pair

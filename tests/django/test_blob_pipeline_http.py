@@ -31,6 +31,7 @@ from starkeep_sync.core.staged import RetryPolicy
 from starkeep_sync.device.memory import MemoryDatabaseAdapter, MemoryObjectStorage
 from starkeep_sync.device.supervisor import sync_until_done
 from tests.factories import make_token, make_user
+from tests.http_harness import live_transfer_concurrency
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -66,7 +67,8 @@ class Device:
             local_database=self.database, local_storage=self.storage,
             remote_storage=HttpObjectStorage(base, auth=token, session=self.session),
             transport=create_http_sync_transport(base_url=base, auth=token), clock=self.clock,
-            blob_retry=RetryPolicy(base=0.0, cap=0.0), **engine_kw,
+            blob_retry=RetryPolicy(base=0.0, cap=0.0), transfer_concurrency=live_transfer_concurrency(),
+            **engine_kw,
         )
         self.rejected_events: list[list[str]] = []
         self.engine.change_notifier.subscribe(self._on_event)
