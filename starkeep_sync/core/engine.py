@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Iterable
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -14,7 +14,6 @@ from .channel import ChannelView, Item, group_by_node
 from .constants import (
     BLOB_RESIDENT,
     DEFAULT_PAGE_LIMIT,
-    FILE_RECORDS_TABLE,
     ITEM_REJECTED,
     LOCAL_DATA_SYNCED,
     LOGGER_NAME,
@@ -246,7 +245,10 @@ class SyncEngine:
             self.change_notifier.emit(
                 ChangeEvent(LOCAL_DATA_SYNCED, applied_ids, self.clock.now(), self.channel.app_id)
             )
-        self._fetch_staged(self.blob_state.staged_blobs(due_at=self._now()), result, self.fetch_budget_bytes)
+        due = self.blob_state.staged_blobs(due_at=self._now())
+        if due and self._prefetched is not None:
+            wait([self._prefetched[1]])  # the blob storage may share the transport's connection
+        self._fetch_staged(due, result, self.fetch_budget_bytes)
         self._report_staged(result)
         return result
 
@@ -287,10 +289,11 @@ class SyncEngine:
     def _predict_next(self, own: Watermarks, response: SyncExchangeResponse) -> SyncExchangeRequest | None:
         """The request the next round sends if every item of this answer lands; ``None`` if not worth asking.
 
-        Only for a catch-up that pulls metadata: nothing shipped (so the next
-        request is a pure read, and one that goes unused changed nothing on the
-        responder), no blob to pull (applying uses no transport of ours), and no
-        item of our own node (its bound depends on what applying leaves). The
+        Only for a catch-up that pulls: nothing shipped (so the next request is a
+        pure read, and one that goes unused changed nothing on the responder) and
+        no item of our own node (its bound depends on what applying leaves).
+        Blobs do not stop it: applying moves metadata only, and the staged blobs
+        fetched after it go through the blob storage, not the transport. The
         next round uses the prefetched answer only if its request is exactly this
         one, so an item that fails or is refused, or a local write in between,
         just costs the prefetch.
@@ -298,14 +301,10 @@ class SyncEngine:
         if not self._can_prefetch or not response.has_more:
             return None
         me = self.clock.node_id
-        # The stream ``inbound_items`` applies on this channel; a record with a key has a blob to pull.
+        # The stream ``inbound_items`` applies on this channel.
         if self.channel.shared:
-            if any(r.object_storage_key for r in response.records):
-                return None
             stamps = [r.updated_at for r in response.records]
         else:
-            if any(e.table == FILE_RECORDS_TABLE for e in response.app_syncable_rows):
-                return None
             stamps = [e.timestamp for e in response.app_syncable_rows]
         tops: dict[str, HLCTimestamp] = {}
         for hlc in stamps:
@@ -610,7 +609,8 @@ class SyncEngine:
             if newly:
                 applied.append(item)
             manifest = item.manifest
-            if (manifest is not None and self._holds_version(item)
+            # Newly applied means the local copy is this version; otherwise look (it may be newer).
+            if (manifest is not None and (newly or self._holds_version(item))
                     and not self.local_storage.has(manifest.object_storage_key)):
                 staged.append(self._staged_entry(item))
             last_ok = item.hlc

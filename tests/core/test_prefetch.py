@@ -8,8 +8,6 @@ import threading
 import time
 from typing import Any
 
-import pytest
-
 from starkeep_sync import (
     HLCClock,
     HLCTimestamp,
@@ -21,6 +19,7 @@ from starkeep_sync import (
 from starkeep_sync.core.responder import SyncResponder
 from starkeep_sync.core.wire import SyncExchangeRequest, SyncExchangeResponse
 from starkeep_sync.device.memory import MemoryDatabaseAdapter, MemoryObjectStorage
+from starkeep_sync.device.supervisor import sync_until_done
 
 
 class JsonTransport:
@@ -163,15 +162,31 @@ def test_no_prefetch_without_a_transport_that_allows_it() -> None:
     assert transport.threads == {threading.current_thread().name}
 
 
-@pytest.mark.parametrize("key", ["", "shared/text/00/" + "0" * 64])
-def test_pages_with_blobs_are_not_prefetched(key: str) -> None:
+def test_pages_with_blobs_are_prefetched_and_their_blobs_fetched_only_once_the_prefetch_is_done() -> None:
+    """Applying moves metadata only (PROTOCOL §5 step 5), so a page naming blobs is prefetched too; the
+    staged blobs are fetched after the apply, never while a prefetch holds a connection they may share."""
     clock = HLCClock("phone")
-    records = [create_data_record(clock, type="text/plain", origin_app_id="notes", content_hash="0" * 64,
-                                  object_storage_key=key, size_bytes=0) for _ in range(6)]
+    server_storage = MemoryObjectStorage()
+    records = []
+    for i in range(6):
+        data = f"note {i}".encode()
+        digest = hashlib.sha256(data).hexdigest()
+        key = shared_object_key("text/plain", digest)
+        server_storage.put(key, data, "text/plain")
+        records.append(create_data_record(clock, type="text/plain", origin_app_id="notes", content_hash=digest,
+                                          object_storage_key=key, size_bytes=len(data)))
     transport = JsonTransport(MemoryDatabaseAdapter(records))
-    catch_up(device(transport))
-    prefetched = any(name.startswith("starkeep-prefetch") for name in transport.threads)
-    assert prefetched is (key == "")
+    transport.prefetch_delay = 0.05
+    remote = SharedSessionStorage(transport)
+    for key in server_storage.keys():
+        remote.put(key, server_storage.get(key).data, "text/plain")  # type: ignore[union-attr]
+    local_db, local_storage = MemoryDatabaseAdapter(), MemoryObjectStorage()
+    engine = create_sync_engine(local_database=local_db, local_storage=local_storage, remote_storage=remote,
+                                transport=transport, clock=HLCClock("laptop"), page_limit=4)
+    results = sync_until_done(engine)
+    assert any(name.startswith("starkeep-prefetch") for name in transport.threads)
+    assert sum(len(r.resident) for r in results) == 6 and not any(r.errors for r in results)
+    assert all(local_storage.has(r.object_storage_key) for r in records)
 
 
 def test_a_stale_prefetched_page_is_asked_for_again(monkeypatch: Any) -> None:
@@ -206,6 +221,10 @@ class SharedSessionStorage(MemoryObjectStorage):
     def put(self, key: str, data: Any, content_type: str | None = None) -> None:
         self._one_at_a_time()
         super().put(key, data, content_type)
+
+    def open(self, key: str) -> Any:
+        self._one_at_a_time()
+        return super().open(key)
 
 
 def test_a_blob_push_waits_for_the_prefetch_in_flight() -> None:
