@@ -249,12 +249,10 @@ def test_lazy_blobs_wait_in_the_database_and_eager_run_fetches_them_side_by_side
     call_command("starkeep_status", "--user", "edge-alice", stdout=status)
     assert "staged blobs: 3" in status.getvalue()
 
-    # The default (eager) run fetches them from the staged set, on transfer threads with their own
-    # database connections (the local blobs are recorded through the ORM). Not on the in-memory SQLite
-    # test database, whose shared cache refuses a second writer at once ("table is locked") where a
-    # file database would wait: there one transfer at a time; the PostgreSQL pass runs three.
-    threads = "1" if connection.vendor == "sqlite" and connection.is_in_memory_db() else "3"
-    again = sync(*base_args(setup), "--transfer-concurrency", threads)
+    # The default (eager) run fetches them from the staged set; on PostgreSQL (tier 2) on transfer threads
+    # with their own database connections (the local blobs are recorded through the ORM). On SQLite the
+    # command moves one blob at a time by default: it takes one writer at a time.
+    again = sync(*base_args(setup), *([] if connection.vendor == "sqlite" else ["--transfer-concurrency", "3"]))
     assert held(setup["edge"]) == {rid: True for rid in edge_held}
     assert not state.staged_blobs.exists()
     assert "downloading blobs: 3/3" in again and "staged" not in again

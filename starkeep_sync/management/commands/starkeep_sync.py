@@ -9,6 +9,7 @@ from typing import Any
 
 from django.contrib.auth import get_user_model
 from django.core.management.base import BaseCommand, CommandError, CommandParser
+from django.db import connections, router
 
 from starkeep_sync.conf import sync_settings
 from starkeep_sync.core.constants import DRIVE_APP_ID
@@ -17,6 +18,7 @@ from starkeep_sync.core.exceptions import ItemsRejected, SyncError
 from starkeep_sync.core.transfers import DEFAULT_TRANSFER_CONCURRENCY, TransferProgress
 from starkeep_sync.device.supervisor import Backoff, RoundReport, SyncSupervisor, sync_until_done
 from starkeep_sync.management.syncing import build_requester
+from starkeep_sync.models import Blob
 
 TOKEN_ENV = "STARKEEP_SYNC_TOKEN"
 
@@ -124,8 +126,10 @@ class Command(BaseCommand):
         parser.add_argument("--timeout", type=float, default=30.0, help="HTTP timeout in seconds.")
         parser.add_argument("--max-cycles", type=int, default=None,
                             help="With --watch, stop after this many cycles (for scripts and tests).")
-        parser.add_argument("--transfer-concurrency", type=int, default=DEFAULT_TRANSFER_CONCURRENCY,
-                            help="Most blob uploads or downloads at once (default %(default)s).")
+        parser.add_argument("--transfer-concurrency", type=int, default=None,
+                            help=f"Most blob uploads or downloads at once (default {DEFAULT_TRANSFER_CONCURRENCY}; "
+                                 "1 when this instance's database is SQLite, which takes one writer at a time "
+                                 "and each blob that lands here is recorded in it).")
         parser.add_argument("--blobs", choices=["eager", "lazy"], default="eager",
                             help="'eager' (default) downloads every blob the synced records name; 'lazy' "
                                  "syncs metadata only and leaves the blobs staged (see starkeep_status).")
@@ -141,6 +145,9 @@ class Command(BaseCommand):
             raise CommandError("--page-limit must be at least 1.")
         if options["interval"] <= 0:
             raise CommandError("--interval must be positive.")
+        if options["transfer_concurrency"] is None:
+            sqlite = connections[router.db_for_write(Blob)].vendor == "sqlite"
+            options["transfer_concurrency"] = 1 if sqlite else DEFAULT_TRANSFER_CONCURRENCY
         if options["transfer_concurrency"] < 1:
             raise CommandError("--transfer-concurrency must be at least 1.")
         model = get_user_model()
