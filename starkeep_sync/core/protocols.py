@@ -243,6 +243,17 @@ class PrefetchTransport(Protocol):
         ...
 
 
+@runtime_checkable
+class ChangeFeedTransport(Protocol):
+    """A ``SyncTransport`` that can wait for the responder's data to move (``sync/changes``, PROTOCOL §7d)."""
+
+    def wait_for_changes(self, cursor: str | None = None, timeout: float = 25.0) -> Any:
+        """Return when the channel moved past ``cursor`` or ``timeout`` seconds passed; an answer with
+        ``changed`` and the next ``cursor``. Raises ``SyncTransportError`` (404 from a server without
+        the route)."""
+        ...
+
+
 class AppSource(Protocol):
     namespaces: AppSyncableNamespaceStore
     applier: AppSyncableApplier
@@ -352,6 +363,7 @@ __all__ = [
     "AppSyncableNamespaceStore",
     "BatchApplier",
     "BlobStateStore",
+    "ChangeFeedTransport",
     "DatabaseAdapter",
     "ObjectStorage",
     "PrefetchTransport",

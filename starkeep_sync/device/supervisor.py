@@ -22,6 +22,7 @@ from ..core.constants import LOGGER_NAME, REMOTE_UPDATE_AVAILABLE
 from ..core.engine import ExchangeResult, SyncEngine
 from ..core.exceptions import ItemsRejected, SyncTransportError, WireFormatError
 from ..core.notifier import ChangeEvent
+from ..core.protocols import ChangeFeedTransport
 
 logger = logging.getLogger(LOGGER_NAME)
 
@@ -240,12 +241,12 @@ class SyncSupervisor:
     # live mode: the change-feed watcher
 
     def _start_watcher(self) -> None:
-        wait_for_changes = getattr(self.engine.transport, "wait_for_changes", None)
-        if wait_for_changes is None:
+        transport = self.engine.transport
+        if not isinstance(transport, ChangeFeedTransport):
             logger.info("live mode: the transport has no change feed; syncing every %.0f s", self.interval)
             return
         self._watcher_done = threading.Event()  # this watcher's own: a later run() starts another
-        self._watcher = threading.Thread(target=self._watch, args=(wait_for_changes,), name="starkeep-live",
+        self._watcher = threading.Thread(target=self._watch, args=(transport.wait_for_changes,), name="starkeep-live",
                                          daemon=True)
         self._watcher.start()
 
