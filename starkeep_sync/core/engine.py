@@ -59,7 +59,8 @@ class ExchangeResult:
     something (staged blobs never set it). ``staged``/``staged_bytes``: the
     staged set after the round; ``staged_failing``: its entries whose last fetch
     failed; ``resident``: ids whose blob landed in this round; ``rejected``:
-    versions the peer refused for good in this round (reported once).
+    versions the peer refused for good in this round (reported once);
+    ``deferred``: due staged blobs left for a later round by ``fetch_budget_bytes``.
     """
 
     applied: int
@@ -77,6 +78,7 @@ class ExchangeResult:
     staged_failing: list[StagedBlob] = field(default_factory=list)
     resident: list[str] = field(default_factory=list)
     rejected: list[RejectedItem] = field(default_factory=list)
+    deferred: int = 0
 
     @property
     def bytes_moved(self) -> int:
@@ -532,6 +534,8 @@ class SyncEngine:
             elif budget is None or spent < budget:
                 by_key[entry.key] = [entry]
                 spent += entry.size
+            else:
+                result.deferred += 1
         manifests = [FileSyncManifest(e[0].file_hash, key, e[0].size, e[0].mime_type) for key, e in by_key.items()]
         outcomes = self._transfer(manifests, "pull", result, self.remote_storage, self.local_storage)
         failed: list[StagedBlob] = []

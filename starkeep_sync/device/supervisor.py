@@ -66,7 +66,8 @@ def sync_until_done(
     on_round: RoundCallback | None = None,
     strict: bool = False,
 ) -> list[ExchangeResult]:
-    """Run rounds while ``has_more``; errors propagate. Raises ``RuntimeError`` past ``max_rounds``.
+    """Run rounds while ``has_more``, or while ``fetch_budget_bytes`` left due blobs for a later round;
+    errors propagate. Raises ``RuntimeError`` past ``max_rounds``.
 
     With ``strict``, items the peer rejected for good during these rounds raise
     ``ItemsRejected`` once the rounds are done (they are reported in the results either way).
@@ -83,7 +84,8 @@ def sync_until_done(
         results.append(result)
         if on_round is not None:
             on_round(RoundReport(n, result, None, time.monotonic() - started))
-        if not result.has_more:
+        # A round under a fetch budget fetches at least one due blob (or backs it off), so this ends.
+        if not (result.has_more or result.deferred):
             rejected = [r for res in results for r in res.rejected]
             if strict and rejected:
                 raise ItemsRejected(rejected)

@@ -740,6 +740,33 @@ def test_a_fetch_budget_spreads_a_backlog_over_rounds() -> None:
         make_engine(pair, remote, fetch_budget_bytes=0)
 
 
+def test_sync_until_done_goes_on_while_a_fetch_budget_leaves_due_blobs() -> None:
+    pair = memory_pair()
+    records = [write(pair.cloud, f"r{i}", bytes([i]) * 100) for i in range(10)]
+    remote = Remote(pair.cloud.storage)
+    engine = make_engine(pair, remote, fetch_budget_bytes=250)
+    results = sync_until_done(engine)
+    # Each round but the last leaves due blobs for later, and says how many.
+    assert [r.deferred > 0 for r in results] == [True] * (len(results) - 1) + [False], results
+    assert results[0].deferred == 7  # three 100-byte blobs fit a 250-byte budget (the third passes it)
+    assert all(not r.has_more for r in results) and len(results) == 4
+    assert engine.blob_state.staged_totals()[0] == 0
+    assert all(resident(pair.local, r) for r in records)
+
+
+def test_a_failing_blob_under_a_fetch_budget_does_not_keep_sync_until_done_going() -> None:
+    pair = memory_pair()
+    records = [write(pair.cloud, f"r{i}", bytes([i]) * 100) for i in range(4)]
+    remote = Remote(pair.cloud.storage)
+    remote.fail_open.update(r.object_storage_key for r in records)
+    engine = make_engine(pair, remote, fetch_budget_bytes=150, blob_retry=RetryPolicy(base=60.0, cap=60.0))
+    results = sync_until_done(engine)
+    # Every blob is tried once (two per round under the budget), then waits out its backoff.
+    assert len(results) == 2 and results[-1].deferred == 0
+    assert sorted(remote.opens) == sorted(r.object_storage_key for r in records)
+    assert engine.blob_state.staged_totals()[0] == 4
+
+
 # -- pushes the peer refuses for good --------------------------------------------------------------------------
 
 
