@@ -229,6 +229,7 @@ class SyncEngine:
 
         # The staged set first: once the watermarks pass an item, only the set remembers its blob.
         self._restage(applied, staged)
+        self._drop_superseded_rejections(applied)
         self.sync_state.set_watermarks(new_own)
         self.sync_state.set_peer_watermarks(theirs)
         self.sync_state.set_hlc_clock_state(self.clock.state)
@@ -496,6 +497,16 @@ class SyncEngine:
                 self.blob_state.unstage_blobs(gone)
         if staged:
             self.blob_state.stage_blobs(staged)
+
+    def _drop_superseded_rejections(self, applied: list[Item]) -> None:
+        """A version applied here won LWW over the local one: a rejection of that older version is moot."""
+        if not applied:
+            return
+        rejected = {r.ref for r in self.blob_state.rejected_items()}
+        if rejected:
+            moot = [ref for ref in (ref_of(i.identity) for i in applied) if ref in rejected]
+            if moot:
+                self.blob_state.clear_rejected(moot)
 
     def _staged_entry(self, item: Item) -> StagedBlob:
         m = item.manifest

@@ -835,6 +835,35 @@ def test_a_rejected_newest_item_is_not_offered_again_while_the_peer_vector_is_be
     assert [r.item_id for r in engine.blob_state.rejected_items()] == ["bad"]
 
 
+def test_a_rejection_is_dropped_when_another_devices_newer_version_arrives() -> None:
+    pair = memory_pair()
+    bad = write(pair.local, "bad", b"too big for the peer")
+    remote = Remote(pair.cloud.storage)
+    remote.put_errors[bad.object_storage_key] = _too_large(bad.object_storage_key)
+    engine = make_engine(pair, remote)
+    assert [x.item_id for x in engine.exchange().rejected] == ["bad"]
+    other = write(pair.cloud, "bad", b"another device's smaller version")  # a later HLC: it wins LWW here
+    assert other.updated_at > bad.updated_at
+    results = sync_until_done(engine, strict=True)  # nothing of ours is rejected any more: no raise
+    assert sum(r.applied for r in results) == 1 and pair.local.database.get("bad") == other
+    assert resident(pair.local, other)
+    assert engine.blob_state.rejected_items() == []
+
+
+def test_a_rejection_stays_when_other_records_arrive() -> None:
+    pair = memory_pair()
+    older = write(pair.cloud, "other", b"unrelated")  # applied in the round: not the rejected record
+    bad = write(pair.local, "bad", b"too big for the peer")
+    remote = Remote(pair.cloud.storage)
+    remote.put_errors[bad.object_storage_key] = _too_large(bad.object_storage_key)
+    engine = make_engine(pair, remote)
+    first = engine.exchange()
+    assert [x.item_id for x in first.rejected] == ["bad"] and pair.local.database.get("other") == older
+    write(pair.cloud, "other2", b"another record")
+    assert engine.exchange().applied == 1
+    assert [r.item_id for r in engine.blob_state.rejected_items()] == ["bad"]
+
+
 def test_a_rejection_survives_a_new_engine_on_the_same_state() -> None:
     pair = memory_pair()
     bad = write(pair.local, "bad", b"refused for good")
