@@ -2,22 +2,58 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import tempfile
+import time
 from pathlib import Path
 from typing import IO
 
 from ..core.blobs import CHUNK_SIZE
+from ..core.constants import LOGGER_NAME
 from ..core.keys import check_key_syntax
 from ..core.protocols import StoredObject
 
+logger = logging.getLogger(LOGGER_NAME)
+
+PART_PREFIX = ".part-"
+#: A part file not written to for this long was left by a writer that died (a killed device): every
+#: write moves its mtime, so a live transfer, however slow, keeps its part file younger than this.
+STALE_PART_SECONDS = 3600.0
+
 
 class FileSystemObjectStorage:
-    """Blobs as files under ``root`` (key = relative path); writes land by atomic rename."""
+    """Blobs as files under ``root`` (key = relative path); writes land by atomic rename.
 
-    def __init__(self, root: str | os.PathLike[str]) -> None:
+    Opening it removes part files left by a killed writer (idle over ``stale_part_seconds``; ``None``
+    keeps them).
+    """
+
+    def __init__(self, root: str | os.PathLike[str],
+                 stale_part_seconds: float | None = STALE_PART_SECONDS) -> None:
         self.root = Path(root)
         self.root.mkdir(parents=True, exist_ok=True)
+        if stale_part_seconds is not None:
+            self.sweep_parts(stale_part_seconds)
+
+    def sweep_parts(self, idle_seconds: float = STALE_PART_SECONDS) -> int:
+        """Remove part files not written to for ``idle_seconds``; return how many."""
+        cutoff = time.time() - idle_seconds
+        removed = 0
+        for folder, _dirs, files in os.walk(self.root):
+            for name in files:
+                if not name.startswith(PART_PREFIX):
+                    continue
+                path = os.path.join(folder, name)
+                try:
+                    if os.stat(path).st_mtime < cutoff:
+                        os.unlink(path)
+                        removed += 1
+                except FileNotFoundError:
+                    pass  # its writer finished or another sweep took it
+        if removed:
+            logger.info("removed %d part file(s) left by an interrupted write under %s", removed, self.root)
+        return removed
 
     def _path(self, key: str) -> Path:
         check_key_syntax(key)
@@ -26,7 +62,7 @@ class FileSystemObjectStorage:
     def put(self, key: str, data: bytes | IO[bytes], content_type: str | None = None) -> None:
         path = self._path(key)
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".part-")
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=PART_PREFIX)
         try:
             with os.fdopen(fd, "wb") as out:
                 if isinstance(data, (bytes, bytearray, memoryview)):
@@ -70,7 +106,7 @@ class FileSystemObjectStorage:
     def keys(self) -> list[str]:
         return sorted(
             p.relative_to(self.root).as_posix() for p in self.root.rglob("*")
-            if p.is_file() and not p.name.endswith(".content-type") and not p.name.startswith(".part-")
+            if p.is_file() and not p.name.endswith(".content-type") and not p.name.startswith(PART_PREFIX)
         )
 
     def clear(self) -> None:
