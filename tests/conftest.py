@@ -77,6 +77,28 @@ class PooledLiveServer(ThreadedWSGIServer):
 
 LiveServerThread.server_class = PooledLiveServer
 
+
+@pytest.fixture(scope="session")
+def django_db_setup(django_db_setup: Any) -> Iterator[None]:
+    """pytest-django's test databases, and before they are dropped, the connections that would keep
+    them in use (PostgreSQL refuses to drop a database with a session open)."""
+    yield
+    from asgiref.sync import SyncToAsync
+
+    from starkeep_sync.live import hub
+
+    hub.stop_listener()  # the change feed's LISTEN connection, started by the first waiting request
+    # Async views' database work from AsyncClient tests runs on asgiref's own executor thread (there is no
+    # outer sync thread to run it on), which keeps its connection.
+    SyncToAsync.single_thread_executor.submit(connections.close_all).result()
+
+
+@pytest.fixture(scope="session")
+def live_server(django_db_setup: Any, live_server: Any) -> Any:
+    """pytest-django's live server, set up after the test databases so it stops (closing its pool's
+    connections) before they are dropped; otherwise PostgreSQL refused to drop a database still in use."""
+    return live_server
+
 #: Tables that only migrations fill: emptying them would make every flush re-create them.
 _KEEP_ON_FLUSH = frozenset({"django_content_type", "auth_permission", "django_migrations"})
 
