@@ -162,3 +162,20 @@ def hash_copy_files(sources: Sequence[Path], dest_dir: Path, repeat: int = 3) ->
         passes.append(time.perf_counter() - started)
         shutil.rmtree(dest_dir, ignore_errors=True)
     return statistics.median(passes)
+
+
+def first_touch_write(nbytes: int, dest: Path) -> float:
+    """Seconds to write ``nbytes`` (1 MiB blocks of one buffer, nothing read, nothing hashed) into a new
+    file, before anything is freed: what the receiving side of a leg must at least do, into page-cache
+    pages the VM has not handed out lately. The file is removed afterwards."""
+    block = b"\x5a" * (1 << 20)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    started = time.perf_counter()
+    with open(dest, "wb") as out:
+        left = nbytes
+        while left > 0:
+            out.write(block if left >= len(block) else block[:left])
+            left -= len(block)
+    elapsed = time.perf_counter() - started
+    dest.unlink()
+    return elapsed

@@ -57,7 +57,11 @@ NOTES = [
     "GB/s), and the copy's later passes reuse the pages its first pass freed, so the baseline swings between "
     "about 600 and 4,000 MB/s from run to run while each leg of ours writes into pages as they come. "
     "Hash-while-copy: one process reads the file in 1 MiB blocks, hashes each with sha256 and writes it to a "
-    "new file (median of 3): what one leg must do at least. RSS growth: the largest rise of resident memory "
+    "new file (median of 3): what one leg must do at least. The floor row writes the same number of bytes "
+    "from one buffer into a new file right after the legs, before anything is freed (nothing read, nothing "
+    "hashed): on this VM a page the kernel has not handed out lately costs a host fault on first touch, so "
+    "this bare write is what each leg's receiving side pays at least, while the hash-while-copy passes write "
+    "into pages their previous pass freed. RSS growth: the largest rise of resident memory "
     "over the leg, sampled every 20 ms, of this process and of the most grown gunicorn worker.",
     "8: the first device pushes N file-backed records (64-byte blobs, so almost all of the time is "
     "metadata); a new SqliteDeviceStore device pulls them with blob_policy='lazy' (metadata only, each "

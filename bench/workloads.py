@@ -425,6 +425,9 @@ class HttpBench:
             pull_s, results = timed(lambda: run_rounds(device_b))
         pulled = sum(r.pulled_bytes for r in results)
         assert pulled == total and all(store_b.storage.has(k) for k in keys), f"pulled {pulled} of {total}"
+        # Before anything below frees pages (the copy baselines remove their copies): the write
+        # alone, into pages as fresh as those each leg's receiver wrote into.
+        touch_s = baselines.first_touch_write(total, work / "first-touch") if target else 0.0
         copy_s = baselines.copy_files([store_a.storage.root / k for k in keys], work / "copies")
         copy = total / copy_s / 1e6
         mb = total / 1e6
@@ -444,6 +447,12 @@ class HttpBench:
             # Each leg against what it must do at least: read, hash and write every byte once.
             hash_copy = mb / baselines.hash_copy_files([store_a.storage.root / k for k in keys], work / "copies")
             leg = ratio_at_least(0.5, ">= 0.5x hash-while-copy")
+            # Informational: a bare write of the same bytes into new page-cache pages, measured
+            # right after the legs, against the same hash-while-copy figure (whose passes reuse
+            # pages freed by the passes before them).
+            self.rows.append(Row(5, "floor of a leg: write the bytes into new page-cache pages, nothing else",
+                                 self.kind, label, "MB/s", mb / touch_s, hash_copy,
+                                 "read+sha256+write, 1 MiB blocks"))
             self.rows.append(Row(5, "blob push leg vs hash-while-copy", self.kind, label, "MB/s", mb / push_s,
                                  hash_copy, "read+sha256+write, 1 MiB blocks", targets=(leg,)))
             self.rows.append(Row(5, "blob pull leg vs hash-while-copy", self.kind, label, "MB/s", mb / pull_s,
