@@ -8,6 +8,8 @@ the Django server (the ``pair`` fixture is parametrized).
 from __future__ import annotations
 
 import hashlib
+import io
+import os
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -398,3 +400,23 @@ def memory_pair(namespaces: Iterable[AppSyncableNamespace] = (NOTES_NAMESPACE, O
         )
 
     return Pair(local, cloud, make_transport, remote)
+
+
+def disk_fills_up(monkeypatch: Any, on_write: int, error: OSError) -> None:
+    """Make the ``on_write``-th write to a file opened with ``os.fdopen(fd, "wb")`` raise ``error``: a disk
+    filling up part-way through a blob (both the device's file storage and Django's write that way)."""
+    real_fdopen = os.fdopen
+    calls = 0
+
+    class FillsUp(io.BufferedWriter):
+        def write(self, chunk: Any) -> int:
+            nonlocal calls
+            calls += 1
+            if calls == on_write:
+                raise error
+            return super().write(chunk)
+
+    def fdopen(fd: int, mode: str = "r", *args: Any, **kwargs: Any) -> Any:
+        return FillsUp(io.FileIO(fd, "wb")) if mode == "wb" else real_fdopen(fd, mode, *args, **kwargs)
+
+    monkeypatch.setattr(os, "fdopen", fdopen)

@@ -1,19 +1,21 @@
 """A device's file storage, pulling a large blob chunk by chunk: a corrupted byte, a broken
-download or a failing write leaves no file (not even its ``.part-`` temporary)."""
+download or a failing write leaves no file (not even its ``.part-`` temporary); part files a killed
+writer left are swept when the storage opens."""
 
 from __future__ import annotations
 
 import hashlib
 import io
 import os
+import time
 from pathlib import Path
-from typing import Any
 
 import pytest
 
 from starkeep_sync.core.blobs import CHUNK_SIZE, HashingReader
 from starkeep_sync.core.exceptions import BlobIntegrityError, SyncTransportError
-from starkeep_sync.device.files import FileSystemObjectStorage
+from starkeep_sync.device.files import PART_PREFIX, STALE_PART_SECONDS, FileSystemObjectStorage
+from tests.harness import disk_fills_up
 
 KEY = "shared/image/ab/" + "ab" * 32
 
@@ -64,20 +66,40 @@ def test_a_dropped_connection_leaves_no_file(tmp_path: Path) -> None:
 
 def test_a_failing_write_leaves_no_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     data = os.urandom(4 * CHUNK_SIZE)
-    real_fdopen = os.fdopen
-
-    class FillsUp(io.BufferedWriter):
-        calls = 0
-
-        def write(self, chunk: Any) -> int:
-            FillsUp.calls += 1
-            if FillsUp.calls == 2:
-                raise OSError(28, "No space left on device")
-            return super().write(chunk)
-
-    monkeypatch.setattr(os, "fdopen", lambda fd, mode="r", *a, **k: FillsUp(io.FileIO(fd, "wb")) if mode == "wb"
-                        else real_fdopen(fd, mode, *a, **k))
+    disk_fills_up(monkeypatch, on_write=2, error=OSError(28, "No space left on device"))
     storage = FileSystemObjectStorage(tmp_path)
     with pytest.raises(OSError, match="No space"):
         storage.put(KEY, Download(data, CHUNK_SIZE))
     assert files_under(tmp_path) == []
+
+
+# -- part files a killed writer left ---------------------------------------------------------------------
+
+
+def _part(folder: Path, name: str, age: float) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"{PART_PREFIX}{name}"
+    path.write_bytes(b"half a blob")
+    then = time.time() - age
+    os.utime(path, (then, then))
+    return path
+
+
+def test_opening_the_storage_removes_part_files_a_killed_writer_left(tmp_path: Path) -> None:
+    FileSystemObjectStorage(tmp_path).put(KEY, b"landed")
+    stale = _part(tmp_path / "shared/image/ab", "dead", STALE_PART_SECONDS + 60)
+    deep = _part(tmp_path / "shared/video/cd", "dead2", STALE_PART_SECONDS * 10)
+    live = _part(tmp_path / "shared/image/ab", "live", 5)  # another process is writing it right now
+
+    storage = FileSystemObjectStorage(tmp_path)
+    assert not stale.exists() and not deep.exists()
+    assert live.exists()
+    assert storage.keys() == [KEY] and (tmp_path / KEY).read_bytes() == b"landed"
+
+
+def test_the_sweep_can_be_turned_off_and_run_by_hand(tmp_path: Path) -> None:
+    stale = _part(tmp_path / "shared/image/ab", "dead", STALE_PART_SECONDS + 60)
+    storage = FileSystemObjectStorage(tmp_path, stale_part_seconds=None)
+    assert stale.exists()
+    assert storage.sweep_parts(idle_seconds=10) == 1 and not stale.exists()
+    assert storage.sweep_parts(idle_seconds=10) == 0

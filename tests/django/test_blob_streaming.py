@@ -20,6 +20,7 @@ from starkeep_sync.core.blobs import CHUNK_SIZE
 from starkeep_sync.core.exceptions import BlobIntegrityError
 from starkeep_sync.models import Blob
 from tests.factories import make_user
+from tests.harness import disk_fills_up
 
 from .support import drive_key
 
@@ -89,23 +90,7 @@ def test_a_short_body_stores_nothing(storage: DjangoObjectStorage, tmp_path: Pat
 def test_a_write_failing_part_way_is_a_full_disk_and_stores_nothing(
         storage: DjangoObjectStorage, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     data = os.urandom(4 * CHUNK_SIZE)
-    real_fdopen = os.fdopen
-
-    class FillsUp(io.BufferedWriter):
-        calls = 0
-
-        def write(self, chunk: Any) -> int:
-            FillsUp.calls += 1
-            if FillsUp.calls == 3:
-                raise OSError(errno.ENOSPC, "No space left on device")
-            return super().write(chunk)
-
-    def fdopen(fd: int, mode: str = "r", *args: Any, **kwargs: Any) -> Any:
-        if mode == "wb":
-            return FillsUp(io.FileIO(fd, "wb"))
-        return real_fdopen(fd, mode, *args, **kwargs)
-
-    monkeypatch.setattr(os, "fdopen", fdopen)
+    disk_fills_up(monkeypatch, on_write=3, error=OSError(errno.ENOSPC, "No space left on device"))
     with pytest.raises(StorageFull):
         storage.put(drive_key(data), Trickle(data, CHUNK_SIZE), sha256=hashlib.sha256(data).hexdigest())
     assert files_under(tmp_path / "blobs") == [] and not Blob.objects.exists()
