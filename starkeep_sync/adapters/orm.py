@@ -22,7 +22,7 @@ from django.db.models.expressions import RawSQL
 from msgspec import Raw
 
 from ..core import paging
-from ..core.approws import EntryRefused, next_row, resolve_entry, row_key_text
+from ..core.approws import EntryRefused, next_row, resolve_entries, resolve_entry, row_key_text
 from ..core.constants import DELETED_AT, FILE_RECORDS_TABLE, NODE_ID, UPDATED_AT
 from ..core.exceptions import SyncError
 from ..core.hlc import ZERO_HLC, HLCTimestamp, deserialize_hlc, serialize_hlc
@@ -742,8 +742,8 @@ class OrmApplier:
         m = self._qs(app_id, table).select_for_update().filter(**self._lookup(table, pk)).first()
         return self.to_row(m) if m is not None else None
 
-    def apply_many(self, entries: Sequence[AppSyncableRowEntry],
-                   written: list[AppSyncableRowEntry] | None = None) -> tuple[int, int, Exception | None]:
+    def apply_many(self, entries: Sequence[AppSyncableRowEntry], written: list[AppSyncableRowEntry] | None = None,
+                   keys: Sequence[tuple[Any, ...]] | None = None) -> tuple[int, int, Exception | None]:
         """Apply entries in order in one transaction, stopping at the first that cannot apply.
 
         Returns ``(landed, applied, error)``: how many entries were taken in
@@ -752,15 +752,9 @@ class OrmApplier:
         and one upsert per table and one coverage update replace the four
         statements and a commit per row of ``apply``. ``written``, when given,
         receives the entries that changed a row (the LWW winners), in order.
+        ``keys``: the primary keys already checked (``BatchApplier.apply_many``).
         """
-        checked: list[tuple[AppSyncableRowEntry, AppSyncableTableInfo, tuple[Any, ...]]] = []
-        error: Exception | None = None
-        for entry in entries:
-            try:
-                checked.append((entry, *resolve_entry(self.namespaces, entry)))
-            except (SyncError, ValueError) as err:
-                error = err
-                break
+        checked, error = resolve_entries(self.namespaces, entries, keys)
         if not checked:
             return 0, 0, error
         won: list[AppSyncableRowEntry] = []

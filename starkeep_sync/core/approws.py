@@ -87,8 +87,8 @@ def check_entry(entry: AppSyncableRowEntry, table: AppSyncableTableInfo) -> tupl
     return pk
 
 
-def resolve_entry(namespaces: Any, entry: AppSyncableRowEntry) -> tuple[AppSyncableTableInfo, tuple[Any, ...]]:
-    """The registered table an entry targets and its primary key; ``SyncError`` naming what is unknown.
+def resolve_table(namespaces: Any, entry: AppSyncableRowEntry) -> AppSyncableTableInfo:
+    """The registered table an entry targets; ``SyncError`` naming what is unknown.
 
     ``namespaces`` is any store with ``get(app_id)`` (the core's namespace-store protocol).
     """
@@ -98,7 +98,41 @@ def resolve_entry(namespaces: Any, entry: AppSyncableRowEntry) -> tuple[AppSynca
     info = ns.table(entry.table)
     if info is None:
         raise SyncError(f"unknown table {entry.app_id}.{entry.table}", code="unknown_table")
+    return info
+
+
+def resolve_entry(namespaces: Any, entry: AppSyncableRowEntry) -> tuple[AppSyncableTableInfo, tuple[Any, ...]]:
+    """The registered table an entry targets and its primary key; ``SyncError`` naming what is unknown,
+    ``EntryRefused`` for an entry its table cannot take (``check_entry``)."""
+    info = resolve_table(namespaces, entry)
     return info, check_entry(entry, info)
+
+
+CheckedEntry = tuple[AppSyncableRowEntry, AppSyncableTableInfo, tuple[Any, ...]]
+
+
+def resolve_entries(
+    namespaces: Any, entries: Sequence[AppSyncableRowEntry], keys: Sequence[tuple[Any, ...]] | None = None,
+) -> tuple[list[CheckedEntry], Exception | None]:
+    """``resolve_entry`` for a run of entries (each table looked up once), up to the first that fails.
+
+    Returns the entries that resolved, each with its table and primary key, and the error
+    (``SyncError`` or ``ValueError``) of the first that did not, else ``None``. ``keys``, when given,
+    holds each entry's primary key as ``check_entry`` already found it against a table of the same
+    namespace store (``ChannelView.inbound_items`` checks every inbound entry so): those entries are
+    not checked again, only their tables are looked up.
+    """
+    tables: dict[tuple[str, str], AppSyncableTableInfo] = {}
+    out: list[CheckedEntry] = []
+    for i, entry in enumerate(entries):
+        try:
+            info = tables.get((entry.app_id, entry.table))
+            if info is None:
+                info = tables[(entry.app_id, entry.table)] = resolve_table(namespaces, entry)
+            out.append((entry, info, check_entry(entry, info) if keys is None else keys[i]))
+        except (SyncError, ValueError) as err:
+            return out, err
+    return out, None
 
 
 def stored_hlc(row: Mapping[str, Any]) -> HLCTimestamp:
