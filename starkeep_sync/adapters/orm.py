@@ -754,7 +754,8 @@ class OrmApplier:
         receives the entries that changed a row (the LWW winners), in order.
         ``keys``: the primary keys already checked (``BatchApplier.apply_many``).
         """
-        checked, error = resolve_entries(self.namespaces, entries, keys)
+        infos, pks, error = resolve_entries(self.namespaces, entries, keys)
+        checked = list(zip(entries, infos, pks, strict=False))
         if not checked:
             return 0, 0, error
         won: list[AppSyncableRowEntry] = []

@@ -138,8 +138,12 @@ class SharedRecordWire(msgspec.Struct, rename="camel", kw_only=True, gc=False):
         )
 
 
-class AppRowEntryWire(msgspec.Struct, rename="camel", kw_only=True):
-    """An app row entry (PROTOCOL §2.2). ``row`` and ``where`` are free JSON objects: their keys pass untouched."""
+class AppRowEntryWire(msgspec.Struct, rename="camel", kw_only=True, gc=False):
+    """An app row entry (PROTOCOL §2.2). ``row`` and ``where`` are free JSON objects: their keys pass untouched.
+
+    ``gc=False`` (as ``SharedRecordWire``): no cycle can pass through an entry decoded or converted
+    from JSON data, and a page of untracked entries brings the next full collection no nearer.
+    """
 
     timestamp: WireHLC
     app_id: RequiredName

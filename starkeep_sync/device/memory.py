@@ -271,11 +271,11 @@ class MemoryApplier:
                    keys: Sequence[tuple[Any, ...]] | None = None) -> tuple[int, int, Exception | None]:
         """``BatchApplier.apply_many``: ``apply`` for each entry in order, under one lock, each table looked
         up once; stops at the first entry that cannot apply."""
-        checked, error = resolve_entries(self._namespaces, entries, keys)
+        infos, pks, error = resolve_entries(self._namespaces, entries, keys)
         applied = 0
         with self._lock:
             tables: dict[tuple[str, str], _Table] = {}
-            for entry, info, pk in checked:
+            for entry, info, pk in zip(entries, infos, pks, strict=False):
                 t = tables.get((entry.app_id, entry.table))
                 if t is None:
                     t = tables[(entry.app_id, entry.table)] = self._table(entry.app_id, entry.table)
@@ -283,7 +283,7 @@ class MemoryApplier:
                     applied += 1
                     if written is not None:
                         written.append(entry)
-        return len(checked), applied, error
+        return len(pks), applied, error
 
     @staticmethod
     def _put(t: _Table, entry: AppSyncableRowEntry, info: AppSyncableTableInfo, pk: tuple[Any, ...]) -> bool:

@@ -281,10 +281,12 @@ class SqliteApplier:
         """``BatchApplier.apply_many`` in one transaction: the stored rows of the run read at once,
         LWW per entry in order (``next_row``), then one upsert of the rows that changed and one
         coverage update per table (losers included)."""
-        checked, error = resolve_entries(self._namespaces, entries, keys)
-        if not checked:
+        infos, pks, error = resolve_entries(self._namespaces, entries, keys)
+        if not pks:
             return 0, 0, error
-        keyed = [((e.app_id, e.table, _pk_text(pk)), e, info, pk) for e, info, pk in checked]
+        # Those that resolved: ``entries`` may go on past the first that did not.
+        keyed = [((e.app_id, e.table, _pk_text(pk)), e, info, pk)
+                 for e, info, pk in zip(entries, infos, pks, strict=False)]
         with self._db.lock, self._db.conn:
             stored = self._stored([k for k, *_ in keyed])
             dirty: dict[tuple[str, str, str], dict[str, Any]] = {}
@@ -308,7 +310,7 @@ class SqliteApplier:
                 [(*key, json.dumps({k: v for k, v in new.items() if k not in BOOKKEEPING}), new[UPDATED_AT],
                   new.get(DELETED_AT), new[NODE_ID]) for key, new in dirty.items()],
             )
-        return len(checked), applied, error
+        return len(pks), applied, error
 
     def _stored(self, keys: Sequence[tuple[str, str, str]]) -> dict[tuple[str, str, str], dict[str, Any]]:
         """The stored rows of these ``(app_id, tbl, pk)`` keys (lock held), read a table and a chunk at a time."""
