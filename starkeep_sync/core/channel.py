@@ -68,7 +68,9 @@ def record_item(r: DataRecord) -> Item:
 
 def entry_item(e: AppSyncableRowEntry, pk: tuple[Any, ...]) -> Item:
     manifest = None
-    if e.table == FILE_RECORDS_TABLE and e.op != "delete" and e.row:
+    if e.table != FILE_RECORDS_TABLE:
+        return Item(e.timestamp, None, e, ("a", e.app_id, e.table, *pk))
+    if e.op != "delete" and e.row:
         key = e.row.get("object_storage_key")
         if key:
             manifest = FileSyncManifest(
@@ -77,7 +79,7 @@ def entry_item(e: AppSyncableRowEntry, pk: tuple[Any, ...]) -> Item:
                 int(e.row.get("size_bytes") or 0),
                 e.row.get("mime_type"),
             )
-    return Item(e.timestamp, entry=e, identity=("a", e.app_id, e.table, *pk), manifest=manifest)
+    return Item(e.timestamp, None, e, ("a", e.app_id, e.table, *pk), manifest)
 
 
 def _record_skip(exclude: Collection[tuple[Any, HLCTimestamp]] | None) -> set[tuple[Any, HLCTimestamp]] | None:

@@ -183,15 +183,20 @@ def _check_json(value: Any, member: str) -> None:
         return
     # Iterative (nesting must not exhaust the Python stack), and only containers go on the stack: with every
     # scalar pushed too, checking a bench row (six members, a list of two) took 3.3 us instead of 1.2.
+    # Exact types first, subclasses after: 10,000 bench rows took 13.7 ms with an isinstance chain per
+    # value and a test per key, 10.1 ms so (same-run).
     stack: list[tuple[Any, int]] = [(value, 0)]
     while stack:
         v, depth = stack.pop()
         if depth >= MAX_JSON_DEPTH:
             raise WireRuleError(member, f"must not nest deeper than {MAX_JSON_DEPTH} levels")
         if isinstance(v, dict):
-            for k in v:  # keys are strings too
-                if isinstance(k, str) and "\x00" in k:
-                    raise WireRuleError(member, "must not contain NUL characters")
+            try:
+                bad_key = "\x00" in "".join(v)
+            except TypeError:  # keys that are not all text (only from Python data): look at each
+                bad_key = any(isinstance(k, str) and "\x00" in k for k in v)
+            if bad_key:
+                raise WireRuleError(member, "must not contain NUL characters")
             children: Any = v.values()
         elif isinstance(v, list):
             children = v
@@ -199,7 +204,15 @@ def _check_json(value: Any, member: str) -> None:
             children = (v,)  # a scalar given as the whole value
             depth -= 1
         for x in children:
-            if isinstance(x, str):
+            t = type(x)
+            if t is str:
+                if "\x00" in x:
+                    raise WireRuleError(member, "must not contain NUL characters")
+            elif t is int or t is bool or x is None:
+                continue
+            elif t is dict or t is list:
+                stack.append((x, depth + 1))
+            elif isinstance(x, str):
                 if "\x00" in x:
                     raise WireRuleError(member, "must not contain NUL characters")
             elif isinstance(x, float):
