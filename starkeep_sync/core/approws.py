@@ -198,8 +198,9 @@ def next_row(
                 k: v for k, v in (entry.row or {}).items() if k not in BOOKKEEPING
             }
         new[DELETED_AT] = stamp
-    for c, v in zip(table.pk_columns, pk, strict=True):
-        new[c] = v
+    if entry.op != "insert":  # an insert's key is its row's (``check_entry`` took it from there)
+        for c, v in zip(table.pk_columns, pk, strict=True):
+            new[c] = v
     if table.name == FILE_RECORDS_TABLE:
         # The reserved table has fixed columns: every applier stores them all,
         # null when an entry (e.g. a tombstone for a row not held) leaves them out.

@@ -646,13 +646,13 @@ class SyncEngine:
         written: list[Any] = []
         applier: Any = self.channel.app_source.applier  # type: ignore[union-attr]
         landed, _, error = applier.apply_many([i.entry for i in prefix], written, [i.identity[3:] for i in prefix])
-        observed = landed + 1 if error is not None else landed
-        for item in prefix[:observed]:
-            self.clock.observe(item.hlc)
         newly = {id(e) for e in written}
+        observe = self.clock.observe
         for item in prefix[:landed]:
+            observe(item.hlc)
             self._landed(item, id(item.entry) in newly, applied, staged)
         if error is not None:
+            observe(prefix[landed].hlc)  # as ``apply`` would have: the clock saw it before it was refused
             self._refused(node, prefix[landed], error, result)
         elif refusal is not None:
             self._refused(node, run[len(prefix)], refusal, result)
@@ -663,9 +663,10 @@ class SyncEngine:
         if newly:
             applied.append(item)
         manifest = item.manifest
+        if manifest is None:
+            return
         # Newly applied means the local copy is this version; otherwise look (it may be newer).
-        if (manifest is not None and (newly or self._holds_version(item))
-                and not self.local_storage.has(manifest.object_storage_key)):
+        if (newly or self._holds_version(item)) and not self.local_storage.has(manifest.object_storage_key):
             staged.append(self._staged_entry(item))
 
     @staticmethod

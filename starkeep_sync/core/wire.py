@@ -154,9 +154,8 @@ class AppRowEntryWire(msgspec.Struct, rename="camel", kw_only=True, gc=False):
 
     def __post_init__(self) -> None:
         row, cond, op = self.row, self.where, self.op
-        for member, text in (("appId", self.app_id), ("table", self.table)):
-            if "\x00" in text:
-                raise WireRuleError(member, "must not contain NUL characters")
+        if "\x00" in self.app_id or "\x00" in self.table:
+            raise WireRuleError("appId" if "\x00" in self.app_id else "table", "must not contain NUL characters")
         _check_json(row, "row")
         _check_json(cond, "where")
         # An empty object counts as absent, as in the schema's op rules.

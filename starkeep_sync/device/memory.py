@@ -274,11 +274,11 @@ class MemoryApplier:
         infos, pks, error = resolve_entries(self._namespaces, entries, keys)
         applied = 0
         with self._lock:
-            tables: dict[tuple[str, str], _Table] = {}
+            t, last = None, None
             for entry, info, pk in zip(entries, infos, pks, strict=False):
-                t = tables.get((entry.app_id, entry.table))
-                if t is None:
-                    t = tables[(entry.app_id, entry.table)] = self._table(entry.app_id, entry.table)
+                if last is None or entry.table != last[1] or entry.app_id != last[0]:  # a run is mostly one table
+                    t, last = self._table(entry.app_id, entry.table), (entry.app_id, entry.table)
+                assert t is not None
                 if self._put(t, entry, info, pk):
                     applied += 1
                     if written is not None:
