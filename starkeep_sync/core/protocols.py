@@ -185,18 +185,24 @@ class JsonRowScanner(Protocol):
 
 @runtime_checkable
 class BatchApplier(Protocol):
-    """An ``AppSyncableApplier`` that applies a run of one node's entries in one transaction."""
+    """An ``AppSyncableApplier`` that applies a run of one node's entries in one call (one transaction)."""
 
     def apply_many(
         self, entries: Sequence[AppSyncableRowEntry], written: list[AppSyncableRowEntry] | None = None,
+        keys: Sequence[tuple[Any, ...]] | None = None,
     ) -> tuple[int, int, Exception | None]:
-        """Apply ``entries`` in order, stopping at the first that cannot apply.
+        """Apply ``entries`` in order, stopping at the first that cannot apply: the same
+        outcome as ``apply`` for each in turn (LWW, losers covered, tombstones).
 
         Returns ``(landed, applied, error)``: how many were taken in (the failing
         one and those after it are not), how many of them changed a row, and
         the error (``ValueError`` or ``SyncError``) that stopped the run, else
         ``None``; it does not raise for a refused entry. ``written`` receives
-        the entries that changed a row, in order.
+        the entries that changed a row, in order. ``keys``, when given, holds
+        each entry's primary key as ``approws.check_entry`` already found it
+        against this applier's namespace store (the engine and the responder
+        classify every inbound entry so): the entries are not checked again
+        (``approws.resolve_entries``).
         """
         ...
 

@@ -281,7 +281,9 @@ class SyncResponder:
                 while j < len(prefix) and prefix[j].entry is not None:
                     j += 1
                 written: list[Any] = []
-                took, wrote, error = applier.apply_many([p.entry for p in prefix[i:j]], written)  # type: ignore[misc]
+                # With the keys ``inbound_items`` found: the applier does not check the entries again.
+                took, wrote, error = applier.apply_many([p.entry for p in prefix[i:j]], written,  # type: ignore[misc]
+                                                        [p.identity[3:] for p in prefix[i:j]])
                 report.applied += wrote
                 by_entry = {id(p.entry): p for p in prefix[i:j]}
                 for e in written:

@@ -138,8 +138,12 @@ class SharedRecordWire(msgspec.Struct, rename="camel", kw_only=True, gc=False):
         )
 
 
-class AppRowEntryWire(msgspec.Struct, rename="camel", kw_only=True):
-    """An app row entry (PROTOCOL §2.2). ``row`` and ``where`` are free JSON objects: their keys pass untouched."""
+class AppRowEntryWire(msgspec.Struct, rename="camel", kw_only=True, gc=False):
+    """An app row entry (PROTOCOL §2.2). ``row`` and ``where`` are free JSON objects: their keys pass untouched.
+
+    ``gc=False`` (as ``SharedRecordWire``): no cycle can pass through an entry decoded or converted
+    from JSON data, and a page of untracked entries brings the next full collection no nearer.
+    """
 
     timestamp: WireHLC
     app_id: RequiredName
@@ -150,9 +154,8 @@ class AppRowEntryWire(msgspec.Struct, rename="camel", kw_only=True):
 
     def __post_init__(self) -> None:
         row, cond, op = self.row, self.where, self.op
-        for member, text in (("appId", self.app_id), ("table", self.table)):
-            if "\x00" in text:
-                raise WireRuleError(member, "must not contain NUL characters")
+        if "\x00" in self.app_id or "\x00" in self.table:
+            raise WireRuleError("appId" if "\x00" in self.app_id else "table", "must not contain NUL characters")
         _check_json(row, "row")
         _check_json(cond, "where")
         # An empty object counts as absent, as in the schema's op rules.
@@ -179,15 +182,20 @@ def _check_json(value: Any, member: str) -> None:
         return
     # Iterative (nesting must not exhaust the Python stack), and only containers go on the stack: with every
     # scalar pushed too, checking a bench row (six members, a list of two) took 3.3 us instead of 1.2.
+    # Exact types first, subclasses after: 10,000 bench rows took 13.7 ms with an isinstance chain per
+    # value and a test per key, 10.1 ms so (same-run).
     stack: list[tuple[Any, int]] = [(value, 0)]
     while stack:
         v, depth = stack.pop()
         if depth >= MAX_JSON_DEPTH:
             raise WireRuleError(member, f"must not nest deeper than {MAX_JSON_DEPTH} levels")
         if isinstance(v, dict):
-            for k in v:  # keys are strings too
-                if isinstance(k, str) and "\x00" in k:
-                    raise WireRuleError(member, "must not contain NUL characters")
+            try:
+                bad_key = "\x00" in "".join(v)
+            except TypeError:  # keys that are not all text (only from Python data): look at each
+                bad_key = any(isinstance(k, str) and "\x00" in k for k in v)
+            if bad_key:
+                raise WireRuleError(member, "must not contain NUL characters")
             children: Any = v.values()
         elif isinstance(v, list):
             children = v
@@ -195,7 +203,15 @@ def _check_json(value: Any, member: str) -> None:
             children = (v,)  # a scalar given as the whole value
             depth -= 1
         for x in children:
-            if isinstance(x, str):
+            t = type(x)
+            if t is str:
+                if "\x00" in x:
+                    raise WireRuleError(member, "must not contain NUL characters")
+            elif t is int or t is bool or x is None:
+                continue
+            elif t is dict or t is list:
+                stack.append((x, depth + 1))
+            elif isinstance(x, str):
                 if "\x00" in x:
                     raise WireRuleError(member, "must not contain NUL characters")
             elif isinstance(x, float):

@@ -10,11 +10,17 @@ from itertools import islice
 from typing import IO, Any
 
 from ..core import paging
-from ..core.approws import next_row, resolve_entry, row_to_entry
+from ..core.approws import next_row, resolve_entries, resolve_entry, row_to_entry
 from ..core.hlc import HLCTimestamp, serialize_hlc
 from ..core.keys import check_key_syntax
 from ..core.protocols import RecordPage, ScanPage, StoredObject
-from ..core.records import AppSyncableNamespace, AppSyncableRowEntry, DataRecord, tombstone_of
+from ..core.records import (
+    AppSyncableNamespace,
+    AppSyncableRowEntry,
+    AppSyncableTableInfo,
+    DataRecord,
+    tombstone_of,
+)
 from ..core.state import MemorySyncStateStore  # noqa: F401  (part of the memory adapters' public set)
 from ..core.watermarks import raise_watermarks
 
@@ -259,15 +265,37 @@ class MemoryApplier:
     def apply(self, entry: AppSyncableRowEntry) -> bool:
         info, pk = resolve_entry(self._namespaces, entry)
         with self._lock:
-            t = self._table(entry.app_id, entry.table)
-            new = next_row(t.rows.get(pk), entry, info, pk)
-            if new is None:
-                t.index.cover(entry.timestamp)
-                return False
-            t.rows[pk] = new
-            t.hlcs[pk] = entry.timestamp
-            t.index.add(entry.timestamp, pk)
-            return True
+            return self._put(self._table(entry.app_id, entry.table), entry, info, pk)
+
+    def apply_many(self, entries: Sequence[AppSyncableRowEntry], written: list[AppSyncableRowEntry] | None = None,
+                   keys: Sequence[tuple[Any, ...]] | None = None) -> tuple[int, int, Exception | None]:
+        """``BatchApplier.apply_many``: ``apply`` for each entry in order, under one lock, each table looked
+        up once; stops at the first entry that cannot apply."""
+        infos, pks, error = resolve_entries(self._namespaces, entries, keys)
+        applied = 0
+        with self._lock:
+            t, last = None, None
+            for entry, info, pk in zip(entries, infos, pks, strict=False):
+                if last is None or entry.table != last[1] or entry.app_id != last[0]:  # a run is mostly one table
+                    t, last = self._table(entry.app_id, entry.table), (entry.app_id, entry.table)
+                assert t is not None
+                if self._put(t, entry, info, pk):
+                    applied += 1
+                    if written is not None:
+                        written.append(entry)
+        return len(pks), applied, error
+
+    @staticmethod
+    def _put(t: _Table, entry: AppSyncableRowEntry, info: AppSyncableTableInfo, pk: tuple[Any, ...]) -> bool:
+        """LWW-store one checked entry in ``t`` (lock held); ``True`` if the row changed."""
+        new = next_row(t.rows.get(pk), entry, info, pk)
+        if new is None:
+            t.index.cover(entry.timestamp)
+            return False
+        t.rows[pk] = new
+        t.hlcs[pk] = entry.timestamp
+        t.index.add(entry.timestamp, pk)
+        return True
 
     def scan_since(
         self,

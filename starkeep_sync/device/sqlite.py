@@ -16,7 +16,7 @@ from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from typing import Any
 
 from ..core import paging
-from ..core.approws import next_row, resolve_entry, row_to_entry
+from ..core.approws import BOOKKEEPING, next_row, resolve_entries, row_to_entry
 from ..core.constants import DELETED_AT, NODE_ID, UPDATED_AT
 from ..core.hlc import HLCTimestamp, deserialize_hlc, serialize_hlc
 from ..core.protocols import RecordPage, ScanPage
@@ -56,6 +56,8 @@ _RECORD_COLS = (
     "parent_id", "label", "node_id",
 )
 RECORDS_SCOPE = "records"
+#: Keys per ``IN (...)`` read: under SQLite's smallest bound on parameters (999).
+_IN_CHUNK = 900
 
 
 def _record_row(r: DataRecord) -> tuple[Any, ...]:
@@ -269,26 +271,63 @@ class SqliteApplier:
         return row
 
     def apply(self, entry: AppSyncableRowEntry) -> bool:
-        info, pk = resolve_entry(self._namespaces, entry)
-        key = (entry.app_id, entry.table, _pk_text(pk))
+        _, applied, error = self.apply_many([entry])
+        if error is not None:
+            raise error
+        return applied == 1
+
+    def apply_many(self, entries: Sequence[AppSyncableRowEntry], written: list[AppSyncableRowEntry] | None = None,
+                   keys: Sequence[tuple[Any, ...]] | None = None) -> tuple[int, int, Exception | None]:
+        """``BatchApplier.apply_many`` in one transaction: the stored rows of the run read at once,
+        LWW per entry in order (``next_row``), then one upsert of the rows that changed and one
+        coverage update per table (losers included)."""
+        infos, pks, error = resolve_entries(self._namespaces, entries, keys)
+        if not pks:
+            return 0, 0, error
+        # Those that resolved: ``entries`` may go on past the first that did not.
+        keyed = [((e.app_id, e.table, _pk_text(pk)), e, info, pk)
+                 for e, info, pk in zip(entries, infos, pks, strict=False)]
         with self._db.lock, self._db.conn:
-            found = self._db.conn.execute(
-                "SELECT data, updated_at, deleted_at, node_id FROM sk_app_rows WHERE app_id = ? AND tbl = ? AND pk = ?",
-                key,
-            ).fetchone()
-            stored = self._to_row(*found) if found else None
-            new = next_row(stored, entry, info, pk)
-            self._db.bump(f"{entry.app_id}/{entry.table}", [entry.timestamp])
-            if new is None:
-                return False
-            data = {k: v for k, v in new.items() if k not in (UPDATED_AT, DELETED_AT, NODE_ID)}
-            self._db.conn.execute(
+            stored = self._stored([k for k, *_ in keyed])
+            dirty: dict[tuple[str, str, str], dict[str, Any]] = {}
+            covered: dict[str, list[HLCTimestamp]] = {}
+            applied = 0
+            for key, entry, info, pk in keyed:
+                new = next_row(stored.get(key), entry, info, pk)
+                covered.setdefault(f"{entry.app_id}/{entry.table}", []).append(entry.timestamp)
+                if new is None:
+                    continue
+                stored[key] = dirty[key] = new
+                applied += 1
+                if written is not None:
+                    written.append(entry)
+            for scope, hlcs in covered.items():
+                self._db.bump(scope, hlcs)
+            self._db.conn.executemany(
                 "INSERT INTO sk_app_rows (app_id, tbl, pk, data, updated_at, deleted_at, node_id) "
                 "VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (app_id, tbl, pk) DO UPDATE SET data = excluded.data, "
                 "updated_at = excluded.updated_at, deleted_at = excluded.deleted_at, node_id = excluded.node_id",
-                (*key, json.dumps(data), new[UPDATED_AT], new.get(DELETED_AT), new[NODE_ID]),
+                [(*key, json.dumps({k: v for k, v in new.items() if k not in BOOKKEEPING}), new[UPDATED_AT],
+                  new.get(DELETED_AT), new[NODE_ID]) for key, new in dirty.items()],
             )
-            return True
+        return len(pks), applied, error
+
+    def _stored(self, keys: Sequence[tuple[str, str, str]]) -> dict[tuple[str, str, str], dict[str, Any]]:
+        """The stored rows of these ``(app_id, tbl, pk)`` keys (lock held), read a table and a chunk at a time."""
+        by_table: dict[tuple[str, str], set[str]] = {}
+        for app_id, table, pk in keys:
+            by_table.setdefault((app_id, table), set()).add(pk)
+        out: dict[tuple[str, str, str], dict[str, Any]] = {}
+        for (app_id, table), pks in by_table.items():
+            listed = sorted(pks)
+            for start in range(0, len(listed), _IN_CHUNK):
+                chunk = listed[start:start + _IN_CHUNK]
+                for pk, *found in self._db.conn.execute(
+                    "SELECT pk, data, updated_at, deleted_at, node_id FROM sk_app_rows WHERE app_id = ? AND tbl = ? "
+                    f"AND pk IN ({', '.join('?' * len(chunk))})", (app_id, table, *chunk),
+                ):
+                    out[(app_id, table, pk)] = self._to_row(*found)
+        return out
 
     def scan_since(self, app_id: str, table: str, since: Mapping[str, HLCTimestamp],
                    limit: int | None = None, cursor: str | None = None,

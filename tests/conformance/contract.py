@@ -3,7 +3,9 @@
 A store's test class subclasses :class:`DatabaseAdapterContract` and provides a
 ``database`` fixture (a fresh, empty shared-record adapter), and subclasses
 :class:`AppSourceContract` and provides an ``app_source`` fixture (a fresh app
-source with :data:`NOTES` registered). Nothing here knows which store it runs on.
+source with :data:`NOTES` registered) and an ``other_app_source`` fixture (a
+second one, apart from the first: the batch path is compared with one entry at
+a time). Nothing here knows which store it runs on.
 """
 
 from __future__ import annotations
@@ -12,10 +14,15 @@ import random
 from dataclasses import replace
 from typing import Any
 
+import pytest
+
+from starkeep_sync.core.approws import check_entry
 from starkeep_sync.core.channel import ChannelView
+from starkeep_sync.core.exceptions import SyncError
 from starkeep_sync.core.hlc import HLCTimestamp, serialize_hlc
 from starkeep_sync.core.protocols import (
     AppSource,
+    BatchApplier,
     DatabaseAdapter,
     RecordCounter,
     RowCounter,
@@ -419,3 +426,130 @@ class AppSourceContract:
             page = applier.scan_since(APP, "notes", {}, limit, exclude=gone)
             wire, more = applier.scan_wire_since(APP, "notes", {}, limit, gone)
             assert [w for _, w in wire] == [entry_to_wire(e) for e in page.rows] and more == page.has_more
+
+
+def mixed_page() -> tuple[list[AppSyncableRowEntry], list[AppSyncableRowEntry]]:
+    """Rows held beforehand, and a page of entries of three nodes over them: everything LWW decides."""
+    held = [row("h1", hlc(10, "alpha"), "held"), row("h2", hlc(10, "beta"), "held"),
+            row("h3", hlc(30, "beta"), "held, newer than what comes"), row("h4", hlc(5, "alpha"), "held"),
+            row("t1", hlc(10, "alpha"), table="tags", tag="a")]
+    page = [
+        row("n1", hlc(19, "alpha"), "new"),  # one HLC per write: scans order rows of equal HLC freely
+        row("h1", hlc(20, "alpha"), "newer"),
+        row("h1", hlc(20, "alpha"), "newer"),  # the same version put again
+        row("h2", hlc(10, "alpha"), "a tie broken by node id: alpha < beta, loses"),
+        row("h2", hlc(10, "beta"), "the same HLC as held, other body: loses"),
+        row("h3", hlc(25, "Zulu"), "older: loses, still covered"),
+        AppSyncableRowEntry(hlc(21, "alpha"), APP, "notes", "update", {"body": "patched"}, {"id": "n1"}),
+        AppSyncableRowEntry(hlc(22, "alpha"), APP, "notes", "update", {"body": "no such row"}, {"id": "n9"}),
+        row("h4", hlc(23, "beta"), op="delete"),
+        row("h4", hlc(15, "alpha"), "older than the tombstone: loses"),
+        row("n5", hlc(24, "Zulu"), op="delete"),  # a tombstone for a row never held
+        AppSyncableRowEntry(hlc(26, "beta"), APP, "notes", "delete",
+                            {"id": "n6", "body": "a scanned tombstone", "deleted_at": serialize_hlc(hlc(26, "beta")),
+                             "updated_at": serialize_hlc(hlc(26, "beta"))}, None),
+        row("n5", hlc(27, "alpha"), "written again after its tombstone"),
+        row("t1", hlc(28, "beta"), table="tags", tag="a"),
+        row("t2", hlc(29, "alpha"), table="tags", tag="b"),
+        AppSyncableRowEntry(hlc(30, "alpha"), APP, "notes", "update", {"body": "patched twice"}, {"id": "n1"}),
+    ]
+    return held, page
+
+
+def holdings(source: AppSource, keys: list[tuple[str, tuple[Any, ...]]]) -> dict[str, Any]:
+    """Everything a store shows of :data:`NOTES`: scans, coverage and, when it reads rows, each row."""
+    out: dict[str, Any] = {}
+    for table in ("notes", "tags"):
+        out[table] = [(e.timestamp, e.op, dict(e.row or {})) for e in scan_all(source, table, {}, 1000)]
+        out[f"{table} coverage"] = source.applier.get_node_watermarks(APP, table)
+    if isinstance(source.applier, RowReader):
+        out["rows"] = {(t, pk): source.applier.get_row(APP, t, list(pk)) for t, pk in keys}
+    return out
+
+
+class BatchApplierContract:
+    """``BatchApplier.apply_many`` gives what ``apply`` gives one entry at a time (every store has it)."""
+
+    def test_apply_many_of_a_mixed_page_equals_applying_it_one_by_one(
+        self, app_source: AppSource, other_app_source: AppSource
+    ) -> None:
+        one_by_one, batched = app_source.applier, other_app_source.applier
+        assert isinstance(batched, BatchApplier)
+        held, page = mixed_page()
+        for e in held:
+            assert one_by_one.apply(e) is True
+            assert batched.apply(e) is True
+        wrote = [one_by_one.apply(e) for e in page]
+        # The same outcome whether the applier checks each entry or is handed the keys already checked.
+        info = {t.name: t for t in NOTES.tables}
+        written: list[AppSyncableRowEntry] = []
+        first = batched.apply_many(page[:7], written)
+        second = batched.apply_many(page[7:], written, [check_entry(e, info[e.table]) for e in page[7:]])
+        assert first == (7, sum(wrote[:7]), None) and second == (len(page) - 7, sum(wrote[7:]), None)
+        assert written == [e for e, w in zip(page, wrote, strict=True) if w]
+        assert wrote == [True, True, False, False, False, False, True, False, True, False, True, True, True, True,
+                         True, True]
+        keys = sorted({(e.table, check_entry(e, info[e.table])) for e in held + page})
+        assert holdings(other_app_source, keys) == holdings(app_source, keys)
+
+    def test_a_batch_of_whole_rows_over_held_ones_equals_applying_it_one_by_one(
+        self, app_source: AppSource, other_app_source: AppSource
+    ) -> None:
+        """Inserts and scanned tombstones of distinct rows (a store may write those without reading)."""
+        one_by_one, batched = app_source.applier, other_app_source.applier
+        assert isinstance(batched, BatchApplier)
+        held, page = mixed_page()
+        info = {t.name: t for t in NOTES.tables}
+        firsts: dict[tuple[str, tuple[Any, ...]], AppSyncableRowEntry] = {}
+        for e in page:
+            if e.op == "insert" or (e.op == "delete" and e.row and not e.where):
+                firsts.setdefault((e.table, check_entry(e, info[e.table])), e)
+        whole = list(firsts.values())
+        for e in held:
+            one_by_one.apply(e)
+            batched.apply(e)
+        wrote = [one_by_one.apply(e) for e in whole]
+        assert True in wrote and False in wrote
+        written: list[AppSyncableRowEntry] = []
+        assert batched.apply_many(whole, written) == (len(whole), sum(wrote), None)
+        assert written == [e for e, w in zip(whole, wrote, strict=True) if w]
+        keys = sorted({(e.table, check_entry(e, info[e.table])) for e in held + whole})
+        assert holdings(other_app_source, keys) == holdings(app_source, keys)
+
+    def test_one_entry_at_a_time_in_a_batch_ends_the_same(
+        self, app_source: AppSource, other_app_source: AppSource
+    ) -> None:
+        one_by_one, batched = app_source.applier, other_app_source.applier
+        assert isinstance(batched, BatchApplier)
+        held, page = mixed_page()
+        for e in held + page:
+            one_by_one.apply(e)
+        for e in held + page:
+            batched.apply_many([e])
+        info = {t.name: t for t in NOTES.tables}
+        keys = sorted({(e.table, check_entry(e, info[e.table])) for e in held + page})
+        assert holdings(other_app_source, keys) == holdings(app_source, keys)
+
+    @pytest.mark.parametrize("bad", [
+        AppSyncableRowEntry(hlc(40, "alpha"), APP, "nowhere", "insert", {"id": "x"}, None),
+        AppSyncableRowEntry(hlc(40, "alpha"), APP, "notes", "insert", {"body": "no key"}, None),
+        AppSyncableRowEntry(hlc(40, "alpha"), APP, "notes", "insert",
+                            {"id": "x", "updated_at": serialize_hlc(hlc(41, "alpha"))}, None),
+    ], ids=["unknown table", "no primary key", "updated_at disagrees"])
+    def test_a_batch_stops_at_the_first_entry_apply_refuses(
+        self, app_source: AppSource, other_app_source: AppSource, bad: AppSyncableRowEntry
+    ) -> None:
+        batched = other_app_source.applier
+        assert isinstance(batched, BatchApplier)
+        with pytest.raises((SyncError, ValueError)) as singly:
+            app_source.applier.apply(bad)
+        _, page = mixed_page()
+        written: list[AppSyncableRowEntry] = []
+        landed, applied, error = batched.apply_many([*page[:3], bad, *page[3:]], written)
+        assert (landed, applied) == (3, 2) and written == [page[0], page[1]]
+        assert type(error) is type(singly.value) and str(error) == str(singly.value)
+        # Nothing after the refusal landed, and coverage stops before it.
+        assert [e.timestamp for e in scan_all(other_app_source, "notes", {}, 100)] == [hlc(19, "alpha"),
+                                                                                       hlc(20, "alpha")]
+        assert batched.get_node_watermarks(APP, "notes") == {"alpha": hlc(20, "alpha")}
+        assert batched.get_node_watermarks(APP, "tags") == {}

@@ -6,7 +6,7 @@ import pytest
 
 from starkeep_sync.device.memory import MemoryAppSource, MemoryDatabaseAdapter
 
-from .contract import NOTES, AppSourceContract, DatabaseAdapterContract
+from .contract import NOTES, AppSourceContract, BatchApplierContract, DatabaseAdapterContract
 
 pytestmark = pytest.mark.nodb
 
@@ -17,7 +17,11 @@ class TestMemoryDatabase(DatabaseAdapterContract):
         return MemoryDatabaseAdapter()
 
 
-class TestMemoryAppSource(AppSourceContract):
+class TestMemoryAppSource(AppSourceContract, BatchApplierContract):
     @pytest.fixture
     def app_source(self) -> MemoryAppSource:
+        return MemoryAppSource([NOTES])
+
+    @pytest.fixture
+    def other_app_source(self) -> MemoryAppSource:
         return MemoryAppSource([NOTES])

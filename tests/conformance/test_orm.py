@@ -10,7 +10,7 @@ import pytest
 from starkeep_sync.adapters.orm import OrmAppSource, OrmDatabaseAdapter
 from tests.factories import make_user, register_app
 
-from .contract import NOTES, AppSourceContract, DatabaseAdapterContract, hlc, interleaved, row
+from .contract import NOTES, AppSourceContract, BatchApplierContract, DatabaseAdapterContract, hlc, interleaved, row
 
 pytestmark = pytest.mark.django_db
 
@@ -33,8 +33,12 @@ class TestOrmDatabase(DatabaseAdapterContract):
         return OrmDatabaseAdapter(owner)
 
 
-class TestOrmAppSource(AppSourceContract):
+class TestOrmAppSource(AppSourceContract, BatchApplierContract):
     @pytest.fixture
     def app_source(self, owner: Any) -> OrmAppSource:
         register_app(NOTES.app_id, {t.name: list(t.pk_columns) for t in NOTES.tables})
         return OrmAppSource(owner)
+
+    @pytest.fixture
+    def other_app_source(self, app_source: OrmAppSource) -> OrmAppSource:
+        return OrmAppSource(make_user("batch-owner"))

@@ -9,7 +9,7 @@ import pytest
 
 from starkeep_sync.device.sqlite import SqliteAppSource, SqliteDatabaseAdapter, SqliteDeviceStore
 
-from .contract import NOTES, AppSourceContract, DatabaseAdapterContract
+from .contract import NOTES, AppSourceContract, BatchApplierContract, DatabaseAdapterContract
 
 pytestmark = pytest.mark.nodb
 
@@ -27,7 +27,13 @@ class TestSqliteDatabase(DatabaseAdapterContract):
         return store.database
 
 
-class TestSqliteAppSource(AppSourceContract):
+class TestSqliteAppSource(AppSourceContract, BatchApplierContract):
     @pytest.fixture
     def app_source(self, store: SqliteDeviceStore) -> SqliteAppSource:
         return store.app_source
+
+    @pytest.fixture
+    def other_app_source(self, tmp_path: Path) -> Iterator[SqliteAppSource]:
+        other = SqliteDeviceStore(tmp_path / "other.db", namespaces=[NOTES])
+        yield other.app_source
+        other.close()
