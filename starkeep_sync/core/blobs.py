@@ -377,6 +377,7 @@ class FileSyncEngine:
         *,
         direction: str = "transfer",
         on_bytes: Callable[[int], None] | None = None,
+        conditional: bool | None = None,
     ) -> TransferOutcome:
         """Copy one blob, checking its bytes against its hash on the way.
 
@@ -386,6 +387,7 @@ class FileSyncEngine:
         source (so an upload the destination refused after receiving it counts
         too); ``on_bytes`` hears of them as they pass. Safe to call from several
         threads at once; a key already in flight returns a failed outcome at once.
+        ``conditional``: whether ``destination`` is a :class:`ConditionalPut`, if the caller knows.
         """
         key = manifest.object_storage_key
         with self._lock:
@@ -402,7 +404,8 @@ class FileSyncEngine:
 
         try:
             try:
-                conditional = isinstance(destination, ConditionalPut)
+                if conditional is None:
+                    conditional = isinstance(destination, ConditionalPut)
                 if not conditional and destination.has(key):
                     self._clear(key)
                     return TransferOutcome(key, True)

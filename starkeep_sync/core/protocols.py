@@ -283,6 +283,14 @@ class ObjectStorage(Protocol):
     def delete(self, key: str) -> None: ...
 
 
+@runtime_checkable
+class InMemoryStorage(Protocol):
+    """An ``ObjectStorage`` that never waits on I/O (``in_memory`` true): between two of them the
+    engine moves blobs on its own thread, as transfer threads would only add hand-offs."""
+
+    in_memory: bool
+
+
 class SyncStateStore(Protocol):
     def get_watermarks(self) -> Watermarks: ...
 
@@ -371,6 +379,7 @@ __all__ = [
     "BlobStateStore",
     "ChangeFeedTransport",
     "DatabaseAdapter",
+    "InMemoryStorage",
     "ObjectStorage",
     "PrefetchTransport",
     "RecordCounter",

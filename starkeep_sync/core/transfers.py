@@ -113,9 +113,12 @@ class TransferPool:
             if on_worker and self.after_job is not None:
                 self.after_job()
 
-    def run(self, jobs: Sequence[Callable[[], T]]) -> list[T]:
-        """Each job's result, in the jobs' order; a job that raises re-raises here after the others end."""
-        if self.concurrency == 1 or len(jobs) <= 1:
+    def run(self, jobs: Sequence[Callable[[], T]], *, inline: bool = False) -> list[T]:
+        """Each job's result, in the jobs' order; a job that raises re-raises here after the others end.
+
+        ``inline``: run them one after another on this thread (jobs that never wait on I/O).
+        """
+        if inline or self.concurrency == 1 or len(jobs) <= 1:
             return [self._run_one(job) for job in jobs]
         if self._executor is None:
             self._executor = ThreadPoolExecutor(max_workers=self.concurrency, thread_name_prefix="starkeep-blob")

@@ -183,6 +183,9 @@ class MemoryDatabaseAdapter:
 class MemoryObjectStorage:
     """Blobs in a dict. ``put`` reads a stream to its end before storing anything."""
 
+    #: ``InMemoryStorage``: nothing here waits on I/O.
+    in_memory = True
+
     def __init__(self) -> None:
         self._objects: dict[str, tuple[bytes, str | None]] = {}
         self._lock = threading.Lock()
