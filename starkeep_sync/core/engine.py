@@ -245,8 +245,9 @@ class SyncEngine:
         self.sync_state.set_watermarks(new_own)
         self.sync_state.set_peer_watermarks(theirs)
         self.sync_state.set_hlc_clock_state(self.clock.state)
-        if is_lower_somewhere(theirs, peer):
-            self.blob_state.forget_remote_keys()  # the peer lost data: what it held may be gone too
+        peer_lost_data = is_lower_somewhere(theirs, peer)
+        if peer_lost_data:
+            self.blob_state.forget_remote_keys()  # what it held may be gone too
 
         applied_ids = [self._id_of(i) for i in applied]
         result.applied = len(applied_ids)
@@ -255,16 +256,18 @@ class SyncEngine:
         # back identical: it waits for the next scheduled round. ``left_behind``
         # only counts nodes that did not halt on a push. Staged blobs never count.
         more_inbound = response.has_more and new_own != own
-        result.has_more = bool(more_inbound or left_behind or is_lower_somewhere(theirs, peer))
+        result.has_more = bool(more_inbound or left_behind or peer_lost_data)
         if applied_ids:
             self.change_notifier.emit(
                 ChangeEvent(LOCAL_DATA_SYNCED, applied_ids, self.clock.now(), self.channel.app_id)
             )
-        due = self.blob_state.staged_blobs(due_at=self._now())
-        if due and self._prefetched is not None:
-            wait([self._prefetched[1]])  # the blob storage may share the transport's connection
-        self._fetch_staged(due, result, self.fetch_budget_bytes)
-        self._report_staged(result)
+        # An empty staged set (the usual case) costs one count, not a count and a search.
+        if self.blob_state.staged_totals()[0]:
+            due = self.blob_state.staged_blobs(due_at=self._now())
+            if due and self._prefetched is not None:
+                wait([self._prefetched[1]])  # the blob storage may share the transport's connection
+            self._fetch_staged(due, result, self.fetch_budget_bytes)
+            self._report_staged(result)
         return result
 
     def _raise_to_peer(self, new_own: Watermarks, theirs: Watermarks, failed_nodes: set[str],
@@ -387,12 +390,14 @@ class SyncEngine:
         floor = dict(peer)
         halted: set[str] = set()
         shipped: list[Item] = []
-        rejected = {(r.ref, r.hlc) for r in self.blob_state.rejected_items()}
+        rejected: set[tuple[str, HLCTimestamp]] | None = None  # read once there is something to push
         while True:
             room = self.page_limit - len(shipped)
             candidates, left_behind = self.channel.changes_since(floor, room, self.scan_page_size)
+            if rejected is None and candidates:
+                rejected = {(r.ref, r.hlc) for r in self.blob_state.rejected_items()}
             halted_before = len(halted)
-            shipped.extend(self._push_blobs(candidates, result, halted, rejected))
+            shipped.extend(self._push_blobs(candidates, result, halted, rejected if rejected is not None else set()))
             if not left_behind or len(halted) == halted_before:
                 break
             # Refill past what this pass considered; halted nodes sit above everything.
@@ -412,6 +417,8 @@ class SyncEngine:
         rejects that version (reported once, never offered again) and does not hold
         back the node; any other failure halts the node for this round (PROTOCOL §5c).
         """
+        if not candidates:
+            return []
         candidates = [i for i in candidates if not (rejected and (ref_of(i.identity), i.hlc) in rejected)]
         manifests: dict[str, FileSyncManifest] = {}
         for item in candidates:
