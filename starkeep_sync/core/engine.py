@@ -262,12 +262,15 @@ class SyncEngine:
                 ChangeEvent(LOCAL_DATA_SYNCED, applied_ids, self.clock.now(), self.channel.app_id)
             )
         # An empty staged set (the usual case) costs one count, not a count and a search.
-        if self.blob_state.staged_totals()[0]:
+        totals = self.blob_state.staged_totals()
+        if totals[0]:
             due = self.blob_state.staged_blobs(due_at=self._now())
-            if due and self._prefetched is not None:
-                wait([self._prefetched[1]])  # the blob storage may share the transport's connection
-            self._fetch_staged(due, result, self.fetch_budget_bytes)
-            self._report_staged(result)
+            if due:
+                if self._prefetched is not None:
+                    wait([self._prefetched[1]])  # the blob storage may share the transport's connection
+                self._fetch_staged(due, result, self.fetch_budget_bytes)
+                totals = self.blob_state.staged_totals()
+            self._report_staged(result, totals)
         return result
 
     def _raise_to_peer(self, new_own: Watermarks, theirs: Watermarks, failed_nodes: set[str],
@@ -619,8 +622,8 @@ class SyncEngine:
         row = applier.get_row(identity[1], identity[2], list(identity[3:]))
         return row is not None and not row.get("deleted_at") and row.get("object_storage_key") == entry.key
 
-    def _report_staged(self, result: ExchangeResult) -> None:
-        result.staged, result.staged_bytes = self.blob_state.staged_totals()
+    def _report_staged(self, result: ExchangeResult, totals: tuple[int, int] | None = None) -> None:
+        result.staged, result.staged_bytes = totals if totals is not None else self.blob_state.staged_totals()
         if result.staged:
             result.staged_failing = self.blob_state.staged_blobs(failing=True, limit=STAGED_FAILING_SHOWN)
 

@@ -33,6 +33,7 @@ class FileSystemObjectStorage:
                  stale_part_seconds: float | None = STALE_PART_SECONDS) -> None:
         self.root = Path(root)
         self.root.mkdir(parents=True, exist_ok=True)
+        self._root = str(self.root)
         if stale_part_seconds is not None:
             self.sweep_parts(stale_part_seconds)
 
@@ -96,7 +97,10 @@ class FileSystemObjectStorage:
             return None
 
     def has(self, key: str) -> bool:
-        return self._path(key).is_file()
+        # A string path, not pathlib: asked once per pulled file-backed record; 10,000 absent keys
+        # took 87 ms with ``Path.is_file`` against 53 ms (medians of 7, same run).
+        check_key_syntax(key)
+        return os.path.isfile(os.path.join(self._root, key))
 
     def delete(self, key: str) -> None:
         path = self._path(key)
