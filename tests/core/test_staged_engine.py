@@ -476,10 +476,8 @@ def _check_progress(reports: list[TransferProgress], direction: str, records: li
     assert {p.key for p in mine} == {None, *(r.object_storage_key for r in records)}
 
 
-def test_progress_reports_items_and_bytes_of_a_pull_within_a_large_blob() -> None:
-    pair = memory_pair()
-    big = write(pair.cloud, "big", os.urandom(BIG), type="video/mp4")
-    small = [write(pair.cloud, f"s{i}", f"small {i}".encode()) for i in range(3)]
+def recorded_progress() -> tuple[list[TransferProgress], Callable[[TransferProgress], None]]:
+    """A list and a progress callback that appends to it (from any transfer thread)."""
     reports: list[TransferProgress] = []
     lock = threading.Lock()
 
@@ -487,6 +485,14 @@ def test_progress_reports_items_and_bytes_of_a_pull_within_a_large_blob() -> Non
         with lock:
             reports.append(p)
 
+    return reports, on_progress
+
+
+def test_progress_reports_items_and_bytes_of_a_pull_within_a_large_blob() -> None:
+    pair = memory_pair()
+    big = write(pair.cloud, "big", os.urandom(BIG), type="video/mp4")
+    small = [write(pair.cloud, f"s{i}", f"small {i}".encode()) for i in range(3)]
+    reports, on_progress = recorded_progress()
     engine = make_engine(pair, Remote(pair.cloud.storage), on_progress=on_progress)
     r = engine.exchange()
     assert len(r.resident) == 4 and r.pulled_bytes == BIG + sum(x.size_bytes for x in small)
@@ -498,13 +504,7 @@ def test_progress_reports_items_and_bytes_of_a_push_within_a_large_blob() -> Non
     pair = memory_pair()
     big = write(pair.local, "big", os.urandom(BIG), type="video/mp4")
     small = [write(pair.local, f"s{i}", f"small {i}".encode()) for i in range(3)]
-    reports: list[TransferProgress] = []
-    lock = threading.Lock()
-
-    def on_progress(p: TransferProgress) -> None:
-        with lock:
-            reports.append(p)
-
+    reports, on_progress = recorded_progress()
     engine = make_engine(pair, Remote(pair.cloud.storage), on_progress=on_progress)
     r = engine.exchange()
     assert r.shipped == 4 and r.pushed_bytes == BIG + sum(x.size_bytes for x in small)

@@ -194,6 +194,17 @@ def run_live(engine: LiveEngine, **kwargs: Any) -> SyncSupervisor:
     return supervisor
 
 
+def run_live_until_idle(transport: FeedTransport) -> SyncSupervisor:
+    """A live supervisor over ``transport``, stopped once the feed has given every scripted answer."""
+    supervisor = run_live(LiveEngine(transport))
+    try:
+        assert transport.idle.wait(5)
+    finally:
+        supervisor.stop()
+        supervisor.join(5)
+    return supervisor
+
+
 def test_live_mode_starts_a_cycle_when_the_feed_answers_changed() -> None:
     gate = threading.Event()
     transport = FeedTransport([Answer(False, "c1"), gate, Answer(True, "c2")])
@@ -226,13 +237,7 @@ def test_live_mode_backs_off_on_errors_and_reconnects_with_its_cursor() -> None:
     down = SyncTransportError("cannot reach", code="connection_error")
     busy = SyncTransportError("throttled", status=429, retry_after=0.05)
     transport = FeedTransport([Answer(False, "c1"), down, busy, Answer(True, "c2")])
-    engine = LiveEngine(transport)
-    supervisor = run_live(engine)
-    try:
-        assert transport.idle.wait(5)
-    finally:
-        supervisor.stop()
-        supervisor.join(5)
+    supervisor = run_live_until_idle(transport)
     assert [c for c, _ in transport.calls[:4]] == [None, "c1", "c1", "c1"]  # nothing missed: same cursor
     assert supervisor.changes_seen == 1
 
@@ -240,13 +245,7 @@ def test_live_mode_backs_off_on_errors_and_reconnects_with_its_cursor() -> None:
 def test_live_mode_starts_over_when_the_server_refuses_the_cursor() -> None:
     transport = FeedTransport([Answer(False, "c1"), SyncTransportError("bad cursor", status=400),
                                Answer(False, "c9")])
-    engine = LiveEngine(transport)
-    supervisor = run_live(engine)
-    try:
-        assert transport.idle.wait(5)
-    finally:
-        supervisor.stop()
-        supervisor.join(5)
+    run_live_until_idle(transport)
     assert [c for c, _ in transport.calls[:3]] == [None, "c1", None]
 
 
