@@ -25,13 +25,13 @@ the server writes is always something every device accepts.
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import json
 import tempfile
 from collections.abc import Mapping, Sequence
 from typing import IO, Any
 
+import msgspec
 from django.db import transaction
 from django.db.models import F
 
@@ -74,7 +74,7 @@ __all__ = [
 #: (``content_hash``, ``object_storage_key``, ``size_bytes``, ``type``) is replaced by writing the
 #: record again (``put_record``/``put_file`` with its id); ids, stamps and ``version`` are the sync's own.
 EDITABLE_RECORD_FIELDS = frozenset({"label", "parent_id", "original_filename", "mime_type"})
-_RECORD_FIELDS = frozenset(f.name for f in dataclasses.fields(DataRecord))
+_RECORD_FIELDS = frozenset(DataRecord.__struct_fields__)
 
 
 class RecordNotFound(SyncError, LookupError):
@@ -231,7 +231,7 @@ def update_record(owner: Any, record_id: str, **changes: Any) -> DataRecord:
         if current is None or current.is_deleted:
             raise RecordNotFound(f"no live shared record {record_id!r} for this owner")
         stamp = _stamp(current.updated_at)
-        record = _checked_record(dataclasses.replace(current, updated_at=stamp, version=current.version + 1,
+        record = _checked_record(msgspec.structs.replace(current, updated_at=stamp, version=current.version + 1,
                                                      **changes))
         return _write_record(owner, record)
 

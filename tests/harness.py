@@ -134,7 +134,7 @@ class Side:
             object_storage_key=key, size_bytes=len(data), mime_type=type, label=label, id=rid,
         )
         if existing is not None:
-            from dataclasses import replace
+            from msgspec.structs import replace
             record = replace(record, created_at=existing.created_at, version=existing.version + 1)
         self.database.put(record)
         return record

@@ -11,10 +11,10 @@ a time). Nothing here knows which store it runs on.
 from __future__ import annotations
 
 import random
-from dataclasses import replace
 from typing import Any
 
 import pytest
+from msgspec.structs import replace
 
 from starkeep_sync.core.approws import check_entry
 from starkeep_sync.core.channel import ChannelView

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from dataclasses import replace
 from typing import Any
 
 import pytest
+from msgspec.structs import replace
 
 from starkeep_sync.adapters.orm import OrmAppSource, OrmDatabaseAdapter
 from tests.factories import make_user, register_app

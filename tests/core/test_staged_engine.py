@@ -166,7 +166,7 @@ def write(side: Side, rid: str, data: bytes, *, label: str | None = None, store_
                                 object_storage_key=key, size_bytes=len(data), mime_type=type, label=label, id=rid)
     existing = side.database.get(rid)
     if existing is not None:
-        from dataclasses import replace
+        from msgspec.structs import replace
 
         record = replace(record, created_at=existing.created_at, version=existing.version + 1)
     side.database.put(record)

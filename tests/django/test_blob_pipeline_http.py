@@ -86,7 +86,7 @@ class Device:
                                     label=label, id=rid)
         existing = self.database.get(rid)
         if existing is not None:
-            from dataclasses import replace
+            from msgspec.structs import replace
 
             record = replace(record, created_at=existing.created_at, version=existing.version + 1)
         self.database.put(record)

@@ -92,7 +92,7 @@ def test_errors_are_djangos_and_a_broken_transaction_is_refused(alice: Any) -> N
 
 @pytest.mark.nodb
 def test_row_values_hold_each_stamp_serialized_and_refuse_what_serialize_hlc_refuses() -> None:
-    from dataclasses import replace
+    from msgspec.structs import replace
 
     from starkeep_sync.adapters.orm import _record_values
     from starkeep_sync.core.hlc import HLCTimestamp, serialize_hlc

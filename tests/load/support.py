@@ -25,9 +25,11 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
+
+from msgspec.structs import replace
 
 from starkeep_sync import (
     FILE_RECORDS_TABLE,

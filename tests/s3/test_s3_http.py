@@ -18,6 +18,7 @@ from starkeep_sync.device.memory import MemoryDatabaseAdapter, MemoryObjectStora
 from starkeep_sync.device.supervisor import sync_until_done
 from starkeep_sync.models import Blob
 from tests.factories import make_token, make_user
+from tests.http_harness import live_transfer_concurrency
 from tests.s3.conftest import MotoS3
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -163,7 +164,7 @@ def device_engine(live_server_url: str, token: str, node_id: str, *, use_presign
         local_database=database, local_storage=storage,
         remote_storage=HttpObjectStorage(base, auth=token, use_presign=use_presign),
         transport=create_http_sync_transport(base_url=base, auth=token),
-        clock=clock, sync_state=MemorySyncStateStore(),
+        clock=clock, sync_state=MemorySyncStateStore(), transfer_concurrency=live_transfer_concurrency(),
     )
     return engine, database, storage
 

@@ -8,8 +8,10 @@ over HTTP.
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any
+
+from msgspec.structs import replace
 
 from starkeep_sync import (
     FILE_RECORDS_TABLE,
