@@ -61,7 +61,9 @@ class DatabaseAdapter(Protocol):
 
         A record is written only when its ``updated_at`` is strictly above the
         stored one. Every record is counted as taken in for coverage
-        (``get_node_watermarks``) whether it won or lost.
+        (``get_node_watermarks``) whether it won or lost. A call that raises
+        writes none of its records (the engine merges a node's run in one call,
+        and on an error merges it again one record at a time to find the culprit).
         """
 
     def query(self, limit: int, cursor: str | None = None) -> RecordPage:

@@ -1,4 +1,5 @@
-"""The requester's batch path for app rows (``BatchApplier.apply_many``) against one entry at a time.
+"""The requester's batch paths (``BatchApplier.apply_many`` for app rows, ``merge`` of a node's run of shared
+records) against one item at a time.
 
 The same page goes to two devices: one whose applier has ``apply_many`` (the memory applier),
 one whose applier only has ``apply``. Everything a round leaves behind must be the same: what
@@ -18,9 +19,9 @@ from starkeep_sync.core.exceptions import SyncError
 from starkeep_sync.core.hlc import HLCTimestamp, serialize_hlc
 from starkeep_sync.core.notifier import ChangeEvent
 from starkeep_sync.core.protocols import BatchApplier, ScanPage
-from starkeep_sync.core.records import AppSyncableNamespace, AppSyncableRowEntry, AppSyncableTableInfo
+from starkeep_sync.core.records import AppSyncableNamespace, AppSyncableRowEntry, AppSyncableTableInfo, DataRecord
 from starkeep_sync.core.wire import SyncExchangeResponse
-from starkeep_sync.device.memory import MemoryApplier, MemoryAppSource, MemoryObjectStorage
+from starkeep_sync.device.memory import MemoryApplier, MemoryAppSource, MemoryDatabaseAdapter, MemoryObjectStorage
 
 pytestmark = pytest.mark.nodb
 
@@ -177,4 +178,110 @@ def test_a_clock_skew_refusal_halts_the_node_where_one_at_a_time_halts_it() -> N
         outcomes.append(outcome(engine, source, events, [engine.exchange()]))
     assert outcomes[0] == outcomes[1]
     assert outcomes[1]["own"]["alpha"] == hlc(11, "alpha") and outcomes[1]["own"]["beta"] == hlc(12, "beta")
+    assert len(outcomes[1]["results"][0][2]) == 1
+
+
+# -- shared records: a node's run goes to ``DatabaseAdapter.merge`` in one call ------------------------
+
+
+def record(id: str, stamp: HLCTimestamp, key: str = "", label: str | None = None) -> DataRecord:
+    return DataRecord(id=id, type="image/jpeg", created_at=stamp, updated_at=stamp,
+                      content_hash="ab" * 32 if key else "", object_storage_key=key, size_bytes=3 if key else 0,
+                      origin_app_id="photos", label=label)
+
+
+class RefusingDatabase(MemoryDatabaseAdapter):
+    """A memory database that refuses (ValueError, nothing written) any call holding an id in ``refuse``."""
+
+    def __init__(self, refuse: Collection[str]) -> None:
+        super().__init__()
+        self.refuse = set(refuse)
+        self.calls: list[int] = []
+
+    def merge(self, records: Sequence[DataRecord]) -> list[bool]:
+        self.calls.append(len(records))
+        bad = [r.id for r in records if r.id in self.refuse]
+        if bad:
+            raise ValueError(f"record {bad[0]} refused by the database")
+        return super().merge(records)
+
+
+def record_device(one_by_one: bool, responses: list[SyncExchangeResponse], refuse: Collection[str] = (),
+                  held: Sequence[DataRecord] = ()) -> tuple[Any, RefusingDatabase, list[ChangeEvent]]:
+    database = RefusingDatabase(refuse)
+    for r in held:
+        database.put(r)
+    storage = MemoryObjectStorage()
+    storage.put("shared/image/ab/held", b"abc")
+    engine = create_sync_engine(local_database=database, local_storage=storage, remote_storage=MemoryObjectStorage(),
+                                transport=Pages(responses), clock=HLCClock("me", wall_clock=lambda: BASE))
+    if one_by_one:
+        engine._apply_run = engine._apply_one_by_one  # the reference: one record per merge call
+    events: list[ChangeEvent] = []
+    engine.change_notifier.subscribe(events.append)
+    return engine, database, events
+
+
+def record_outcome(engine: Any, database: RefusingDatabase, events: list[ChangeEvent],
+                   results: list[Any]) -> dict[str, Any]:
+    return {
+        "results": [(r.applied, r.received, r.refused, r.staged) for r in results],
+        "own": engine.sync_state.get_watermarks(),
+        "peer": engine.sync_state.get_peer_watermarks(),
+        "clock": engine.clock.state,
+        "records": sorted(map(repr, database.all())),
+        "coverage": database.get_node_watermarks(),
+        "staged": sorted((e.ref, e.key, e.wanted) for e in engine.blob_state.staged_blobs()),
+        "events": [(e.event_type, e.record_ids, e.timestamp) for e in events],
+    }
+
+
+def record_page() -> tuple[list[DataRecord], list[DataRecord]]:
+    held = [record("h1", hlc(10, "alpha"), label="held"), record("h2", hlc(30, "beta"), label="held, newer")]
+    records = [
+        record("n1", hlc(11, "alpha"), label="new"),
+        record("h1", hlc(12, "alpha"), label="newer"),
+        record("h2", hlc(13, "alpha"), label="older: loses"),
+        record("f1", hlc(15, "alpha"), "shared/image/ab/wanted"),
+        record("f2", hlc(16, "alpha"), "shared/image/ab/held"),
+        record("x1", hlc(17, "alpha"), label="the database may refuse it"),
+        record("n3", hlc(18, "alpha"), label="after it"),
+        record("b1", hlc(20, "beta"), "shared/image/ab/beta"),
+        record("g1", hlc(23, "gamma"), label="gamma"),
+    ]
+    return held, records
+
+
+@pytest.mark.parametrize("refuse", [(), ("x1",)], ids=["nothing refused", "the database refuses one"])
+def test_a_round_merging_a_node_run_at_once_ends_as_one_record_at_a_time(refuse: tuple[str, ...]) -> None:
+    held, records = record_page()
+    theirs = {"alpha": hlc(40, "alpha"), "beta": hlc(40, "beta"), "gamma": hlc(40, "gamma")}
+    outcomes, calls = [], []
+    for one_by_one in (True, False):
+        responses = [SyncExchangeResponse(records=records, responder_watermarks=theirs)]
+        engine, database, events = record_device(one_by_one, responses, refuse, held)
+        outcomes.append(record_outcome(engine, database, events, [engine.exchange(), engine.exchange()]))
+        calls.append(database.calls)
+    assert outcomes[0] == outcomes[1]
+    got = outcomes[1]
+    # One call per node's run (alpha, beta, gamma); a refusal adds alpha's run again, a record at a time.
+    assert calls[1][:3] == [7, 1, 1] and (calls[1][3:] == [1] * 6) is bool(refuse)
+    refused = got["results"][0][2]
+    assert len(refused) == len(refuse) and all("x1" in r for r in refused)
+    assert got["own"]["alpha"] == (hlc(16, "alpha") if refuse else hlc(40, "alpha"))
+    assert got["own"]["beta"] == hlc(40, "beta") and got["own"]["gamma"] == hlc(40, "gamma")
+    assert sorted(key for _, key, _ in got["staged"]) == ["shared/image/ab/beta", "shared/image/ab/wanted"]
+
+
+def test_a_clock_skew_refusal_halts_a_record_run_where_one_at_a_time_halts_it() -> None:
+    far = HLCTimestamp(BASE + 10**9, 0, "alpha")  # far beyond the clock's skew bound
+    records = [record("n1", hlc(11, "alpha")), record("n2", far), record("n3", HLCTimestamp(far[0] + 1, 0, "alpha")),
+               record("b1", hlc(12, "beta"))]
+    outcomes = []
+    for one_by_one in (True, False):
+        engine, database, events = record_device(one_by_one, [SyncExchangeResponse(records=records)])
+        outcomes.append(record_outcome(engine, database, events, [engine.exchange()]))
+    assert outcomes[0] == outcomes[1]
+    assert outcomes[1]["own"]["alpha"] == hlc(11, "alpha") and outcomes[1]["own"]["beta"] == hlc(12, "beta")
+    assert [r.id for r in engine.local_database.all()] == ["n1", "b1"]
     assert len(outcomes[1]["results"][0][2]) == 1
