@@ -9,6 +9,7 @@ failures and measures how many transfers are in flight at once.
 from __future__ import annotations
 
 import hashlib
+import json
 import math
 import os
 import threading
@@ -31,7 +32,7 @@ from starkeep_sync import (
 )
 from starkeep_sync.core.exceptions import ItemsRejected, SyncTransportError
 from starkeep_sync.core.protocols import StoredObject
-from starkeep_sync.core.staged import RetryPolicy, StagedBlob
+from starkeep_sync.core.staged import RetryPolicy, StagedBlob, identity_of, ref_of
 from starkeep_sync.core.state import MemorySyncStateStore
 from starkeep_sync.core.transfers import TransferProgress
 from starkeep_sync.device.supervisor import sync_until_done
@@ -964,3 +965,14 @@ def test_a_progress_callback_that_raises_does_not_fail_the_transfers() -> None:
     assert sorted(r.resident) == ["r0", "r1", "r2"] and not r.errors
     assert all(resident(pair.local, x) for x in records)
     assert len(calls) == 1  # reported once, then left alone for the batch
+
+
+@pytest.mark.parametrize("identity", [
+    ("r", "01HF7Y8Z9ABCDEFGHJKMNPQRST"), ("r", 'quote " backslash \\ nul \x00 del \x7f \u2028 é 😀'),
+    ("a", "notes", "_starkeep_sync_records", "f1"), ("a", "notes", "items", 7, 1.5, None, True),
+])
+def test_a_ref_is_the_compact_json_of_its_identity_and_names_it_back(identity: tuple[Any, ...]) -> None:
+    # Refs are stored by the state stores: their text must not change between releases.
+    ref = ref_of(identity)
+    assert ref == json.dumps(list(identity), separators=(",", ":"), ensure_ascii=False)
+    assert identity_of(ref) == identity
