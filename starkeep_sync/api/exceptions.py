@@ -5,6 +5,7 @@ from __future__ import annotations
 import errno
 from typing import Any
 
+import msgspec
 from django.core.exceptions import PermissionDenied
 from django.http import Http404
 from rest_framework import exceptions, status
@@ -12,6 +13,7 @@ from rest_framework.response import Response
 from rest_framework.views import exception_handler as drf_exception_handler
 
 from ..core.exceptions import SyncError
+from ..core.wire import ErrorDetailWire, ErrorWire
 
 
 class SyncAPIException(exceptions.APIException):
@@ -114,11 +116,8 @@ def exception_handler(exc: Exception, context: dict[str, Any]) -> Response | Non
     elif isinstance(exc, PermissionDenied):
         exc = exceptions.PermissionDenied()
     assert isinstance(exc, exceptions.APIException)
-    body: dict[str, Any] = {"code": _code(exc), "message": _message(exc.detail)}
-    field = getattr(exc, "field", None)
-    if field:
-        body["field"] = field
-    response.data = {"error": body}
+    detail = ErrorDetailWire(_code(exc), _message(exc.detail), getattr(exc, "field", None) or None)
+    response.data = msgspec.to_builtins(ErrorWire(detail))
     if getattr(exc, "wait", None):
         # DRF writes "%d": a wait under a second would read "0", which clients take as "now".
         response["Retry-After"] = str(max(1, int(exc.wait)))  # type: ignore[attr-defined]

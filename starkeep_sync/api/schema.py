@@ -182,6 +182,15 @@ _ENTRY_EXAMPLE = {
 }
 
 
+def _body(wire: dict[str, Any], name: str, replaced: dict[str, Any] | None = None,
+          descriptions: dict[str, str] | None = None) -> dict[str, Any]:
+    """A route body's component from the wire types: some members ``replaced``, some described."""
+    out = {k: v for k, v in wire[name].items() if k != "description"}  # the type's docstring is for Python
+    properties = {**out["properties"], **(replaced or {})}
+    out["properties"] = _described(properties, descriptions or {})
+    return out
+
+
 def _key_schema(pattern: str, description: str, example: str) -> dict[str, Any]:
     return {"type": "string", "minLength": 1, "maxLength": MAX_KEY_LENGTH, "pattern": pattern, "example": example,
             "description": f"{description} {KEY_SYNTAX_RULE} {KEY_LENGTH_RULE}",
@@ -323,49 +332,27 @@ def component_schemas() -> dict[str, Any]:
             "On file-system storage an upload whose segment is over 255 bytes is 400, and a key that is a "
             "prefix of another stored key (or extends one) is 409 `key_conflict`.",
             f"apps/notes/syncable/{_HASH}"),
-        "PresignRequest": {
-            "type": "object",
-            "required": ["key"],
-            "properties": {"key": _ref("DriveKey"),
-                           "contentType": {"type": "string", "maxLength": 255, "nullable": True,
-                                           "pattern": r"^[^\x00-\x1f\x7f]*$",
-                                           "description": "Content-Type the upload will send."}},
-        },
-        "ConfirmRequest": {"type": "object", "required": ["key"], "properties": {"key": _ref("DriveKey")}},
-        "Url": {"type": "object", "required": ["url"],
-                "properties": {"url": {"type": "string", "format": "uri",
-                                       "description": "Short-lived URL for the bytes."}}},
-        "Ok": {"type": "object", "required": ["ok"], "properties": {"ok": {"type": "boolean", "enum": [True]}}},
-        "Stored": {"type": "object", "required": ["ok", "key"],
-                   "properties": {"ok": {"type": "boolean", "enum": [True]}, "key": {"type": "string"}}},
-        "Health": {
-            "type": "object",
-            "required": ["status", "db", "storage"],
-            "properties": {"status": {"type": "string", "enum": ["ok", "degraded"]},
-                           "db": {"type": "boolean"}, "storage": {"type": "boolean"}},
-        },
+        "PresignRequest": _body(wire, "PresignRequest", {"key": _ref("DriveKey")},
+                                {"contentType": "Content-Type the upload will send."}),
+        "ConfirmRequest": _body(wire, "ConfirmRequest", {"key": _ref("DriveKey")}),
+        "Url": _body(wire, "Url", {"url": {**wire["Url"]["properties"]["url"], "format": "uri"}},
+                     {"url": "Short-lived URL for the bytes."}),
+        "Ok": _body(wire, "Ok"),
+        "Stored": _body(wire, "Stored"),
+        "Health": _body(wire, "Health"),
         "Changes": _changes_component(),
         "Binary": {"type": "string", "format": "binary",
                    "description": f"Blob bytes (at most {sync_settings.MAX_BLOB_BYTES} bytes)."},
         "Error": {
-            "type": "object",
+            **_body(wire, "Error"),
             "description": "The error body of every 4xx/5xx answer.",
-            "required": ["error"],
-            "additionalProperties": False,
-            "properties": {"error": {
-                "type": "object",
-                "required": ["code", "message"],
-                "additionalProperties": False,
-                "properties": {
-                    "code": {"type": "string", "minLength": 1, "description": "Stable machine code."},
-                    "message": {"type": "string", "minLength": 1},
-                    "field": {"type": "string", "minLength": 1,
-                              "description": "The request field at fault, where there is one."},
-                },
-            }},
             "example": {"error": {"code": "invalid_request", "message": "watermarks: is required",
                                   "field": "watermarks"}},
         },
+        # The server never sends ``field`` empty or null: it is left out.
+        "ErrorDetail": _body(wire, "ErrorDetail", {"field": _as_sent(wire["ErrorDetail"]["properties"]["field"])},
+                             {"code": "Stable machine code.",
+                              "field": "The request field at fault, where there is one."}),
     }
 
 

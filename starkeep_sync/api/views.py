@@ -10,8 +10,9 @@ from __future__ import annotations
 import hashlib
 import hmac as _hmac
 import logging
+from collections.abc import Callable
 from contextlib import AbstractContextManager, nullcontext
-from typing import Any
+from typing import Any, TypeVar
 
 from django.contrib.auth import get_user_model
 from django.core import signing
@@ -22,7 +23,6 @@ from django.urls import reverse
 from rest_framework import authentication, status
 from rest_framework.exceptions import UnsupportedMediaType
 from rest_framework.request import Request
-from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from ..adapters.orm import OrmAppSource, OrmDatabaseAdapter, synced_db
@@ -34,7 +34,19 @@ from ..core.exceptions import BlobIntegrityError, SyncError
 from ..core.hlc import HLCClock
 from ..core.keys import expected_sha256, validate_key
 from ..core.responder import ExchangeReport, SyncResponder
-from ..core.wire import MalformedJSONError, decode_json, decode_request, encode_json, encode_response
+from ..core.wire import (
+    ConfirmRequestWire,
+    HealthWire,
+    MalformedJSONError,
+    OkWire,
+    PresignRequestWire,
+    StoredWire,
+    UrlWire,
+    decode_body,
+    decode_request,
+    encode_json,
+    encode_response,
+)
 from ..models import AppNamespace, ChannelActivity
 from ..signals import notify_blob_stored, notify_records_applied, notify_rows_applied
 from .authentication import Principal, channel_of
@@ -107,11 +119,7 @@ class ExchangeView(SyncAPIView):
             raise UnknownChannel(f"App {self.channel()!r} is not registered on this server.")
         if request.content_type.split(";", 1)[0].strip().lower() != "application/json":
             raise UnsupportedMediaType(request.content_type or "(none)")
-        body = read_body(request)
-        try:
-            exchange = decode_request(body)
-        except MalformedJSONError:
-            raise InvalidRequest("Body is not valid JSON.", code="invalid_json", field="body") from None
+        exchange = _decoded(decode_request, read_body(request))
         items = len(exchange.records) + len(exchange.app_syncable_rows)
         check_record_quota(self.owner().pk, self.channel() == DRIVE_APP_ID, self.channel(), exchange)
         report = ExchangeReport()
@@ -247,7 +255,7 @@ class FileView(SyncAPIView):
         size, content_type = store_upload(request, storage, key, request.content_type)
         notify_blob_stored(self.owner(), self.channel(), key, size, content_type, source="upload",
                            principal=principal, credential=credential_of(request))
-        return Response({"ok": True, "key": key}, status=status.HTTP_201_CREATED)
+        return json_response(StoredWire(True, key), status_code=status.HTTP_201_CREATED)
 
     def delete(self, request: Request, key: str, app_id: str | None = None) -> HttpResponse:
         storage = self._storage(key)
@@ -255,17 +263,19 @@ class FileView(SyncAPIView):
         return HttpResponse(status=204)
 
 
-def _json_body(request: Request) -> dict[str, Any]:
+T = TypeVar("T")
+
+
+def _decoded(decode: Callable[[bytes], T], body: bytes) -> T:
+    """A JSON body decoded; 400 ``invalid_json`` when it is not JSON, 400 naming the member that breaks a rule."""
     try:
-        data = decode_json(read_body(request) or b"{}")
+        return decode(body)
     except MalformedJSONError:
         raise InvalidRequest("Body is not valid JSON.", code="invalid_json", field="body") from None
-    if not isinstance(data, dict):
-        raise InvalidRequest("Body must be a JSON object.", field="body")
-    key = data.get("key")
-    if not isinstance(key, str) or not key:
-        raise InvalidRequest("'key' is required and must be a string.", field="key")
-    return data
+
+
+def _json_body(request: Request, type_: type[T]) -> T:
+    return _decoded(lambda body: decode_body(body, type_), read_body(request) or b"{}")
 
 
 def direct_url(request: Request, owner: Any, key: str, method: str, content_type: str | None = None) -> str:
@@ -279,14 +289,14 @@ class PresignPutView(SyncAPIView):
     """``POST files/presign {key, contentType?}``: a URL to PUT the bytes to directly."""
 
     def post(self, request: Request, app_id: str | None = None) -> HttpResponse:
-        data = _json_body(request)
-        key = data["key"]
+        body = _json_body(request, PresignRequestWire)
+        key = body.key
         validate_key(key, self.channel())
-        content_type = checked_content_type(data.get("contentType"), "contentType")
+        content_type = checked_content_type(body.content_type, "contentType")
         storage = DjangoObjectStorage(self.owner())
         url = (storage.url(key, method="PUT", content_type=content_type if isinstance(content_type, str) else None)
                or direct_url(request, self.owner(), key, "PUT", content_type))
-        return json_response({"url": url})
+        return json_response(UrlWire(url))
 
 
 class PresignGetView(SyncAPIView):
@@ -302,7 +312,7 @@ class PresignGetView(SyncAPIView):
         if not storage.has(key):
             raise BlobNotFound()
         url = storage.url(key, method="GET") or direct_url(request, self.owner(), key, "GET")
-        return json_response({"url": url})
+        return json_response(UrlWire(url))
 
     def head(self, request: Request, key: str, app_id: str | None = None) -> HttpResponse:
         return self.get(request, key, app_id)  # HEAD mirrors GET, here the presign
@@ -312,7 +322,7 @@ class ConfirmView(SyncAPIView):
     """``POST files/confirm {key}``: ``{"ok": true}`` once the blob is present and hash-correct."""
 
     def post(self, request: Request, app_id: str | None = None) -> HttpResponse:
-        key = _json_body(request)["key"]
+        key = _json_body(request, ConfirmRequestWire).key
         validate_key(key, self.channel())
         storage = DjangoObjectStorage(self.owner())
         stream = storage.open(key)
@@ -345,7 +355,7 @@ class ConfirmView(SyncAPIView):
             # Bytes that came through PUT files/<key> or a signed URL of this server were announced then.
             notify_blob_stored(self.owner(), self.channel(), key, size, blob.content_type or None, source="confirm",
                                principal=request.auth, credential=credential_of(request))
-        return json_response({"ok": True})
+        return json_response(OkWire(True))
 
 
 class UrlAlreadyUsed(SyncAPIException):
@@ -403,7 +413,7 @@ class DirectBlobView(ProtocolErrors, APIView):
             parts = key.split("/")
             channel = parts[1] if parts[0] == "apps" and len(parts) > 1 else DRIVE_APP_ID
             notify_blob_stored(owner, channel, key, size, content_type, source="presigned")
-        return json_response({"ok": True}, status_code=201)
+        return json_response(OkWire(True), status_code=201)
 
 
 class HealthView(ProtocolErrors, APIView):
@@ -427,10 +437,7 @@ class HealthView(ProtocolErrors, APIView):
             logger.exception("health: storage unreachable")
             storage_ok = False
         ok = db_ok and storage_ok
-        return json_response(
-            {"status": "ok" if ok else "degraded", "db": db_ok, "storage": storage_ok},
-            status_code=200 if ok else 503,
-        )
+        return json_response(HealthWire("ok" if ok else "degraded", db_ok, storage_ok), status_code=200 if ok else 503)
 
 
 class NoRouteView(ProtocolErrors, APIView):

@@ -14,7 +14,7 @@ import math
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, TypeVar
 
 import msgspec
 from msgspec import Meta
@@ -35,6 +35,8 @@ __all__ = [
     "encode_response",
     "json_schema_components",
 ]
+
+T = TypeVar("T")
 
 MAX_ID_LENGTH = 256
 MAX_TEXT_LENGTH = 4096
@@ -259,6 +261,66 @@ class ExchangeResponseWire(msgspec.Struct, rename="camel", kw_only=True):
         _check_keys(self.responder_watermarks, "responderWatermarks")
 
 
+# The JSON bodies of the other routes (PROTOCOL §7, §8): the server decodes the requests and
+# encodes the answers with these types, and the OpenAPI schema describes them from the same types.
+
+#: A blob key in a request body; the key rules (``keys.validate_key``) are checked by the route,
+#: which knows its channel.
+BodyKey = Annotated[str, Meta(min_length=1)]
+#: A media type as sent; the route checks it further (``type/subtype``, optional parameters).
+ContentType = Annotated[str, Meta(max_length=MAX_NAME_LENGTH, extra_json_schema={"pattern": r"^[^\x00-\x1f\x7f]*$"})]
+#: ``true``, the only value of an ``ok`` member.
+OkTrue = Annotated[bool, Meta(extra_json_schema={"enum": [True]})]
+NonEmpty = Annotated[str, Meta(min_length=1)]
+
+
+class PresignRequestWire(msgspec.Struct, rename="camel", frozen=True):
+    """``POST files/presign``: the key to upload to, and the Content-Type the upload will send."""
+
+    key: BodyKey
+    content_type: ContentType | None = None
+
+
+class ConfirmRequestWire(msgspec.Struct, frozen=True):
+    """``POST files/confirm``: the key whose directly uploaded bytes to check."""
+
+    key: BodyKey
+
+
+class UrlWire(msgspec.Struct, frozen=True):
+    """Where to send or fetch the bytes directly (absolute, or relative to the server)."""
+
+    url: str
+
+
+class OkWire(msgspec.Struct, frozen=True):
+    ok: OkTrue
+
+
+class StoredWire(msgspec.Struct, frozen=True):
+    ok: OkTrue
+    key: str
+
+
+class HealthWire(msgspec.Struct, frozen=True):
+    status: Literal["ok", "degraded"]
+    db: bool
+    storage: bool
+
+
+class ErrorDetailWire(msgspec.Struct, frozen=True, omit_defaults=True, forbid_unknown_fields=True):
+    code: NonEmpty
+    message: NonEmpty
+    #: The request member at fault, where there is one (never sent empty or null).
+    field: NonEmpty | None = None
+
+
+class ErrorWire(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """The body of every 4xx/5xx answer of this API."""
+
+    error: ErrorDetailWire
+
+
 _REQUEST_DECODER = msgspec.json.Decoder(ExchangeRequestWire)
 _RESPONSE_DECODER = msgspec.json.Decoder(ExchangeResponseWire)
 _JSON_DECODER = msgspec.json.Decoder()
@@ -402,6 +464,11 @@ def encode_request(request: SyncExchangeRequest) -> bytes:
 
 def encode_response(response: SyncExchangeResponse) -> bytes:
     return _ENCODER.encode(response._wire(raw=True))
+
+
+def decode_body(body: bytes, type_: type[T]) -> T:
+    """A route's JSON body as ``type_`` (``PresignRequestWire``...); ``WireFormatError`` naming the member."""
+    return _decode(msgspec.json.Decoder(type_), body)  # type: ignore[no-any-return]
 
 
 def encode_json(value: Any) -> bytes:
@@ -559,6 +626,14 @@ def entry_from_wire(d: Any, where: str) -> AppSyncableRowEntry:
 
 #: Component names of the OpenAPI schema, by struct.
 _SCHEMA_NAMES = {
+    "PresignRequestWire": "PresignRequest",
+    "ConfirmRequestWire": "ConfirmRequest",
+    "UrlWire": "Url",
+    "OkWire": "Ok",
+    "StoredWire": "Stored",
+    "HealthWire": "Health",
+    "ErrorDetailWire": "ErrorDetail",
+    "ErrorWire": "Error",
     "WireHLC": "HLC",
     "SharedRecordWire": "SharedRecord",
     "AppRowEntryWire": "AppSyncableRow",
@@ -569,15 +644,17 @@ _REF_PREFIX = "#/components/schemas/"
 
 
 def json_schema_components(*, openapi_30: bool = True) -> dict[str, Any]:
-    """OpenAPI ``components.schemas`` of the exchange request and response, from the decoding types.
+    """OpenAPI ``components.schemas`` of the API's JSON bodies, from the types that decode and encode them.
 
     Named ``HLC``, ``SharedRecord``, ``AppSyncableRow``, ``ExchangeRequest`` and
-    ``ExchangeResponse``; each describes what the decoder accepts. With ``openapi_30`` (the
-    default) a nullable member is spelled ``nullable: true`` (OpenAPI 3.0) rather than
+    ``ExchangeResponse``, and for the other routes ``PresignRequest``, ``ConfirmRequest``, ``Url``,
+    ``Ok``, ``Stored``, ``Health``, ``Error`` and ``ErrorDetail``; each describes what the decoder
+    accepts. With ``openapi_30`` (the default) a nullable member is spelled ``nullable: true`` (OpenAPI 3.0) rather than
     ``anyOf [..., {"type": "null"}]`` (JSON Schema 2020-12, OpenAPI 3.1).
     """
     _, components = msgspec.json.schema_components(
-        (ExchangeRequestWire, ExchangeResponseWire), ref_template=_REF_PREFIX + "{name}")
+        (ExchangeRequestWire, ExchangeResponseWire, PresignRequestWire, ConfirmRequestWire, UrlWire, OkWire,
+         StoredWire, HealthWire, ErrorWire), ref_template=_REF_PREFIX + "{name}")
     renamed = {_SCHEMA_NAMES.get(name, name): {**schema, "title": _SCHEMA_NAMES.get(name, name)}
                for name, schema in components.items()}
     out: dict[str, Any] = _rename_refs(renamed)

@@ -769,7 +769,16 @@ def test_rule_at_its_bound(kind: str, member: str | None, ok: Any, bad: Any) -> 
 
 def test_schema_components_come_from_the_decoding_types() -> None:
     schemas = json_schema_components()
-    assert set(schemas) == {"HLC", "SharedRecord", "AppSyncableRow", "ExchangeRequest", "ExchangeResponse"}
+    assert set(schemas) == {"HLC", "SharedRecord", "AppSyncableRow", "ExchangeRequest", "ExchangeResponse",
+                            "PresignRequest", "ConfirmRequest", "Url", "Ok", "Stored", "Health", "Error", "ErrorDetail"}
+    # The other routes' bodies: what their views decode and encode.
+    assert schemas["PresignRequest"]["required"] == ["key"] and schemas["ConfirmRequest"]["required"] == ["key"]
+    assert schemas["PresignRequest"]["properties"]["contentType"]["maxLength"] == 255
+    assert schemas["Ok"]["required"] == ["ok"] and schemas["Stored"]["required"] == ["ok", "key"]
+    assert set(schemas["Health"]["properties"]["status"]["enum"]) == {"ok", "degraded"}
+    assert schemas["Error"]["additionalProperties"] is False and schemas["Error"]["required"] == ["error"]
+    assert schemas["ErrorDetail"]["required"] == ["code", "message"]
+    assert schemas["ErrorDetail"]["additionalProperties"] is False
     hlc_schema = schemas["HLC"]
     assert hlc_schema["required"] == ["wallTime", "counter", "nodeId"]
     assert hlc_schema["properties"]["wallTime"]["maximum"] == MAX_WALL_TIME
