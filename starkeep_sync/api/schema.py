@@ -35,7 +35,15 @@ from ..core.constants import (
     HEADER_APP_TS,
     HEADER_KEY_ID,
 )
-from ..core.keys import MAX_KEY_BYTES, MAX_KEY_ENCODED_LENGTH, MAX_KEY_LENGTH, PRESIGN_SEGMENT
+from ..core.keys import (
+    APP_KEY_PATTERN,
+    DRIVE_KEY_PATTERN,
+    KEY_LENGTH_RULE,
+    KEY_SYNTAX_RULE,
+    MAX_KEY_BYTES,
+    MAX_KEY_ENCODED_LENGTH,
+    MAX_KEY_LENGTH,
+)
 from ..core.wire import MAX_JSON_DEPTH, json_schema_components
 from . import views
 from .authentication import AppSignatureAuthentication, DeviceTokenAuthentication
@@ -85,38 +93,6 @@ def _watermarks_ref(member: dict[str, Any], watermarks: dict[str, Any]) -> dict[
     return _ref("Watermarks")
 
 
-# Key rules (PROTOCOL §7, starkeep_sync.core.keys) as ECMA-262 patterns. A segment is never empty,
-# "." or "..", never holds "/", a backslash or a control character; the last segment is never
-# "presign" (that is the presign route). Only the UTF-8 byte bound is beyond a pattern: it is
-# in ``maxLength`` (as characters: no valid key has more) and in the descriptions.
-_NOT_IN_SEGMENT = r"/\\\x00-\x1f\x7f"
-#: One segment of a per-app key: any text but "." and "..".
-_APP_SEGMENT = (
-    rf"(?:[^.{_NOT_IN_SEGMENT}][^{_NOT_IN_SEGMENT}]*"
-    rf"|\.[^.{_NOT_IN_SEGMENT}][^{_NOT_IN_SEGMENT}]*"
-    rf"|\.\.[^{_NOT_IN_SEGMENT}]+)"
-)
-_NOT_PRESIGN = rf"(?!{PRESIGN_SEGMENT}$)"
-_DRIVE_KEY = rf"shared/[a-z0-9_-]+/[A-Za-z0-9_-]+/{_NOT_PRESIGN}[A-Za-z0-9_-]+"
-#: Drive-channel keys: ``shared/<category>/<shard>/<hash>``.
-DRIVE_KEY_PATTERN = rf"^{_DRIVE_KEY}$"
-#: Per-app keys: ``apps/<app_id>/syncable/<sub-key>``; on ``apps/starkeep-drive/`` a Drive key.
-APP_KEY_PATTERN = (
-    rf"^apps/{_APP_SEGMENT}/syncable/(?:{_APP_SEGMENT}/)*{_NOT_PRESIGN}{_APP_SEGMENT}$"
-    rf"|^{_DRIVE_KEY}$"
-)
-#: What every key description says about length.
-KEY_LENGTH_RULE = (
-    f"At most {MAX_KEY_BYTES} bytes in UTF-8 (so at most {MAX_KEY_LENGTH} characters, and only "
-    f"{MAX_KEY_BYTES // 4} of four-byte characters; longer is 400 `invalid_key`). Percent-encoded "
-    f"in a URL path a valid key is at most {MAX_KEY_ENCODED_LENGTH} characters, so its request line fits "
-    "any server whose request-line limit is 8190 (gunicorn's largest `limit_request_line`, nginx's "
-    "default 8k `large_client_header_buffers`)."
-)
-KEY_SYNTAX_RULE = (
-    "No empty, `.` or `..` segment, no leading `/`, no backslash, no control character "
-    f"(U+0000-U+001F, U+007F), and no final segment `{PRESIGN_SEGMENT}` (reserved for the presign route)."
-)
 APP_ID_PATTERN = r"^[A-Za-z0-9._-]{1,255}$"
 
 HLC_EXAMPLE = {"wallTime": 1_700_000_000_000, "counter": 0, "nodeId": "nodeA"}
@@ -146,15 +122,6 @@ _ENTRY_DESCRIPTIONS = {
         "id), `updated_at` equal to the entry's `timestamp`; else 400 naming `appSyncableRows[i].row`."),
     "where": "Primary-key values of the row to change; required for `update`.",
 }
-_FILLED = {"type": "object", "minProperties": 1, "additionalProperties": True}
-#: What each op needs (``wire.entry_from_wire``): an empty or null ``row``/``where`` counts as absent.
-_ENTRY_OP_RULES: list[dict[str, Any]] = [
-    {"properties": {"op": {"enum": ["insert"]}, "row": _FILLED}, "required": ["row"]},
-    {"properties": {"op": {"enum": ["update"]}, "row": _FILLED, "where": _FILLED}, "required": ["row", "where"]},
-    {"properties": {"op": {"enum": ["delete"]}, "row": _FILLED}, "required": ["row"]},
-    {"properties": {"op": {"enum": ["delete"]}, "where": _FILLED}, "required": ["where"]},
-]
-
 _RECORD_EXAMPLE = {
     "id": "01HF7Y8Z9ABCDEFGHJKMNPQRST",
     "kind": "data",
@@ -287,7 +254,6 @@ def component_schemas() -> dict[str, Any]:
                 "`where`; `delete` needs `where` or `row`. Unknown fields are ignored."
             ),
             "properties": entry_props,
-            "anyOf": _ENTRY_OP_RULES,
             "example": _ENTRY_EXAMPLE,
         },
         "AppSyncableRow": {

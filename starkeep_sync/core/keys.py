@@ -53,6 +53,40 @@ def check_key_syntax(key: str) -> None:
         raise InvalidKeyError(f"object key must not end with the reserved segment '{PRESIGN_SEGMENT}'")
 
 
+# The key rules above as ECMA-262 patterns and prose, for the OpenAPI schema. A segment is never empty,
+# "." or "..", never holds "/", a backslash or a control character; the last segment is never
+# "presign" (that is the presign route). Only the UTF-8 byte bound is beyond a pattern: it is
+# in ``maxLength`` (as characters: no valid key has more) and in the descriptions.
+_NOT_IN_SEGMENT = r"/\\\x00-\x1f\x7f"
+#: One segment of a per-app key: any text but "." and "..".
+_APP_SEGMENT = (
+    rf"(?:[^.{_NOT_IN_SEGMENT}][^{_NOT_IN_SEGMENT}]*"
+    rf"|\.[^.{_NOT_IN_SEGMENT}][^{_NOT_IN_SEGMENT}]*"
+    rf"|\.\.[^{_NOT_IN_SEGMENT}]+)"
+)
+_NOT_PRESIGN = rf"(?!{PRESIGN_SEGMENT}$)"
+_DRIVE_KEY = rf"shared/[a-z0-9_-]+/[A-Za-z0-9_-]+/{_NOT_PRESIGN}[A-Za-z0-9_-]+"
+#: Drive-channel keys: ``shared/<category>/<shard>/<hash>``.
+DRIVE_KEY_PATTERN = rf"^{_DRIVE_KEY}$"
+#: Per-app keys: ``apps/<app_id>/syncable/<sub-key>``; on ``apps/starkeep-drive/`` a Drive key.
+APP_KEY_PATTERN = (
+    rf"^apps/{_APP_SEGMENT}/syncable/(?:{_APP_SEGMENT}/)*{_NOT_PRESIGN}{_APP_SEGMENT}$"
+    rf"|^{_DRIVE_KEY}$"
+)
+#: What every key description says about length.
+KEY_LENGTH_RULE = (
+    f"At most {MAX_KEY_BYTES} bytes in UTF-8 (so at most {MAX_KEY_LENGTH} characters, and only "
+    f"{MAX_KEY_BYTES // 4} of four-byte characters; longer is 400 `invalid_key`). Percent-encoded "
+    f"in a URL path a valid key is at most {MAX_KEY_ENCODED_LENGTH} characters, so its request line fits "
+    "any server whose request-line limit is 8190 (gunicorn's largest `limit_request_line`, nginx's "
+    "default 8k `large_client_header_buffers`)."
+)
+KEY_SYNTAX_RULE = (
+    "No empty, `.` or `..` segment, no leading `/`, no backslash, no control character "
+    f"(U+0000-U+001F, U+007F), and no final segment `{PRESIGN_SEGMENT}` (reserved for the presign route)."
+)
+
+
 def validate_key(key: str, app_id: str = DRIVE_APP_ID) -> str:
     """Check ``key`` against the namespace of the channel ``app_id``.
 

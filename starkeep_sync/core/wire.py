@@ -175,6 +175,17 @@ class AppRowEntryWire(msgspec.Struct, rename="camel", kw_only=True, gc=False):
         return AppSyncableRowEntry(self.timestamp.timestamp(), self.app_id, self.table, self.op, self.row, self.where)
 
 
+_FILLED = {"type": "object", "minProperties": 1, "additionalProperties": True}
+#: ``AppRowEntryWire.__post_init__``'s op rules as JSON Schema (no ``Meta`` can say them), added to the
+#: ``AppSyncableRow`` component: an empty or null ``row``/``where`` counts as absent.
+ENTRY_OP_RULES: list[dict[str, Any]] = [
+    {"properties": {"op": {"enum": ["insert"]}, "row": _FILLED}, "required": ["row"]},
+    {"properties": {"op": {"enum": ["update"]}, "row": _FILLED, "where": _FILLED}, "required": ["row", "where"]},
+    {"properties": {"op": {"enum": ["delete"]}, "row": _FILLED}, "required": ["row"]},
+    {"properties": {"op": {"enum": ["delete"]}, "where": _FILLED}, "required": ["where"]},
+]
+
+
 def _check_json(value: Any, member: str) -> None:
     """Refuse what a JSON column cannot store on every database: NUL in text, NaN/Infinity, deep nesting.
 
@@ -657,6 +668,7 @@ def json_schema_components(*, openapi_30: bool = True) -> dict[str, Any]:
          StoredWire, HealthWire, ErrorWire), ref_template=_REF_PREFIX + "{name}")
     renamed = {_SCHEMA_NAMES.get(name, name): {**schema, "title": _SCHEMA_NAMES.get(name, name)}
                for name, schema in components.items()}
+    renamed["AppSyncableRow"]["anyOf"] = ENTRY_OP_RULES
     out: dict[str, Any] = _rename_refs(renamed)
     return _to_openapi_30(out) if openapi_30 else out
 
