@@ -43,12 +43,8 @@ def git_revision() -> str:
 
 
 def describe(extra: dict[str, str] | None = None) -> dict[str, str]:
-    try:
-        import orjson  # noqa: F401
+    import msgspec
 
-        json_codec = "orjson"
-    except ImportError:
-        json_codec = "stdlib json (orjson not installed)"
     info = {
         "date": _dt.datetime.now(_dt.UTC).strftime("%Y-%m-%d %H:%M UTC"),
         "cores": str(os.cpu_count()),
@@ -56,7 +52,7 @@ def describe(extra: dict[str, str] | None = None) -> dict[str, str]:
         "python": f"{platform.python_implementation()} {sys.version.split()[0]}",
         "platform": platform.platform(),
         "sqlite": sqlite3.sqlite_version,
-        "json codec": json_codec,
+        "json codec": f"msgspec {msgspec.__version__}",
         "revision": git_revision(),
         "load average at start (1/5/15 min)": load_average(),
     }
