@@ -217,7 +217,7 @@ class SyncEngine:
             self._ask_ahead(own, peek_response(answer))  # type: ignore[arg-type]
             ask_ahead = False
         response = response_of(answer)
-        if ask_ahead:
+        if ask_ahead and response.has_more:  # a last page asks for nothing: no stamps gathered
             self._ask_ahead(own, ResponsePeek.of(response))
         self._catching_up = response.has_more
         result.shipped = len(shipped)

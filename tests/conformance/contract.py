@@ -467,6 +467,14 @@ def holdings(source: AppSource, keys: list[tuple[str, tuple[Any, ...]]]) -> dict
     return out
 
 
+def assert_same_holdings(app_source: AppSource, other_app_source: AppSource,
+                         entries: list[AppSyncableRowEntry]) -> None:
+    """Both sources hold the same rows and coverage for every row ``entries`` touch."""
+    info = {t.name: t for t in NOTES.tables}
+    keys = sorted({(e.table, check_entry(e, info[e.table])) for e in entries})
+    assert holdings(other_app_source, keys) == holdings(app_source, keys)
+
+
 class BatchApplierContract:
     """``BatchApplier.apply_many`` gives what ``apply`` gives one entry at a time (every store has it)."""
 
@@ -489,8 +497,7 @@ class BatchApplierContract:
         assert written == [e for e, w in zip(page, wrote, strict=True) if w]
         assert wrote == [True, True, False, False, False, False, True, False, True, False, True, True, True, True,
                          True, True]
-        keys = sorted({(e.table, check_entry(e, info[e.table])) for e in held + page})
-        assert holdings(other_app_source, keys) == holdings(app_source, keys)
+        assert_same_holdings(app_source, other_app_source, held + page)
 
     def test_a_batch_of_whole_rows_over_held_ones_equals_applying_it_one_by_one(
         self, app_source: AppSource, other_app_source: AppSource
@@ -513,8 +520,7 @@ class BatchApplierContract:
         written: list[AppSyncableRowEntry] = []
         assert batched.apply_many(whole, written) == (len(whole), sum(wrote), None)
         assert written == [e for e, w in zip(whole, wrote, strict=True) if w]
-        keys = sorted({(e.table, check_entry(e, info[e.table])) for e in held + whole})
-        assert holdings(other_app_source, keys) == holdings(app_source, keys)
+        assert_same_holdings(app_source, other_app_source, held + whole)
 
     def test_one_entry_at_a_time_in_a_batch_ends_the_same(
         self, app_source: AppSource, other_app_source: AppSource
@@ -526,9 +532,7 @@ class BatchApplierContract:
             one_by_one.apply(e)
         for e in held + page:
             batched.apply_many([e])
-        info = {t.name: t for t in NOTES.tables}
-        keys = sorted({(e.table, check_entry(e, info[e.table])) for e in held + page})
-        assert holdings(other_app_source, keys) == holdings(app_source, keys)
+        assert_same_holdings(app_source, other_app_source, held + page)
 
     @pytest.mark.parametrize("bad", [
         AppSyncableRowEntry(hlc(40, "alpha"), APP, "nowhere", "insert", {"id": "x"}, None),
